@@ -1,0 +1,388 @@
+#!/usr/bin/env bash
+# Starts and stops a throw-away Kubernetes control plane on loopback for the
+# e2e tests: etcd, kube-apiserver and kube-controller-manager (no kubelet, no
+# scheduler, so pods stay Pending, which is all an admission webhook needs).
+#
+#   e2e/cluster.sh up DIR     start; prints `export KUBECONFIG=DIR/kubeconfig`
+#   e2e/cluster.sh down DIR   stop everything `up` started (idempotent)
+#
+# DIR ends up with:
+#   kubeconfig  admin credentials (O=system:masters)
+#   env         shell lines to source: KUBECONFIG, APISERVER_URL, BIN, CA_CERT,
+#               CA_KEY (the CA the apiserver trusts for clients; tests may sign
+#               a webhook serving cert with it too), ETCD_URL
+#   pki/        certificates and keys      logs/<component>.log
+#   etcd/       etcd data                  pids  "<name> <pid>" per process
+#
+# Environment: CLUSTER_UP_TIMEOUT (seconds, default 180) bounds each wait in up.
+# Needs bash, openssl and the binaries from e2e/build-control-plane.sh (which it
+# runs, so the first `up` on a fresh machine includes the build).
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+UP_TIMEOUT="${CLUSTER_UP_TIMEOUT:-180}"
+COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+usage() { echo "usage: $0 up|down DIR" >&2; exit 2; }
+
+# ---------------------------------------------------------------------------
+# Process bookkeeping
+
+# Is the recorded pid still one of our binaries? Checking the command line
+# guards against killing an unrelated process that reused the pid (e.g. after a
+# reboot left a stale pids file behind).
+is_ours() { # <name> <pid>
+  local cmdline
+  [[ -r "/proc/$2/cmdline" ]] || return 1
+  cmdline="$(tr '\0' ' ' <"/proc/$2/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmdline" == *"/$1 "* || "$cmdline" == *"/$1" ]]
+}
+
+# Send a signal to the process group the pid leads (each process was started
+# with setsid, so the group holds it and anything it spawned), and to the pid
+# itself in case it is not a group leader.
+signal() { # <signal> <pid>
+  kill -s "$1" -- "-$2" 2>/dev/null || true
+  kill -s "$1" "$2" 2>/dev/null || true
+}
+
+stop_all() { # <dir>
+  local dir="$1" pidfile="$1/pids" name pid deadline alive
+  [[ -f "$pidfile" ]] || return 0
+  local -a names=() pids=()
+  while read -r name pid; do
+    [[ -n "${pid:-}" ]] || continue
+    if is_ours "$name" "$pid"; then names+=("$name"); pids+=("$pid"); fi
+  done <"$pidfile"
+
+  # Stop in reverse start order (controller-manager, apiserver, then etcd) so
+  # nothing logs a storm of errors about its dependency disappearing first.
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    log "stopping ${names[i]} (pid ${pids[i]})"
+    signal TERM "${pids[i]}"
+  done
+
+  # Bounded wait for a clean exit, then KILL whatever is left.
+  deadline=$((SECONDS + 15))
+  while :; do
+    alive=()
+    for ((i = 0; i < ${#pids[@]}; i++)); do
+      if is_ours "${names[i]}" "${pids[i]}"; then alive+=("${pids[i]}"); fi
+    done
+    ((${#alive[@]} == 0)) && break
+    if ((SECONDS >= deadline)); then
+      log "killing ${alive[*]} (did not exit after TERM)"
+      for pid in "${alive[@]}"; do signal KILL "$pid"; done
+      sleep 0.5
+      break
+    fi
+    sleep 0.2
+  done
+  rm -f "$pidfile"
+}
+
+# ---------------------------------------------------------------------------
+# Ports
+
+# A port that nothing is listening on. Drawn below the kernel's ephemeral
+# range (32768+), which outgoing connections such as apiserver->etcd use, so
+# a port we pick cannot be taken by one of those in the meantime.
+declare -A TAKEN_PORTS=()
+free_port() {
+  local port tries
+  for ((tries = 0; tries < 200; tries++)); do
+    port=$((20000 + RANDOM % 12000))
+    [[ -z "${TAKEN_PORTS[$port]:-}" ]] || continue
+    # A refused connection means no listener.
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      TAKEN_PORTS[$port]=1
+      echo "$port"
+      return 0
+    fi
+  done
+  log "no free loopback port found"
+  return 1
+}
+
+# ---------------------------------------------------------------------------
+# Certificates
+
+# Sign a leaf certificate for <name> with the CA. <ext> holds the x509v3
+# extensions (SANs, key usages).
+issue_cert() { # <pki> <name> <subject> <ext>
+  local pki="$1" name="$2" subj="$3" ext="$4"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$pki/$name.key" 2>/dev/null
+  openssl req -new -key "$pki/$name.key" -subj "$subj" -out "$pki/$name.csr" 2>/dev/null
+  printf '%s\n' "$ext" >"$pki/$name.ext"
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    -set_serial "0x$(openssl rand -hex 16)" -days 365 -sha256 \
+    -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
+  rm -f "$pki/$name.csr" "$pki/$name.ext"
+}
+
+make_pki() { # <pki>
+  local pki="$1"
+  mkdir -p "$pki"
+  chmod 700 "$pki"
+  # CA for both serving and client certificates.
+  openssl ecparam -name prime256v1 -genkey -noout -out "$pki/ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=secure-defaults-e2e-ca" \
+    -days 3650 -sha256 -out "$pki/ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+
+  # The apiserver is reached at 127.0.0.1/localhost; the in-cluster names and
+  # the service IP (first address of --service-cluster-ip-range) are included
+  # so the certificate is also valid for the `kubernetes` Service.
+  issue_cert "$pki" apiserver "/CN=kube-apiserver" \
+"basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+
+  local client="basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+  # system:masters bypasses RBAC: the tests' admin.
+  issue_cert "$pki" admin "/O=system:masters/CN=secure-defaults-e2e-admin" "$client"
+  # The controller-manager gets its own identity, bound by the default RBAC
+  # policy, like in a real cluster.
+  issue_cert "$pki" controller-manager "/CN=system:kube-controller-manager" "$client"
+
+  # Service-account token signing key pair (the apiserver signs, both verify).
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key" 2>/dev/null
+  openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+  chmod 600 "$pki"/*.key
+}
+
+write_kubeconfig() { # <file> <server> <pki> <user>
+  local file="$1" server="$2" pki="$3" user="$4"
+  # Credentials are embedded so the file stays usable on its own.
+  cat >"$file" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: $server
+    certificate-authority-data: $(base64 -w0 <"$pki/ca.crt")
+users:
+- name: $user
+  user:
+    client-certificate-data: $(base64 -w0 <"$pki/$user.crt")
+    client-key-data: $(base64 -w0 <"$pki/$user.key")
+contexts:
+- name: e2e
+  context:
+    cluster: e2e
+    user: $user
+current-context: e2e
+EOF
+  chmod 600 "$file"
+}
+
+# ---------------------------------------------------------------------------
+# up
+
+DIR=""
+CURRENT=""     # component being started/waited for, for the failure report
+
+# Start <name> in its own session (setsid) so `down` can signal its whole
+# process group, with output in logs/<name>.log; record the pid.
+start() { # <name> <args...>
+  local name="$1"; shift
+  CURRENT="$name"
+  log "starting $name"
+  setsid "$BIN/$name" "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
+  echo "$name $!" >>"$DIR/pids"
+}
+
+pid_of() { awk -v n="$1" '$1 == n { print $2 }' "$DIR/pids"; }
+
+# Poll <check...> until it succeeds; fail early if <name>'s process died and
+# give up at the deadline. Short poll interval: no fixed sleeps.
+wait_for() { # <name> <what> <check...>
+  local name="$1" what="$2"; shift 2
+  local pid deadline=$((SECONDS + UP_TIMEOUT))
+  CURRENT="$name"
+  pid="$(pid_of "$name")"
+  until "$@" >/dev/null 2>&1; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "$name exited while waiting for $what"
+      return 1
+    fi
+    if ((SECONDS >= deadline)); then
+      log "timed out after ${UP_TIMEOUT}s waiting for $what"
+      return 1
+    fi
+    sleep 0.3
+  done
+  log "$what: ok"
+}
+
+# etcd has no TLS here, so its /health can be read with bash alone.
+etcd_healthy() { # <port>
+  local reply
+  exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+  printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+  reply="$(timeout 2 cat <&3)" || true
+  exec 3<&-
+  [[ "$reply" == *'"health":"true"'* ]]
+}
+
+kubectl_admin() { "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" --request-timeout=5s "$@"; }
+apiserver_ready() { [[ "$(kubectl_admin get --raw /readyz)" == ok ]]; }
+
+on_up_failure() {
+  local rc=$?
+  trap - EXIT INT TERM
+  ((rc == 0)) && return 0
+  log "up failed (exit $rc)"
+  local name
+  for name in "${COMPONENTS[@]}"; do
+    # The component that failed in detail; the others briefly, for context.
+    [[ -f "$DIR/logs/$name.log" ]] || continue
+    if [[ "$name" == "$CURRENT" ]]; then
+      log "---- last lines of $DIR/logs/$name.log ----"
+      tail -n 40 "$DIR/logs/$name.log" >&2
+    fi
+  done
+  stop_all "$DIR"
+  exit "$rc"
+}
+
+cmd_up() {
+  local started=$SECONDS
+  command -v openssl >/dev/null 2>&1 || { log "openssl is required (e.g. apt-get install openssl)"; exit 1; }
+
+  if [[ -f "$DIR/pids" ]]; then
+    local name pid
+    while read -r name pid; do
+      if [[ -n "${pid:-}" ]] && is_ours "$name" "$pid"; then
+        log "a cluster is already running from $DIR ($name, pid $pid); run: $0 down $DIR"
+        exit 1
+      fi
+    done <"$DIR/pids"
+  fi
+
+  BIN="$("$SCRIPT_DIR/build-control-plane.sh" | tail -n 1)"
+  [[ -x "$BIN/kube-apiserver" ]] || { log "no control-plane binaries in '$BIN'"; exit 1; }
+
+  # Always start from a clean state: leftovers of an earlier run (old certs,
+  # etcd data) would not match the new ports.
+  rm -rf "$DIR/pki" "$DIR/etcd" "$DIR/logs" "$DIR/pids" "$DIR/kubeconfig" \
+    "$DIR/controller-manager.kubeconfig" "$DIR/env"
+  mkdir -p "$DIR/logs"
+  : >"$DIR/pids"
+  trap on_up_failure EXIT
+  trap 'exit 130' INT TERM
+
+  CURRENT=pki
+  make_pki "$DIR/pki"
+  local pki="$DIR/pki"
+
+  local etcd_port etcd_peer_port api_port kcm_port
+  etcd_port="$(free_port)"
+  etcd_peer_port="$(free_port)"
+  api_port="$(free_port)"
+  kcm_port="$(free_port)"
+  local api_url="https://127.0.0.1:$api_port"
+  local etcd_url="http://127.0.0.1:$etcd_port"
+
+  write_kubeconfig "$DIR/kubeconfig" "$api_url" "$pki" admin
+  write_kubeconfig "$DIR/controller-manager.kubeconfig" "$api_url" "$pki" controller-manager
+
+  # etcd: single member, plain http on loopback. No fsync: the data is thrown
+  # away after the run and fsync dominates write latency on CI disks.
+  start etcd \
+    --name=e2e \
+    --data-dir="$DIR/etcd" \
+    --listen-client-urls="$etcd_url" \
+    --advertise-client-urls="$etcd_url" \
+    --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+    --initial-cluster="e2e=http://127.0.0.1:$etcd_peer_port" \
+    --initial-cluster-state=new \
+    --unsafe-no-fsync \
+    --log-level=warn
+  wait_for etcd "etcd /health" etcd_healthy "$etcd_port"
+
+  # kube-apiserver. Admission: the default plugin set is kept; it already
+  # includes MutatingAdmissionWebhook, ValidatingAdmissionWebhook,
+  # ValidatingAdmissionPolicy and MutatingAdmissionPolicy (GA and on by
+  # default since 1.36, served as admissionregistration.k8s.io/v1), so no
+  # --runtime-config or --feature-gates is needed.
+  start kube-apiserver \
+    --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 \
+    --secure-port="$api_port" \
+    --etcd-servers="$etcd_url" \
+    --tls-cert-file="$pki/apiserver.crt" \
+    --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" \
+    --authorization-mode=RBAC \
+    --service-account-issuer="$api_url" \
+    --service-account-key-file="$pki/sa.pub" \
+    --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --allow-privileged=true \
+    --profiling=false
+  wait_for kube-apiserver "kube-apiserver /readyz" apiserver_ready
+
+  # kube-controller-manager: runs the controllers that turn a Deployment into
+  # a ReplicaSet and Pods and create namespaces' default ServiceAccounts.
+  # Controllers that need nodes or a cloud simply have nothing to do.
+  start kube-controller-manager \
+    --kubeconfig="$DIR/controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$DIR/controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$DIR/controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 \
+    --secure-port="$kcm_port" \
+    --controllers='*' \
+    --leader-elect=false \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file="$pki/sa.key" \
+    --root-ca-file="$pki/ca.crt" \
+    --cluster-signing-cert-file="$pki/ca.crt" \
+    --cluster-signing-key-file="$pki/ca.key" \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --profiling=false
+  wait_for kube-apiserver "namespace default" kubectl_admin get namespace default
+  # The default ServiceAccount is created by the controller-manager: proof it
+  # is up and talking to the apiserver.
+  wait_for kube-controller-manager "serviceaccount default/default" \
+    kubectl_admin -n default get serviceaccount default
+
+  {
+    printf 'KUBECONFIG=%q\n' "$DIR/kubeconfig"
+    printf 'APISERVER_URL=%q\n' "$api_url"
+    printf 'BIN=%q\n' "$BIN"
+    printf 'CA_CERT=%q\n' "$pki/ca.crt"
+    printf 'CA_KEY=%q\n' "$pki/ca.key"
+    printf 'ETCD_URL=%q\n' "$etcd_url"
+  } >"$DIR/env"
+
+  trap - EXIT INT TERM
+  log "control plane up at $api_url in $((SECONDS - started))s (logs: $DIR/logs)"
+  echo "export KUBECONFIG=$DIR/kubeconfig"
+}
+
+# ---------------------------------------------------------------------------
+
+[[ $# -eq 2 ]] || usage
+case "$1" in
+  up)
+    mkdir -p "$2"
+    DIR="$(cd "$2" && pwd)"
+    cmd_up
+    ;;
+  down)
+    # Nothing to do for a directory that was never created.
+    [[ -d "$2" ]] || exit 0
+    DIR="$(cd "$2" && pwd)"
+    stop_all "$DIR"
+    ;;
+  *) usage ;;
+esac

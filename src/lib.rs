@@ -1,0 +1,7 @@
+pub mod admission;
+pub mod cli;
+pub mod defaults;
+pub mod patch;
+pub mod pod;
+pub mod preview;
+pub mod policy;

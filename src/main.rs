@@ -1,0 +1,73 @@
+//! The `secure-defaults` binary: parses the command line and calls into the library.
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use secure_defaults::cli::{CheckArgs, Cli, Command, MutateArgs, Output};
+use secure_defaults::policy::{self, Decision, NamespaceLabels};
+use secure_defaults::{admission, preview};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Mutate(args) => mutate(args),
+        Command::Check(args) => check(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn mutate(args: MutateArgs) -> anyhow::Result<()> {
+    let policy = policy::load(&args.policy)?;
+    let input = if args.file.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).context("cannot read standard input")?;
+        buf
+    } else {
+        std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?
+    };
+    let labels: BTreeMap<String, String> = args.namespace_labels.into_iter().collect();
+    let options = preview::Options {
+        namespace: args.namespace.as_deref(),
+        labels: &labels,
+    };
+    let result = preview::run(&input, &policy, &options).with_context(|| format!("{}", args.file.display()))?;
+    for warning in &result.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if let admission::Verdict::Exempt(why) = result.verdict {
+        eprintln!("note: namespace {:?} is exempt: {why}", result.namespace);
+        if why == policy::Exemption::NotOptedIn && labels.is_empty() {
+            eprintln!("note: add --namespace-label {}=enabled to preview an opted-in namespace", policy::INJECT_LABEL);
+        }
+    }
+    let text = match (args.output, result.format) {
+        (Output::Patch, _) => serde_json::to_string_pretty(&result.patch_json())?,
+        (Output::Object, preview::Format::Json) => serde_json::to_string_pretty(&result.object)?,
+        (Output::Object, preview::Format::Yaml) => serde_yaml::to_string(&result.object)?,
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", text.trim_end())?;
+    Ok(())
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let policy = policy::load(&args.policy)?;
+    print!("{}: valid\n{}", args.policy.display(), policy::describe(&policy));
+    if let Some(namespace) = args.namespace {
+        let labels: BTreeMap<String, String> = args.namespace_labels.into_iter().collect();
+        match policy.decide(&namespace, NamespaceLabels::Known(&labels)) {
+            Decision::Apply(defaults) => println!("namespace {namespace:?}: defaults {defaults}"),
+            Decision::Exempt(why) => println!("namespace {namespace:?}: exempt, {why}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! Plain-words description of a policy, for `secure-defaults check`.
+
+use std::fmt::Write as _;
+
+use super::{ALWAYS_EXEMPT, Action, INJECT_LABEL, Mode, Policy};
+
+pub fn describe(policy: &Policy) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = write_description(policy, &mut out);
+    out
+}
+
+fn write_description(policy: &Policy, out: &mut String) -> std::fmt::Result {
+    match policy.mode {
+        Mode::OptIn => writeln!(out, "mode opt-in: only namespaces labelled {INJECT_LABEL}=enabled are defaulted")?,
+        Mode::ClusterWide => writeln!(
+            out,
+            "mode cluster-wide: every namespace is defaulted except those labelled {INJECT_LABEL}=disabled"
+        )?,
+    }
+    let mut exempt: Vec<&str> = ALWAYS_EXEMPT.to_vec();
+    exempt.extend(policy.exempt_namespaces.iter().map(String::as_str).filter(|n| !ALWAYS_EXEMPT.contains(n)));
+    writeln!(out, "never defaulted: {}", exempt.join(", "))?;
+    writeln!(out, "defaults: {}", policy.defaults)?;
+    if policy.rules.is_empty() {
+        writeln!(out, "no per-namespace entries: every served namespace gets the defaults")?;
+    }
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let mut conditions = Vec::new();
+        if let Some(names) = &rule.names {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            conditions.push(format!("named {}", names.join(" or ")));
+        }
+        if let Some(labels) = &rule.labels {
+            conditions.push(format!("with labels {labels}"));
+        }
+        let what = match &rule.action {
+            Action::Exempt => "no defaulting at all".to_owned(),
+            Action::Adjust { set, skip } => {
+                let mut parts = Vec::new();
+                if !set.is_empty() {
+                    parts.push(format!("set {set}"));
+                }
+                if !skip.is_empty() {
+                    let skip: Vec<&str> = skip.iter().map(|f| f.as_str()).collect();
+                    parts.push(format!("do not default {}", skip.join(", ")));
+                }
+                parts.join("; ")
+            }
+        };
+        writeln!(out, "namespaces[{i}]: in namespaces {}: {what}", conditions.join(" and "))?;
+    }
+    if policy.rules.len() > 1 {
+        writeln!(out, "(entries apply in order and later ones win; any matching exempt entry exempts the namespace)")?;
+    }
+    Ok(())
+}
