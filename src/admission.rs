@@ -287,3 +287,186 @@ pub fn describe(applied: &Applied) -> String {
         applied.to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use kube::core::DynamicObject;
+    use kube::core::admission::AdmissionReview;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::policy::INJECT_LABEL;
+
+    fn policy() -> Policy {
+        crate::policy::parse(
+            b"apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\ndefaults: {runAsUser: 65532, allowPrivilegeEscalation: false}\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap()
+    }
+
+    fn review(operation: &str, sub_resource: Option<&str>, object: Value, old: Value) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "subResource": sub_resource,
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "name": "p",
+                "namespace": "app",
+                "operation": operation,
+                "userInfo": {"username": "admin"},
+                "object": object,
+                "oldObject": old,
+                "dryRun": false,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+            }
+        })
+    }
+
+    fn pod() -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "app"}, "spec": {"containers": [{"name": "c", "image": "x"}]}})
+    }
+
+    fn answer(body: &Value) -> (Verdict, Value) {
+        let bytes = serde_json::to_vec(body).unwrap();
+        let parsed = parse(&bytes).unwrap();
+        let on = BTreeMap::from([(INJECT_LABEL.to_owned(), "enabled".to_owned())]);
+        let r = respond(&parsed, &policy(), NamespaceLabels::Known(&on));
+        (r.verdict, serde_json::from_slice(&r.body).unwrap())
+    }
+
+    fn decoded_patch(response: &Value) -> Option<Value> {
+        let b64 = response.pointer("/response/patch")?.as_str()?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        Some(serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[test]
+    fn create_is_patched_and_echoes_uid_and_version() {
+        let (verdict, out) = answer(&review("CREATE", None, pod(), Value::Null));
+        assert_eq!(verdict, Verdict::Patched);
+        assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(out["kind"], "AdmissionReview");
+        assert_eq!(out["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(out["response"]["allowed"], true);
+        assert_eq!(out["response"]["patchType"], "JSONPatch");
+        assert_eq!(
+            out["response"]["auditAnnotations"]["defaulted"],
+            "runAsUser=65532,allowPrivilegeEscalation=false(c)"
+        );
+        let patch = decoded_patch(&out).unwrap();
+        assert_eq!(patch[0], json!({"op": "add", "path": "/spec/securityContext", "value": {"runAsUser": 65532}}));
+    }
+
+    #[test]
+    fn response_matches_what_kube_would_send() {
+        let body = review("CREATE", None, pod(), Value::Null);
+        let (_, ours) = answer(&body);
+        let typed: AdmissionReview<DynamicObject> = serde_json::from_value(body).unwrap();
+        let request: kube::core::admission::AdmissionRequest<DynamicObject> = typed.try_into().unwrap();
+        let patch: json_patch::Patch = serde_json::from_value(decoded_patch(&ours).unwrap()).unwrap();
+        let theirs = kube::core::admission::AdmissionResponse::from(&request)
+            .with_patch(patch)
+            .unwrap()
+            .into_review();
+        let theirs = serde_json::to_value(theirs).unwrap();
+        for field in ["/apiVersion", "/kind", "/response/uid", "/response/allowed", "/response/patchType"] {
+            assert_eq!(ours.pointer(field), theirs.pointer(field), "{field}");
+        }
+        // kube's value form holds the patch as bytes; compare the patch documents themselves.
+        let their_bytes: Vec<u8> = serde_json::from_value(theirs["response"]["patch"].clone()).unwrap();
+        let their_patch: Value = serde_json::from_slice(&their_bytes).unwrap();
+        assert_eq!(decoded_patch(&ours).unwrap(), their_patch);
+    }
+
+    #[test]
+    fn kube_built_request_is_understood() {
+        // A request as kube's own types serialise it.
+        let typed: AdmissionReview<DynamicObject> =
+            serde_json::from_value(review("CREATE", None, pod(), Value::Null)).unwrap();
+        let bytes = serde_json::to_vec(&typed).unwrap();
+        let parsed = parse(&bytes).unwrap();
+        assert_eq!(parsed.route(), Route::CreatePod);
+        assert_eq!(parsed.namespace(), Some("app"));
+    }
+
+    #[test]
+    fn routes() {
+        let ephemeral_old = json!({"spec": {"containers": [{"name": "c"}]}});
+        let ephemeral_new = json!({"spec": {"containers": [{"name": "c"}], "ephemeralContainers": [{"name": "debugger"}]}});
+        // (review, verdict, paths in the patch)
+        let cases = vec![
+            (review("CREATE", None, pod(), Value::Null), Verdict::Patched, 3),
+            (review("UPDATE", None, pod(), pod()), Verdict::Ignored, 0),
+            (review("DELETE", None, Value::Null, pod()), Verdict::Ignored, 0),
+            (review("CREATE", Some("binding"), json!({"kind": "Binding"}), Value::Null), Verdict::Ignored, 0),
+            (review("UPDATE", Some("status"), pod(), pod()), Verdict::Ignored, 0),
+            (review("UPDATE", Some("ephemeralcontainers"), ephemeral_new, ephemeral_old), Verdict::Patched, 1),
+        ];
+        for (body, want, ops) in cases {
+            let (verdict, out) = answer(&body);
+            assert_eq!(verdict, want, "{body}");
+            assert_eq!(out["response"]["allowed"], true);
+            let n = decoded_patch(&out).map(|p| p.as_array().unwrap().len()).unwrap_or(0);
+            assert_eq!(n, ops, "{body}");
+        }
+        let mut other = review("CREATE", None, pod(), Value::Null);
+        other["request"]["resource"] = json!({"group": "apps", "version": "v1", "resource": "deployments"});
+        assert_eq!(answer(&other).0, Verdict::Ignored);
+    }
+
+    #[test]
+    fn ephemeral_update_never_touches_pod_level_fields() {
+        let old = json!({"metadata": {}, "spec": {"containers": [{"name": "c"}]}});
+        let new = json!({"metadata": {}, "spec": {"containers": [{"name": "c"}], "ephemeralContainers": [{"name": "d"}]}});
+        let (_, out) = answer(&review("UPDATE", Some("ephemeralcontainers"), new, old));
+        let patch = decoded_patch(&out).unwrap();
+        assert_eq!(
+            patch,
+            json!([{"op": "add", "path": "/spec/ephemeralContainers/0/securityContext", "value": {"allowPrivilegeEscalation": false}}])
+        );
+    }
+
+    #[test]
+    fn exempt_namespace_is_allowed_unchanged() {
+        let bytes = serde_json::to_vec(&review("CREATE", None, pod(), Value::Null)).unwrap();
+        let parsed = parse(&bytes).unwrap();
+        let r = respond(&parsed, &policy(), NamespaceLabels::Known(&BTreeMap::new()));
+        assert_eq!(r.verdict, Verdict::Exempt(Exemption::NotOptedIn));
+        let out: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(out["response"], json!({"uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": true}));
+    }
+
+    #[test]
+    fn unreadable_pod_is_allowed_with_a_warning() {
+        let (verdict, out) = answer(&review("CREATE", None, json!({"spec": {"containers": "nope"}}), Value::Null));
+        assert_eq!(verdict, Verdict::Unreadable);
+        assert_eq!(out["response"]["allowed"], true);
+        assert!(out["response"]["warnings"][0].as_str().unwrap().contains("cannot read object"));
+        assert!(out["response"].get("patch").is_none());
+    }
+
+    #[test]
+    fn bad_bodies_are_errors_not_panics() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"", "not an AdmissionReview"),
+            (b"{", "not an AdmissionReview"),
+            (b"[]", "unsupported AdmissionReview apiVersion"),
+            (b"{\"apiVersion\":\"admission.k8s.io/v1beta1\",\"kind\":\"AdmissionReview\"}", "only admission.k8s.io/v1 is served"),
+            (b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"Pod\"}", "expected AdmissionReview"),
+            (b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\"}", "has no request"),
+            (b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"request\":{\"uid\":1}}", "not an AdmissionReview"),
+        ];
+        for (body, words) in cases {
+            let err = parse(body).unwrap_err();
+            assert!(err.to_string().contains(words), "{}: {err}", String::from_utf8_lossy(body));
+        }
+    }
+}

@@ -263,3 +263,283 @@ fn annotate(pod: &Pod<'_>, applied: &Applied, patch: &mut Vec<Add>) {
     };
     patch.push(op);
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::patch;
+
+    fn full() -> Defaults {
+        Defaults {
+            run_as_user: Id::new(65532),
+            run_as_group: Id::new(65533),
+            fs_group: Id::new(65534),
+            fs_group_change_policy: Some(FsGroupChangePolicy::OnRootMismatch),
+            disallow_privilege_escalation: true,
+        }
+    }
+
+    /// Runs the engine on `pod`, applies the patch, checks that a second run adds nothing, and returns both.
+    fn run(pod: &Value, defaults: &Defaults) -> (Value, Outcome) {
+        let text = pod.to_string();
+        let view: Pod = serde_json::from_str(&text).unwrap();
+        let outcome = default_pod(&view, defaults);
+        let mut patched = pod.clone();
+        patch::apply(&mut patched, &outcome.patch).unwrap();
+        let again_text = patched.to_string();
+        let again: Pod = serde_json::from_str(&again_text).unwrap();
+        assert_eq!(default_pod(&again, defaults).patch, vec![], "second run must add nothing");
+        (patched, outcome)
+    }
+
+    fn annotation(pod: &Value) -> Option<&str> {
+        pod.pointer("/metadata/annotations/secure-defaults.io~1defaulted").and_then(Value::as_str)
+    }
+
+    #[test]
+    fn pod_level_fields_and_containers() {
+        // (name, pod, pointer -> expected value after defaulting; Value::Null means "must stay absent")
+        let cases: Vec<(&str, Value, Vec<(&str, Value)>)> = vec![
+            (
+                "bare pod gets every default",
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app"}], "initContainers": [{"name": "init-db"}]}}),
+                vec![
+                    ("/spec/securityContext/runAsUser", json!(65532)),
+                    ("/spec/securityContext/runAsGroup", json!(65533)),
+                    ("/spec/securityContext/fsGroup", json!(65534)),
+                    ("/spec/securityContext/fsGroupChangePolicy", json!("OnRootMismatch")),
+                    ("/spec/containers/0/securityContext/allowPrivilegeEscalation", json!(false)),
+                    ("/spec/initContainers/0/securityContext/allowPrivilegeEscalation", json!(false)),
+                    (
+                        "/metadata/annotations/secure-defaults.io~1defaulted",
+                        json!("runAsUser=65532,runAsGroup=65533,fsGroup=65534,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(app,init-db)"),
+                    ),
+                ],
+            ),
+            (
+                "explicit falsy values are kept",
+                json!({"metadata": {}, "spec": {
+                    "securityContext": {"runAsUser": 0, "runAsGroup": 0, "fsGroup": 0, "fsGroupChangePolicy": "Always"},
+                    "containers": [{"name": "a", "securityContext": {"allowPrivilegeEscalation": true}}]}}),
+                vec![
+                    ("/spec/securityContext", json!({"runAsUser": 0, "runAsGroup": 0, "fsGroup": 0, "fsGroupChangePolicy": "Always"})),
+                    ("/spec/containers/0/securityContext", json!({"allowPrivilegeEscalation": true})),
+                    ("/metadata/annotations", Value::Null),
+                ],
+            ),
+            (
+                "null counts as absent, at every level",
+                json!({"metadata": {"annotations": null}, "spec": {
+                    "securityContext": {"runAsUser": null, "seLinuxOptions": {"level": "s0"}},
+                    "containers": [{"name": "a", "securityContext": null}, {"name": "b", "securityContext": {"allowPrivilegeEscalation": null}}]}}),
+                vec![
+                    ("/spec/securityContext/runAsUser", json!(65532)),
+                    ("/spec/securityContext/seLinuxOptions", json!({"level": "s0"})),
+                    ("/spec/containers/0/securityContext", json!({"allowPrivilegeEscalation": false})),
+                    ("/spec/containers/1/securityContext", json!({"allowPrivilegeEscalation": false})),
+                ],
+            ),
+            (
+                "null securityContext is replaced by the defaults",
+                json!({"metadata": {}, "spec": {"securityContext": null, "containers": []}}),
+                vec![("/spec/securityContext", json!({"runAsUser": 65532, "runAsGroup": 65533, "fsGroup": 65534, "fsGroupChangePolicy": "OnRootMismatch"}))],
+            ),
+            (
+                "explicit false on a container is kept and not recorded",
+                json!({"metadata": {}, "spec": {"securityContext": {"runAsUser": 1, "runAsGroup": 1, "fsGroup": 1, "fsGroupChangePolicy": "Always"},
+                    "containers": [{"name": "a", "securityContext": {"allowPrivilegeEscalation": false}}]}}),
+                vec![("/metadata/annotations", Value::Null)],
+            ),
+            (
+                "fsGroupChangePolicy follows an explicit fsGroup",
+                json!({"metadata": {}, "spec": {"securityContext": {"fsGroup": 7}, "containers": []}}),
+                vec![
+                    ("/spec/securityContext/fsGroup", json!(7)),
+                    ("/spec/securityContext/fsGroupChangePolicy", json!("OnRootMismatch")),
+                ],
+            ),
+            (
+                "ephemeral containers present at creation are defaulted too",
+                json!({"metadata": {}, "spec": {"containers": [], "ephemeralContainers": [{"name": "dbg"}]}}),
+                vec![("/spec/ephemeralContainers/0/securityContext/allowPrivilegeEscalation", json!(false))],
+            ),
+            (
+                "unknown fields survive",
+                json!({"metadata": {"futureMeta": [1]}, "spec": {"futureSpec": {"x": null}, "securityContext": {"futureSc": true},
+                    "containers": [{"name": "a", "futureC": "v", "securityContext": {"futureCsc": 1}}]}}),
+                vec![
+                    ("/metadata/futureMeta", json!([1])),
+                    ("/spec/futureSpec", json!({"x": null})),
+                    ("/spec/securityContext/futureSc", json!(true)),
+                    ("/spec/containers/0/futureC", json!("v")),
+                    ("/spec/containers/0/securityContext/futureCsc", json!(1)),
+                    ("/spec/containers/0/securityContext/allowPrivilegeEscalation", json!(false)),
+                ],
+            ),
+        ];
+        for (name, pod, expectations) in cases {
+            let (patched, outcome) = run(&pod, &full());
+            for (pointer, want) in expectations {
+                let got = patched.pointer(pointer).cloned().unwrap_or(Value::Null);
+                assert_eq!(got, want, "{name}: {pointer}");
+            }
+            assert!(outcome.warnings.is_empty(), "{name}: {:?}", outcome.warnings);
+        }
+    }
+
+    #[test]
+    fn guards_skip_with_a_warning() {
+        // (name, pod, pointer that must stay absent, words the warning must contain)
+        let cases: Vec<(&str, Value, &str, &str)> = vec![
+            (
+                "privileged container",
+                json!({"spec": {"containers": [{"name": "vpn", "securityContext": {"privileged": true}}]}}),
+                "/spec/containers/0/securityContext/allowPrivilegeEscalation",
+                "\"vpn\" is privileged",
+            ),
+            (
+                "CAP_SYS_ADMIN",
+                json!({"spec": {"containers": [{"name": "fuse", "securityContext": {"capabilities": {"add": ["NET_ADMIN", "CAP_SYS_ADMIN"]}}}]}}),
+                "/spec/containers/0/securityContext/allowPrivilegeEscalation",
+                "\"fuse\" adds CAP_SYS_ADMIN",
+            ),
+            (
+                "SYS_ADMIN in an init container",
+                json!({"spec": {"containers": [], "initContainers": [{"name": "mnt", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]}}),
+                "/spec/initContainers/0/securityContext/allowPrivilegeEscalation",
+                "\"mnt\" adds CAP_SYS_ADMIN",
+            ),
+            (
+                "Windows by spec.os",
+                json!({"spec": {"os": {"name": "windows"}, "containers": [{"name": "a"}]}}),
+                "/spec/securityContext",
+                "Windows pod",
+            ),
+            (
+                "Windows host process container",
+                json!({"spec": {"containers": [{"name": "a", "securityContext": {"windowsOptions": {"hostProcess": true}}}]}}),
+                "/spec/securityContext",
+                "hostProcess",
+            ),
+            (
+                "mirror pod",
+                json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "abc"}}, "spec": {"containers": [{"name": "a"}]}}),
+                "/spec/securityContext",
+                "mirror pod",
+            ),
+        ];
+        for (name, pod, absent, words) in cases {
+            let (patched, outcome) = run(&pod, &full());
+            assert!(patched.pointer(absent).is_none(), "{name}: {absent} was set: {patched}");
+            assert!(
+                outcome.warnings.iter().any(|w| w.contains(words)),
+                "{name}: no warning with {words:?} in {:?}",
+                outcome.warnings
+            );
+        }
+    }
+
+    #[test]
+    fn privileged_container_does_not_stop_the_others() {
+        let pod = json!({"spec": {"containers": [{"name": "vpn", "securityContext": {"privileged": true}}, {"name": "app"}]}});
+        let (patched, outcome) = run(&pod, &full());
+        assert_eq!(patched.pointer("/spec/containers/1/securityContext/allowPrivilegeEscalation"), Some(&json!(false)));
+        assert_eq!(patched.pointer("/spec/securityContext/runAsUser"), Some(&json!(65532)));
+        assert_eq!(outcome.applied.no_escalation, vec!["app".to_owned()]);
+    }
+
+    #[test]
+    fn run_as_group_needs_a_user_for_every_container() {
+        let no_user = Defaults {
+            run_as_user: None,
+            ..full()
+        };
+        // No pod user, no default user, one container without its own: no group.
+        let pod = json!({"spec": {"containers": [{"name": "a", "securityContext": {"runAsUser": 5}}, {"name": "b"}]}});
+        let (patched, outcome) = run(&pod, &no_user);
+        assert!(patched.pointer("/spec/securityContext/runAsGroup").is_none());
+        assert!(outcome.warnings.iter().any(|w| w.contains("\"b\" has no runAsUser")), "{:?}", outcome.warnings);
+        // Every container has its own user: the group is set.
+        let pod = json!({"spec": {"containers": [{"name": "a", "securityContext": {"runAsUser": 5}}],
+            "initContainers": [{"name": "i", "securityContext": {"runAsUser": 0}}]}});
+        let (patched, _) = run(&pod, &no_user);
+        assert_eq!(patched.pointer("/spec/securityContext/runAsGroup"), Some(&json!(65533)));
+        // The pod's own user covers every container.
+        let pod = json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "a"}]}});
+        let (patched, _) = run(&pod, &no_user);
+        assert_eq!(patched.pointer("/spec/securityContext/runAsGroup"), Some(&json!(65533)));
+        assert_eq!(patched.pointer("/spec/securityContext/runAsUser"), Some(&json!(1000)));
+    }
+
+    #[test]
+    fn fs_group_change_policy_needs_an_fs_group() {
+        let no_fs_group = Defaults {
+            fs_group: None,
+            ..full()
+        };
+        let (patched, _) = run(&json!({"spec": {"containers": []}}), &no_fs_group);
+        assert!(patched.pointer("/spec/securityContext/fsGroupChangePolicy").is_none());
+    }
+
+    #[test]
+    fn annotation_parents_are_created_or_reused() {
+        let cases = [
+            (json!({"spec": {"containers": [{"name": "a"}]}}), "no metadata"),
+            (json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "a"}]}}), "no annotations"),
+            (json!({"metadata": {"annotations": {"team": "x"}}, "spec": {"containers": [{"name": "a"}]}}), "other annotations"),
+        ];
+        for (pod, name) in &cases {
+            let (patched, _) = run(pod, &full());
+            assert!(annotation(&patched).is_some_and(|a| a.starts_with("runAsUser=65532")), "{name}: {patched}");
+        }
+        let (patched, _) = run(&cases[2].0, &full());
+        assert_eq!(patched.pointer("/metadata/annotations/team"), Some(&json!("x")));
+    }
+
+    #[test]
+    fn an_existing_record_is_never_overwritten() {
+        let pod = json!({"metadata": {"annotations": {"secure-defaults.io/defaulted": "copied"}}, "spec": {"containers": [{"name": "a"}]}});
+        let (patched, outcome) = run(&pod, &full());
+        assert_eq!(annotation(&patched), Some("copied"));
+        assert!(!outcome.patch.is_empty());
+    }
+
+    #[test]
+    fn nothing_to_default_means_no_patch_and_no_record() {
+        let (patched, outcome) = run(&json!({"spec": {"containers": [{"name": "a"}]}}), &Defaults::default());
+        assert!(outcome.patch.is_empty());
+        assert!(annotation(&patched).is_none());
+    }
+
+    #[test]
+    fn only_new_ephemeral_containers_are_defaulted() {
+        let old = json!({"spec": {"containers": [{"name": "app"}], "ephemeralContainers": [{"name": "dbg1"}]}});
+        let new = json!({"spec": {"containers": [{"name": "app"}], "ephemeralContainers": [{"name": "dbg1"}, {"name": "dbg2"},
+            {"name": "dbg3", "securityContext": {"privileged": true}}]}});
+        let (old_text, new_text) = (old.to_string(), new.to_string());
+        let old_view: Pod = serde_json::from_str(&old_text).unwrap();
+        let new_view: Pod = serde_json::from_str(&new_text).unwrap();
+        let outcome = default_new_ephemeral(&new_view, &old_view, &full());
+        let paths: Vec<&str> = outcome.patch.iter().map(|op| op.path.as_str()).collect();
+        assert_eq!(paths, vec!["/spec/ephemeralContainers/1/securityContext"]);
+        assert_eq!(outcome.applied.no_escalation, vec!["dbg2".to_owned()]);
+        assert!(outcome.warnings.iter().any(|w| w.contains("\"dbg3\" is privileged")));
+    }
+
+    #[test]
+    fn applied_summary_is_short_and_readable() {
+        let applied = Applied {
+            run_as_user: Id::new(65532),
+            fs_group: Id::new(1),
+            no_escalation: vec!["app".into(), "init-db".into()],
+            ..Applied::default()
+        };
+        assert_eq!(applied.to_string(), "runAsUser=65532,fsGroup=1,allowPrivilegeEscalation=false(app,init-db)");
+        assert_eq!(
+            applied.fields().collect::<Vec<_>>(),
+            vec![Field::RunAsUser, Field::FsGroup, Field::AllowPrivilegeEscalation]
+        );
+    }
+}

@@ -357,3 +357,130 @@ impl TryFrom<ExpressionFields> for ExpressionFile {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\n";
+
+    fn error_of(body: &str) -> String {
+        let text = format!("{HEAD}{body}");
+        let err = parse(text.as_bytes(), Path::new("p.yaml")).expect_err(body);
+        let mut message = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        message
+    }
+
+    #[test]
+    fn errors_name_file_field_and_line() {
+        // (policy body after the head, words the message must contain)
+        let cases = [
+            ("defaults:\n  runAsUser: 0\n", "defaults.runAsUser: 0 is root"),
+            ("defaults:\n  runAsGroup: 0\n", "defaults.runAsGroup: 0 is root"),
+            ("defaults:\n  fsGroup: 2147483648\n", "defaults.fsGroup: 2147483648 is outside the valid ID range"),
+            ("defaults:\n  fsGroup: -1\n", "defaults.fsGroup: -1 is outside"),
+            ("defaults:\n  allowPrivilegeEscalation: true\n", "defaults.allowPrivilegeEscalation: true is not a secure default"),
+            ("defaults:\n  runAsUsr: 5\n", "defaults: unknown field `runAsUsr`"),
+            ("defaults:\n  runAsUser: \"5\"\n", "defaults.runAsUser: invalid type: string"),
+            ("defaults:\n  fsGroupChangePolicy: Sometimes\n", "defaults.fsGroupChangePolicy: unknown variant `Sometimes`"),
+            ("extra: 1\n", "unknown field `extra`"),
+            ("exemptNamespaces: [Kube_System]\n", "exemptNamespaces[0]: \"Kube_System\" is not a valid namespace name"),
+            (
+                "namespaces:\n  - match: {names: [a]}\n    exempt: true\n  - match:\n      labels:\n        matchExpressions: [{key: t, operator: Inn}]\n    exempt: true\n",
+                "namespaces[1].match.labels.matchExpressions[0].operator: unknown variant `Inn`",
+            ),
+            ("namespaces:\n  - match: {names: [a]}\n    set: {runAsUser: 0}\n", "namespaces[0].set.runAsUser: 0 is root"),
+            ("namespaces:\n  - match: {names: [a]}\n    set: {fsGroup: 5}\n    skip: [fsGroup]\n", "namespaces[0]: fsGroup is both in `set` and in `skip`"),
+            ("namespaces:\n  - match: {names: [a]}\n    set: {fsGroup: 5}\n    exempt: true\n", "cannot also have `set` or `skip`"),
+            ("namespaces:\n  - match: {}\n    exempt: true\n", "match needs `names`, `labels` or both"),
+            ("namespaces:\n  - match: {names: [a]}\n", "so it does nothing"),
+            ("namespaces:\n  - match: {names: [a]}\n    skip: [runAsUsr]\n", "namespaces[0].skip[0]: unknown variant `runAsUsr`"),
+            (
+                "namespaces:\n  - match: {labels: {matchExpressions: [{key: t, operator: In}]}}\n    exempt: true\n",
+                "operator In on key \"t\" needs at least one value",
+            ),
+            (
+                "namespaces:\n  - match: {labels: {matchExpressions: [{key: t, operator: Exists, values: [x]}]}}\n    exempt: true\n",
+                "operator Exists on key \"t\" takes no values",
+            ),
+            ("namespaces:\n  - match: {labels: {}}\n    exempt: true\n", "an empty selector would match every namespace"),
+        ];
+        for (body, words) in cases {
+            let message = error_of(body);
+            assert!(message.starts_with("invalid policy file p.yaml: "), "{message}");
+            assert!(message.contains(words), "{body:?}: {message:?} lacks {words:?}");
+            assert!(message.contains(" at line "), "{body:?}: {message:?} has no line");
+        }
+    }
+
+    #[test]
+    fn error_points_at_the_offending_line() {
+        let message = error_of("defaults:\n  fsGroup: 1\n  runAsUser: 0\n");
+        assert!(message.contains("at line 6 column"), "{message}");
+    }
+
+    #[test]
+    fn head_is_checked() {
+        for (text, words) in [
+            ("apiVersion: v1\nkind: Policy\nmode: opt-in\n", "apiVersion: unknown variant `v1`"),
+            ("apiVersion: secure-defaults.io/v1alpha1\nkind: Pod\nmode: opt-in\n", "kind: unknown variant `Pod`"),
+            ("apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\n", "missing field `mode`"),
+            ("mode: [\n", "invalid policy file"),
+            ("", "invalid policy file"),
+        ] {
+            let err = parse(text.as_bytes(), Path::new("p.yaml")).expect_err(text);
+            let message = format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default());
+            assert!(message.contains(words), "{text:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = format!(
+            "{HEAD}exemptNamespaces: [kube-system, kube-public, kube-node-lease]
+defaults:
+  runAsUser: 65532
+  runAsGroup: 65532
+  fsGroup: 65532
+  fsGroupChangePolicy: OnRootMismatch
+  allowPrivilegeEscalation: false
+namespaces:
+  - match:
+      names: [payments, billing]
+      labels:
+        matchLabels: {{team: data}}
+        matchExpressions: [{{key: tier, operator: In, values: [web]}}]
+    set: {{runAsUser: 10001, fsGroup: 10001}}
+    skip: [fsGroupChangePolicy]
+  - match: {{names: [legacy-batch]}}
+    exempt: true
+"
+        );
+        let policy = parse(text.as_bytes(), Path::new("p.yaml")).unwrap();
+        assert_eq!(policy.rules.len(), 2);
+        assert_eq!(policy.defaults.run_as_user, Id::new(65532));
+        assert!(policy.defaults.disallow_privilege_escalation);
+        assert_eq!(policy.rules[1].action, Action::Exempt);
+    }
+
+    #[test]
+    fn shipped_policy_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policy.yaml");
+        let policy = load(&path).unwrap();
+        assert_eq!(policy.mode, Mode::OptIn);
+        assert!(!policy.defaults.is_empty());
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let err = load(Path::new("/nonexistent/policy.yaml")).unwrap_err();
+        assert!(matches!(err, PolicyError::ReadPolicy { .. }));
+        assert_eq!(err.to_string(), "cannot read policy file /nonexistent/policy.yaml");
+    }
+}

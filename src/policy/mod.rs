@@ -352,3 +352,121 @@ impl Policy {
         Decision::Apply(effective)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn policy(mode: &str, rest: &str) -> Policy {
+        let text = format!(
+            "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: {mode}\ndefaults: {{runAsUser: 1000, fsGroup: 2000, allowPrivilegeEscalation: false}}\n{rest}"
+        );
+        parse(text.as_bytes(), Path::new("p.yaml")).unwrap()
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn modes_and_exemptions() {
+        let rules = "exemptNamespaces: [tools]\nnamespaces:\n  - match: {names: [legacy]}\n    exempt: true\n";
+        let opt_in = policy("opt-in", rules);
+        let wide = policy("cluster-wide", rules);
+        let enabled = labels(&[(INJECT_LABEL, "enabled")]);
+        let disabled = labels(&[(INJECT_LABEL, "disabled")]);
+        let none = labels(&[]);
+        // (policy, namespace, labels, expected exemption or None for "applies")
+        let cases: Vec<(&Policy, &str, &BTreeMap<String, String>, Option<Exemption>)> = vec![
+            (&opt_in, "app", &enabled, None),
+            (&opt_in, "app", &none, Some(Exemption::NotOptedIn)),
+            (&opt_in, "app", &disabled, Some(Exemption::NotOptedIn)),
+            (&opt_in, "kube-system", &enabled, Some(Exemption::System)),
+            (&opt_in, "kube-node-lease", &enabled, Some(Exemption::System)),
+            (&opt_in, "tools", &enabled, Some(Exemption::Listed)),
+            (&opt_in, "legacy", &enabled, Some(Exemption::Rule(0))),
+            (&wide, "app", &none, None),
+            (&wide, "app", &enabled, None),
+            (&wide, "app", &disabled, Some(Exemption::OptedOut)),
+            (&wide, "kube-public", &none, Some(Exemption::System)),
+            (&wide, "legacy", &none, Some(Exemption::Rule(0))),
+        ];
+        for (p, ns, l, want) in cases {
+            let got = p.decide(ns, NamespaceLabels::Known(l));
+            match want {
+                None => assert!(matches!(got, Decision::Apply(_)), "{} {ns} {l:?}: {got:?}", p.mode),
+                Some(why) => assert_eq!(got, Decision::Exempt(why), "{} {ns} {l:?}", p.mode),
+            }
+        }
+    }
+
+    #[test]
+    fn rules_apply_in_order_and_later_wins() {
+        let p = policy(
+            "cluster-wide",
+            "namespaces:
+  - match: {labels: {matchLabels: {team: data}}}
+    set: {runAsUser: 10001, fsGroup: 10001}
+  - match: {names: [payments], labels: {matchExpressions: [{key: tier, operator: In, values: [web]}]}}
+    skip: [fsGroup]
+  - match: {names: [payments]}
+    set: {runAsGroup: 3000}
+",
+        );
+        let decide = |ns: &str, l: &[(&str, &str)]| match p.decide(ns, NamespaceLabels::Known(&labels(l))) {
+            Decision::Apply(d) => d.to_string(),
+            Decision::Exempt(why) => format!("exempt: {why}"),
+        };
+        assert_eq!(decide("other", &[]), "runAsUser=1000,fsGroup=2000,allowPrivilegeEscalation=false");
+        assert_eq!(decide("other", &[("team", "data")]), "runAsUser=10001,fsGroup=10001,allowPrivilegeEscalation=false");
+        // Names alone hold, labels do not: entry 1 does not apply, entry 2 does.
+        assert_eq!(decide("payments", &[("team", "data")]), "runAsUser=10001,runAsGroup=3000,fsGroup=10001,allowPrivilegeEscalation=false");
+        assert_eq!(decide("payments", &[("team", "data"), ("tier", "web")]), "runAsUser=10001,runAsGroup=3000,allowPrivilegeEscalation=false");
+    }
+
+    #[test]
+    fn selector_operators() {
+        let req = |key: &str, operator, values: &[&str]| Requirement {
+            key: key.to_owned(),
+            operator,
+            values: values.iter().map(|v| (*v).to_owned()).collect(),
+        };
+        let l = labels(&[("tier", "web"), ("env", "prod")]);
+        let cases = [
+            (req("tier", Operator::In, &["web", "api"]), true),
+            (req("tier", Operator::In, &["api"]), false),
+            (req("missing", Operator::In, &["x"]), false),
+            (req("tier", Operator::NotIn, &["api"]), true),
+            (req("tier", Operator::NotIn, &["web"]), false),
+            (req("missing", Operator::NotIn, &["x"]), true),
+            (req("env", Operator::Exists, &[]), true),
+            (req("missing", Operator::Exists, &[]), false),
+            (req("missing", Operator::DoesNotExist, &[]), true),
+            (req("env", Operator::DoesNotExist, &[]), false),
+        ];
+        for (r, want) in cases {
+            let sel = LabelSelector {
+                match_labels: BTreeMap::new(),
+                match_expressions: vec![r.clone()],
+            };
+            assert_eq!(sel.matches(&l), want, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_labels_leave_the_mode_to_the_api_server() {
+        let p = policy("opt-in", "namespaces:\n  - match: {labels: {matchLabels: {team: x}}}\n    exempt: true\n");
+        assert!(matches!(p.decide("app", NamespaceLabels::Unknown), Decision::Apply(_)));
+        assert_eq!(p.decide("kube-system", NamespaceLabels::Unknown), Decision::Exempt(Exemption::System));
+    }
+
+    #[test]
+    fn describe_speaks_plainly() {
+        let p = policy("opt-in", "namespaces:\n  - match: {names: [a, b], labels: {matchLabels: {team: x}}}\n    skip: [fsGroup]\n");
+        let text = describe(&p);
+        assert!(text.contains("only namespaces labelled secure-defaults.io/inject=enabled"), "{text}");
+        assert!(text.contains("namespaces[0]: in namespaces named a or b and with labels team=x: do not default fsGroup"), "{text}");
+    }
+}
