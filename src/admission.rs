@@ -118,13 +118,16 @@ pub fn parse(body: &[u8]) -> Result<Review<'_>, AdmissionError> {
         return Err(AdmissionError::UnsupportedKind(kind.into_owned()));
     }
     let request = review.request.ok_or(AdmissionError::MissingRequest)?;
-    Ok(Review { api_version, request })
+    Ok(Review {
+        api_version,
+        request,
+    })
 }
 
 impl Review<'_> {
     pub fn route(&self) -> Route {
         let r = &self.request;
-        if r.resource.group != "" || r.resource.resource != "pods" {
+        if !r.resource.group.is_empty() || r.resource.resource != "pods" {
             return Route::Ignore;
         }
         match (r.operation.as_ref(), r.sub_resource.as_deref()) {
@@ -138,7 +141,11 @@ impl Review<'_> {
     pub fn namespace(&self) -> Option<&str> {
         match self.route() {
             Route::Ignore => None,
-            _ => self.request.namespace.as_deref().filter(|ns| !ns.is_empty()),
+            _ => self
+                .request
+                .namespace
+                .as_deref()
+                .filter(|ns| !ns.is_empty()),
         }
     }
 }
@@ -183,7 +190,11 @@ pub struct Response {
 pub fn respond(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> Response {
     let (verdict, outcome) = decide(review, policy, labels);
     let body = encode(review, &outcome);
-    Response { body, verdict, outcome }
+    Response {
+        body,
+        verdict,
+        outcome,
+    }
 }
 
 fn decide(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> (Verdict, Outcome) {
@@ -227,7 +238,9 @@ fn read_pod<'a>(raw: Option<&'a RawValue>) -> Result<Pod<'a>, serde_json::Error>
 
 fn unreadable(what: &str, error: &serde_json::Error) -> (Verdict, Outcome) {
     let outcome = Outcome {
-        warnings: vec![format!("secure-defaults: pod left unchanged: cannot read {what}: {error}")],
+        warnings: vec![format!(
+            "secure-defaults: pod left unchanged: cannot read {what}: {error}"
+        )],
         ..Outcome::default()
     };
     (Verdict::Unreadable, outcome)
@@ -344,7 +357,9 @@ mod tests {
 
     fn decoded_patch(response: &Value) -> Option<Value> {
         let b64 = response.pointer("/response/patch")?.as_str()?;
-        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
         Some(serde_json::from_slice(&bytes).unwrap())
     }
 
@@ -354,7 +369,10 @@ mod tests {
         assert_eq!(verdict, Verdict::Patched);
         assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(out["kind"], "AdmissionReview");
-        assert_eq!(out["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(
+            out["response"]["uid"],
+            "705ab4f5-6393-11e8-b7cc-42010a800002"
+        );
         assert_eq!(out["response"]["allowed"], true);
         assert_eq!(out["response"]["patchType"], "JSONPatch");
         assert_eq!(
@@ -362,7 +380,10 @@ mod tests {
             "runAsUser=65532,allowPrivilegeEscalation=false(c)"
         );
         let patch = decoded_patch(&out).unwrap();
-        assert_eq!(patch[0], json!({"op": "add", "path": "/spec/securityContext", "value": {"runAsUser": 65532}}));
+        assert_eq!(
+            patch[0],
+            json!({"op": "add", "path": "/spec/securityContext", "value": {"runAsUser": 65532}})
+        );
     }
 
     #[test]
@@ -370,18 +391,27 @@ mod tests {
         let body = review("CREATE", None, pod(), Value::Null);
         let (_, ours) = answer(&body);
         let typed: AdmissionReview<DynamicObject> = serde_json::from_value(body).unwrap();
-        let request: kube::core::admission::AdmissionRequest<DynamicObject> = typed.try_into().unwrap();
-        let patch: json_patch::Patch = serde_json::from_value(decoded_patch(&ours).unwrap()).unwrap();
+        let request: kube::core::admission::AdmissionRequest<DynamicObject> =
+            typed.try_into().unwrap();
+        let patch: json_patch::Patch =
+            serde_json::from_value(decoded_patch(&ours).unwrap()).unwrap();
         let theirs = kube::core::admission::AdmissionResponse::from(&request)
             .with_patch(patch)
             .unwrap()
             .into_review();
         let theirs = serde_json::to_value(theirs).unwrap();
-        for field in ["/apiVersion", "/kind", "/response/uid", "/response/allowed", "/response/patchType"] {
+        for field in [
+            "/apiVersion",
+            "/kind",
+            "/response/uid",
+            "/response/allowed",
+            "/response/patchType",
+        ] {
             assert_eq!(ours.pointer(field), theirs.pointer(field), "{field}");
         }
         // kube's value form holds the patch as bytes; compare the patch documents themselves.
-        let their_bytes: Vec<u8> = serde_json::from_value(theirs["response"]["patch"].clone()).unwrap();
+        let their_bytes: Vec<u8> =
+            serde_json::from_value(theirs["response"]["patch"].clone()).unwrap();
         let their_patch: Value = serde_json::from_slice(&their_bytes).unwrap();
         assert_eq!(decoded_patch(&ours).unwrap(), their_patch);
     }
@@ -403,22 +433,55 @@ mod tests {
         let ephemeral_new = json!({"spec": {"containers": [{"name": "c"}], "ephemeralContainers": [{"name": "debugger"}]}});
         // (review, verdict, paths in the patch)
         let cases = vec![
-            (review("CREATE", None, pod(), Value::Null), Verdict::Patched, 3),
+            (
+                review("CREATE", None, pod(), Value::Null),
+                Verdict::Patched,
+                3,
+            ),
             (review("UPDATE", None, pod(), pod()), Verdict::Ignored, 0),
-            (review("DELETE", None, Value::Null, pod()), Verdict::Ignored, 0),
-            (review("CREATE", Some("binding"), json!({"kind": "Binding"}), Value::Null), Verdict::Ignored, 0),
-            (review("UPDATE", Some("status"), pod(), pod()), Verdict::Ignored, 0),
-            (review("UPDATE", Some("ephemeralcontainers"), ephemeral_new, ephemeral_old), Verdict::Patched, 1),
+            (
+                review("DELETE", None, Value::Null, pod()),
+                Verdict::Ignored,
+                0,
+            ),
+            (
+                review(
+                    "CREATE",
+                    Some("binding"),
+                    json!({"kind": "Binding"}),
+                    Value::Null,
+                ),
+                Verdict::Ignored,
+                0,
+            ),
+            (
+                review("UPDATE", Some("status"), pod(), pod()),
+                Verdict::Ignored,
+                0,
+            ),
+            (
+                review(
+                    "UPDATE",
+                    Some("ephemeralcontainers"),
+                    ephemeral_new,
+                    ephemeral_old,
+                ),
+                Verdict::Patched,
+                1,
+            ),
         ];
         for (body, want, ops) in cases {
             let (verdict, out) = answer(&body);
             assert_eq!(verdict, want, "{body}");
             assert_eq!(out["response"]["allowed"], true);
-            let n = decoded_patch(&out).map(|p| p.as_array().unwrap().len()).unwrap_or(0);
+            let n = decoded_patch(&out)
+                .map(|p| p.as_array().unwrap().len())
+                .unwrap_or(0);
             assert_eq!(n, ops, "{body}");
         }
         let mut other = review("CREATE", None, pod(), Value::Null);
-        other["request"]["resource"] = json!({"group": "apps", "version": "v1", "resource": "deployments"});
+        other["request"]["resource"] =
+            json!({"group": "apps", "version": "v1", "resource": "deployments"});
         assert_eq!(answer(&other).0, Verdict::Ignored);
     }
 
@@ -441,15 +504,28 @@ mod tests {
         let r = respond(&parsed, &policy(), NamespaceLabels::Known(&BTreeMap::new()));
         assert_eq!(r.verdict, Verdict::Exempt(Exemption::NotOptedIn));
         let out: Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(out["response"], json!({"uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": true}));
+        assert_eq!(
+            out["response"],
+            json!({"uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": true})
+        );
     }
 
     #[test]
     fn unreadable_pod_is_allowed_with_a_warning() {
-        let (verdict, out) = answer(&review("CREATE", None, json!({"spec": {"containers": "nope"}}), Value::Null));
+        let (verdict, out) = answer(&review(
+            "CREATE",
+            None,
+            json!({"spec": {"containers": "nope"}}),
+            Value::Null,
+        ));
         assert_eq!(verdict, Verdict::Unreadable);
         assert_eq!(out["response"]["allowed"], true);
-        assert!(out["response"]["warnings"][0].as_str().unwrap().contains("cannot read object"));
+        assert!(
+            out["response"]["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("cannot read object")
+        );
         assert!(out["response"].get("patch").is_none());
     }
 
@@ -466,7 +542,11 @@ mod tests {
         ];
         for (body, words) in cases {
             let err = parse(body).unwrap_err();
-            assert!(err.to_string().contains(words), "{}: {err}", String::from_utf8_lossy(body));
+            assert!(
+                err.to_string().contains(words),
+                "{}: {err}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub const DEFAULT_POLICY: &str = "config/policy.yaml";
 
 #[derive(Debug, Parser)]
-#[command(name = "secure-defaults", version, about = "Fills in missing pod securityContext fields from a per-namespace policy")]
+#[command(
+    name = "secure-defaults",
+    version,
+    about = "Fills in missing pod securityContext fields from a per-namespace policy"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

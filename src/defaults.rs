@@ -72,7 +72,13 @@ impl fmt::Display for Applied {
             item(f, format_args!("fsGroupChangePolicy={}", p.as_str()))?;
         }
         if !self.no_escalation.is_empty() {
-            item(f, format_args!("allowPrivilegeEscalation=false({})", self.no_escalation.join(",")))?;
+            item(
+                f,
+                format_args!(
+                    "allowPrivilegeEscalation=false({})",
+                    self.no_escalation.join(",")
+                ),
+            )?;
         }
         Ok(())
     }
@@ -90,8 +96,9 @@ pub fn default_pod(pod: &Pod<'_>, defaults: &Defaults) -> Outcome {
         return out;
     }
     if let Some(reason) = windows(pod) {
-        out.warnings
-            .push(format!("secure-defaults: Windows pod ({reason}) left unchanged"));
+        out.warnings.push(format!(
+            "secure-defaults: Windows pod ({reason}) left unchanged"
+        ));
         return out;
     }
 
@@ -119,18 +126,33 @@ pub fn default_new_ephemeral(pod: &Pod<'_>, old: &Pod<'_>, defaults: &Defaults) 
         return out;
     }
     if let Some(reason) = windows(pod) {
-        out.warnings
-            .push(format!("secure-defaults: Windows pod ({reason}) left unchanged"));
+        out.warnings.push(format!(
+            "secure-defaults: Windows pod ({reason}) left unchanged"
+        ));
         return out;
     }
     let existing: HashSet<&str> = old
         .spec
         .as_ref()
-        .map(|s| s.list(ContainerList::EphemeralContainers).iter().map(Container::name).collect())
+        .map(|s| {
+            s.list(ContainerList::EphemeralContainers)
+                .iter()
+                .map(Container::name)
+                .collect()
+        })
         .unwrap_or_default();
-    for (index, container) in spec.list(ContainerList::EphemeralContainers).iter().enumerate() {
+    for (index, container) in spec
+        .list(ContainerList::EphemeralContainers)
+        .iter()
+        .enumerate()
+    {
         if !existing.contains(container.name()) {
-            no_escalation(ContainerList::EphemeralContainers, index, container, &mut out);
+            no_escalation(
+                ContainerList::EphemeralContainers,
+                index,
+                container,
+                &mut out,
+            );
         }
     }
     out
@@ -142,11 +164,17 @@ fn windows(pod: &Pod<'_>) -> Option<&'static str> {
     if spec.os.as_ref().and_then(|os| os.name.as_deref()) == Some("windows") {
         return Some("spec.os.name is windows");
     }
-    let host_process = |w: &Option<pod::WindowsOptions>| w.as_ref().and_then(|w| w.host_process) == Some(true);
-    let pod_hpc = spec.security_context.as_ref().is_some_and(|sc| host_process(&sc.windows_options));
-    let container_hpc = spec
-        .all_containers()
-        .any(|(_, _, c)| c.security_context.as_ref().is_some_and(|sc| host_process(&sc.windows_options)));
+    let host_process =
+        |w: &Option<pod::WindowsOptions>| w.as_ref().and_then(|w| w.host_process) == Some(true);
+    let pod_hpc = spec
+        .security_context
+        .as_ref()
+        .is_some_and(|sc| host_process(&sc.windows_options));
+    let container_hpc = spec.all_containers().any(|(_, _, c)| {
+        c.security_context
+            .as_ref()
+            .is_some_and(|sc| host_process(&sc.windows_options))
+    });
     (pod_hpc || container_hpc).then_some("windowsOptions.hostProcess is true")
 }
 
@@ -165,7 +193,12 @@ fn pod_level(spec: &pod::Spec<'_>, defaults: &Defaults, out: &mut Outcome) {
         let pod_user = has(|s| s.run_as_user.is_some()) || applied.run_as_user.is_some();
         let without_user: Vec<&str> = spec
             .all_containers()
-            .filter(|(_, _, c)| !pod_user && !c.security_context.as_ref().is_some_and(|sc| sc.run_as_user.is_some()))
+            .filter(|(_, _, c)| {
+                !(pod_user
+                    || c.security_context
+                        .as_ref()
+                        .is_some_and(|sc| sc.run_as_user.is_some()))
+            })
             .map(|(_, _, c)| c.name())
             .collect();
         if without_user.is_empty() {
@@ -229,8 +262,9 @@ fn no_escalation(list: ContainerList, index: usize, container: &Container<'_>, o
         .and_then(|sc| sc.capabilities.as_ref())
         .and_then(|c| c.add.as_ref())
         .is_some_and(|add| {
-            add.iter()
-                .any(|cap| cap.eq_ignore_ascii_case("SYS_ADMIN") || cap.eq_ignore_ascii_case("CAP_SYS_ADMIN"))
+            add.iter().any(|cap| {
+                cap.eq_ignore_ascii_case("SYS_ADMIN") || cap.eq_ignore_ascii_case("CAP_SYS_ADMIN")
+            })
         });
     if adds_sys_admin {
         out.warnings.push(format!(
@@ -257,9 +291,18 @@ fn annotate(pod: &Pod<'_>, applied: &Applied, patch: &mut Vec<Add>) {
     let meta = Pointer::root().key("metadata");
     let op = match (&pod.metadata, pod.annotations()) {
         (_, Some(a)) if a.defaulted => return,
-        (_, Some(_)) => Add::new(meta.key("annotations").key(pod::DEFAULTED_ANNOTATION), value),
-        (Some(_), None) => Add::new(meta.key("annotations"), json!({ pod::DEFAULTED_ANNOTATION: value })),
-        (None, None) => Add::new(meta, json!({"annotations": { pod::DEFAULTED_ANNOTATION: value }})),
+        (_, Some(_)) => Add::new(
+            meta.key("annotations").key(pod::DEFAULTED_ANNOTATION),
+            value,
+        ),
+        (Some(_), None) => Add::new(
+            meta.key("annotations"),
+            json!({ pod::DEFAULTED_ANNOTATION: value }),
+        ),
+        (None, None) => Add::new(
+            meta,
+            json!({"annotations": { pod::DEFAULTED_ANNOTATION: value }}),
+        ),
     };
     patch.push(op);
 }
@@ -290,12 +333,17 @@ mod tests {
         patch::apply(&mut patched, &outcome.patch).unwrap();
         let again_text = patched.to_string();
         let again: Pod = serde_json::from_str(&again_text).unwrap();
-        assert_eq!(default_pod(&again, defaults).patch, vec![], "second run must add nothing");
+        assert_eq!(
+            default_pod(&again, defaults).patch,
+            vec![],
+            "second run must add nothing"
+        );
         (patched, outcome)
     }
 
     fn annotation(pod: &Value) -> Option<&str> {
-        pod.pointer("/metadata/annotations/secure-defaults.io~1defaulted").and_then(Value::as_str)
+        pod.pointer("/metadata/annotations/secure-defaults.io~1defaulted")
+            .and_then(Value::as_str)
     }
 
     #[test]
@@ -309,12 +357,23 @@ mod tests {
                     ("/spec/securityContext/runAsUser", json!(65532)),
                     ("/spec/securityContext/runAsGroup", json!(65533)),
                     ("/spec/securityContext/fsGroup", json!(65534)),
-                    ("/spec/securityContext/fsGroupChangePolicy", json!("OnRootMismatch")),
-                    ("/spec/containers/0/securityContext/allowPrivilegeEscalation", json!(false)),
-                    ("/spec/initContainers/0/securityContext/allowPrivilegeEscalation", json!(false)),
+                    (
+                        "/spec/securityContext/fsGroupChangePolicy",
+                        json!("OnRootMismatch"),
+                    ),
+                    (
+                        "/spec/containers/0/securityContext/allowPrivilegeEscalation",
+                        json!(false),
+                    ),
+                    (
+                        "/spec/initContainers/0/securityContext/allowPrivilegeEscalation",
+                        json!(false),
+                    ),
                     (
                         "/metadata/annotations/secure-defaults.io~1defaulted",
-                        json!("runAsUser=65532,runAsGroup=65533,fsGroup=65534,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(app,init-db)"),
+                        json!(
+                            "runAsUser=65532,runAsGroup=65533,fsGroup=65534,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(app,init-db)"
+                        ),
                     ),
                 ],
             ),
@@ -324,8 +383,14 @@ mod tests {
                     "securityContext": {"runAsUser": 0, "runAsGroup": 0, "fsGroup": 0, "fsGroupChangePolicy": "Always"},
                     "containers": [{"name": "a", "securityContext": {"allowPrivilegeEscalation": true}}]}}),
                 vec![
-                    ("/spec/securityContext", json!({"runAsUser": 0, "runAsGroup": 0, "fsGroup": 0, "fsGroupChangePolicy": "Always"})),
-                    ("/spec/containers/0/securityContext", json!({"allowPrivilegeEscalation": true})),
+                    (
+                        "/spec/securityContext",
+                        json!({"runAsUser": 0, "runAsGroup": 0, "fsGroup": 0, "fsGroupChangePolicy": "Always"}),
+                    ),
+                    (
+                        "/spec/containers/0/securityContext",
+                        json!({"allowPrivilegeEscalation": true}),
+                    ),
                     ("/metadata/annotations", Value::Null),
                 ],
             ),
@@ -336,15 +401,27 @@ mod tests {
                     "containers": [{"name": "a", "securityContext": null}, {"name": "b", "securityContext": {"allowPrivilegeEscalation": null}}]}}),
                 vec![
                     ("/spec/securityContext/runAsUser", json!(65532)),
-                    ("/spec/securityContext/seLinuxOptions", json!({"level": "s0"})),
-                    ("/spec/containers/0/securityContext", json!({"allowPrivilegeEscalation": false})),
-                    ("/spec/containers/1/securityContext", json!({"allowPrivilegeEscalation": false})),
+                    (
+                        "/spec/securityContext/seLinuxOptions",
+                        json!({"level": "s0"}),
+                    ),
+                    (
+                        "/spec/containers/0/securityContext",
+                        json!({"allowPrivilegeEscalation": false}),
+                    ),
+                    (
+                        "/spec/containers/1/securityContext",
+                        json!({"allowPrivilegeEscalation": false}),
+                    ),
                 ],
             ),
             (
                 "null securityContext is replaced by the defaults",
                 json!({"metadata": {}, "spec": {"securityContext": null, "containers": []}}),
-                vec![("/spec/securityContext", json!({"runAsUser": 65532, "runAsGroup": 65533, "fsGroup": 65534, "fsGroupChangePolicy": "OnRootMismatch"}))],
+                vec![(
+                    "/spec/securityContext",
+                    json!({"runAsUser": 65532, "runAsGroup": 65533, "fsGroup": 65534, "fsGroupChangePolicy": "OnRootMismatch"}),
+                )],
             ),
             (
                 "explicit false on a container is kept and not recorded",
@@ -357,13 +434,19 @@ mod tests {
                 json!({"metadata": {}, "spec": {"securityContext": {"fsGroup": 7}, "containers": []}}),
                 vec![
                     ("/spec/securityContext/fsGroup", json!(7)),
-                    ("/spec/securityContext/fsGroupChangePolicy", json!("OnRootMismatch")),
+                    (
+                        "/spec/securityContext/fsGroupChangePolicy",
+                        json!("OnRootMismatch"),
+                    ),
                 ],
             ),
             (
                 "ephemeral containers present at creation are defaulted too",
                 json!({"metadata": {}, "spec": {"containers": [], "ephemeralContainers": [{"name": "dbg"}]}}),
-                vec![("/spec/ephemeralContainers/0/securityContext/allowPrivilegeEscalation", json!(false))],
+                vec![(
+                    "/spec/ephemeralContainers/0/securityContext/allowPrivilegeEscalation",
+                    json!(false),
+                )],
             ),
             (
                 "unknown fields survive",
@@ -375,7 +458,10 @@ mod tests {
                     ("/spec/securityContext/futureSc", json!(true)),
                     ("/spec/containers/0/futureC", json!("v")),
                     ("/spec/containers/0/securityContext/futureCsc", json!(1)),
-                    ("/spec/containers/0/securityContext/allowPrivilegeEscalation", json!(false)),
+                    (
+                        "/spec/containers/0/securityContext/allowPrivilegeEscalation",
+                        json!(false),
+                    ),
                 ],
             ),
         ];
@@ -385,7 +471,11 @@ mod tests {
                 let got = patched.pointer(pointer).cloned().unwrap_or(Value::Null);
                 assert_eq!(got, want, "{name}: {pointer}");
             }
-            assert!(outcome.warnings.is_empty(), "{name}: {:?}", outcome.warnings);
+            assert!(
+                outcome.warnings.is_empty(),
+                "{name}: {:?}",
+                outcome.warnings
+            );
         }
     }
 
@@ -432,7 +522,10 @@ mod tests {
         ];
         for (name, pod, absent, words) in cases {
             let (patched, outcome) = run(&pod, &full());
-            assert!(patched.pointer(absent).is_none(), "{name}: {absent} was set: {patched}");
+            assert!(
+                patched.pointer(absent).is_none(),
+                "{name}: {absent} was set: {patched}"
+            );
             assert!(
                 outcome.warnings.iter().any(|w| w.contains(words)),
                 "{name}: no warning with {words:?} in {:?}",
@@ -445,8 +538,14 @@ mod tests {
     fn privileged_container_does_not_stop_the_others() {
         let pod = json!({"spec": {"containers": [{"name": "vpn", "securityContext": {"privileged": true}}, {"name": "app"}]}});
         let (patched, outcome) = run(&pod, &full());
-        assert_eq!(patched.pointer("/spec/containers/1/securityContext/allowPrivilegeEscalation"), Some(&json!(false)));
-        assert_eq!(patched.pointer("/spec/securityContext/runAsUser"), Some(&json!(65532)));
+        assert_eq!(
+            patched.pointer("/spec/containers/1/securityContext/allowPrivilegeEscalation"),
+            Some(&json!(false))
+        );
+        assert_eq!(
+            patched.pointer("/spec/securityContext/runAsUser"),
+            Some(&json!(65532))
+        );
         assert_eq!(outcome.applied.no_escalation, vec!["app".to_owned()]);
     }
 
@@ -459,18 +558,38 @@ mod tests {
         // No pod user, no default user, one container without its own: no group.
         let pod = json!({"spec": {"containers": [{"name": "a", "securityContext": {"runAsUser": 5}}, {"name": "b"}]}});
         let (patched, outcome) = run(&pod, &no_user);
-        assert!(patched.pointer("/spec/securityContext/runAsGroup").is_none());
-        assert!(outcome.warnings.iter().any(|w| w.contains("\"b\" has no runAsUser")), "{:?}", outcome.warnings);
+        assert!(
+            patched
+                .pointer("/spec/securityContext/runAsGroup")
+                .is_none()
+        );
+        assert!(
+            outcome
+                .warnings
+                .iter()
+                .any(|w| w.contains("\"b\" has no runAsUser")),
+            "{:?}",
+            outcome.warnings
+        );
         // Every container has its own user: the group is set.
         let pod = json!({"spec": {"containers": [{"name": "a", "securityContext": {"runAsUser": 5}}],
             "initContainers": [{"name": "i", "securityContext": {"runAsUser": 0}}]}});
         let (patched, _) = run(&pod, &no_user);
-        assert_eq!(patched.pointer("/spec/securityContext/runAsGroup"), Some(&json!(65533)));
+        assert_eq!(
+            patched.pointer("/spec/securityContext/runAsGroup"),
+            Some(&json!(65533))
+        );
         // The pod's own user covers every container.
         let pod = json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "a"}]}});
         let (patched, _) = run(&pod, &no_user);
-        assert_eq!(patched.pointer("/spec/securityContext/runAsGroup"), Some(&json!(65533)));
-        assert_eq!(patched.pointer("/spec/securityContext/runAsUser"), Some(&json!(1000)));
+        assert_eq!(
+            patched.pointer("/spec/securityContext/runAsGroup"),
+            Some(&json!(65533))
+        );
+        assert_eq!(
+            patched.pointer("/spec/securityContext/runAsUser"),
+            Some(&json!(1000))
+        );
     }
 
     #[test]
@@ -480,22 +599,41 @@ mod tests {
             ..full()
         };
         let (patched, _) = run(&json!({"spec": {"containers": []}}), &no_fs_group);
-        assert!(patched.pointer("/spec/securityContext/fsGroupChangePolicy").is_none());
+        assert!(
+            patched
+                .pointer("/spec/securityContext/fsGroupChangePolicy")
+                .is_none()
+        );
     }
 
     #[test]
     fn annotation_parents_are_created_or_reused() {
         let cases = [
-            (json!({"spec": {"containers": [{"name": "a"}]}}), "no metadata"),
-            (json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "a"}]}}), "no annotations"),
-            (json!({"metadata": {"annotations": {"team": "x"}}, "spec": {"containers": [{"name": "a"}]}}), "other annotations"),
+            (
+                json!({"spec": {"containers": [{"name": "a"}]}}),
+                "no metadata",
+            ),
+            (
+                json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "a"}]}}),
+                "no annotations",
+            ),
+            (
+                json!({"metadata": {"annotations": {"team": "x"}}, "spec": {"containers": [{"name": "a"}]}}),
+                "other annotations",
+            ),
         ];
         for (pod, name) in &cases {
             let (patched, _) = run(pod, &full());
-            assert!(annotation(&patched).is_some_and(|a| a.starts_with("runAsUser=65532")), "{name}: {patched}");
+            assert!(
+                annotation(&patched).is_some_and(|a| a.starts_with("runAsUser=65532")),
+                "{name}: {patched}"
+            );
         }
         let (patched, _) = run(&cases[2].0, &full());
-        assert_eq!(patched.pointer("/metadata/annotations/team"), Some(&json!("x")));
+        assert_eq!(
+            patched.pointer("/metadata/annotations/team"),
+            Some(&json!("x"))
+        );
     }
 
     #[test]
@@ -508,7 +646,10 @@ mod tests {
 
     #[test]
     fn nothing_to_default_means_no_patch_and_no_record() {
-        let (patched, outcome) = run(&json!({"spec": {"containers": [{"name": "a"}]}}), &Defaults::default());
+        let (patched, outcome) = run(
+            &json!({"spec": {"containers": [{"name": "a"}]}}),
+            &Defaults::default(),
+        );
         assert!(outcome.patch.is_empty());
         assert!(annotation(&patched).is_none());
     }
@@ -525,7 +666,12 @@ mod tests {
         let paths: Vec<&str> = outcome.patch.iter().map(|op| op.path.as_str()).collect();
         assert_eq!(paths, vec!["/spec/ephemeralContainers/1/securityContext"]);
         assert_eq!(outcome.applied.no_escalation, vec!["dbg2".to_owned()]);
-        assert!(outcome.warnings.iter().any(|w| w.contains("\"dbg3\" is privileged")));
+        assert!(
+            outcome
+                .warnings
+                .iter()
+                .any(|w| w.contains("\"dbg3\" is privileged"))
+        );
     }
 
     #[test]
@@ -536,10 +682,17 @@ mod tests {
             no_escalation: vec!["app".into(), "init-db".into()],
             ..Applied::default()
         };
-        assert_eq!(applied.to_string(), "runAsUser=65532,fsGroup=1,allowPrivilegeEscalation=false(app,init-db)");
+        assert_eq!(
+            applied.to_string(),
+            "runAsUser=65532,fsGroup=1,allowPrivilegeEscalation=false(app,init-db)"
+        );
         assert_eq!(
             applied.fields().collect::<Vec<_>>(),
-            vec![Field::RunAsUser, Field::FsGroup, Field::AllowPrivilegeEscalation]
+            vec![
+                Field::RunAsUser,
+                Field::FsGroup,
+                Field::AllowPrivilegeEscalation
+            ]
         );
     }
 }

@@ -3,5 +3,5 @@ pub mod cli;
 pub mod defaults;
 pub mod patch;
 pub mod pod;
-pub mod preview;
 pub mod policy;
+pub mod preview;

@@ -29,7 +29,9 @@ fn mutate(args: MutateArgs) -> anyhow::Result<()> {
     let policy = policy::load(&args.policy)?;
     let input = if args.file.as_os_str() == "-" {
         let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).context("cannot read standard input")?;
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read standard input")?;
         buf
     } else {
         std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?
@@ -39,14 +41,18 @@ fn mutate(args: MutateArgs) -> anyhow::Result<()> {
         namespace: args.namespace.as_deref(),
         labels: &labels,
     };
-    let result = preview::run(&input, &policy, &options).with_context(|| format!("{}", args.file.display()))?;
+    let result = preview::run(&input, &policy, &options)
+        .with_context(|| format!("{}", args.file.display()))?;
     for warning in &result.warnings {
         eprintln!("warning: {warning}");
     }
     if let admission::Verdict::Exempt(why) = result.verdict {
         eprintln!("note: namespace {:?} is exempt: {why}", result.namespace);
         if why == policy::Exemption::NotOptedIn && labels.is_empty() {
-            eprintln!("note: add --namespace-label {}=enabled to preview an opted-in namespace", policy::INJECT_LABEL);
+            eprintln!(
+                "note: add --namespace-label {}=enabled to preview an opted-in namespace",
+                policy::INJECT_LABEL
+            );
         }
     }
     let text = match (args.output, result.format) {
@@ -61,7 +67,11 @@ fn mutate(args: MutateArgs) -> anyhow::Result<()> {
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
     let policy = policy::load(&args.policy)?;
-    print!("{}: valid\n{}", args.policy.display(), policy::describe(&policy));
+    print!(
+        "{}: valid\n{}",
+        args.policy.display(),
+        policy::describe(&policy)
+    );
     if let Some(namespace) = args.namespace {
         let labels: BTreeMap<String, String> = args.namespace_labels.into_iter().collect();
         match policy.decide(&namespace, NamespaceLabels::Known(&labels)) {

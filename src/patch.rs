@@ -96,7 +96,10 @@ mod tests {
     fn escapes_tokens() {
         let cases = [
             ("plain", "/plain"),
-            ("secure-defaults.io/defaulted", "/secure-defaults.io~1defaulted"),
+            (
+                "secure-defaults.io/defaulted",
+                "/secure-defaults.io~1defaulted",
+            ),
             ("a~b", "/a~0b"),
             ("~/", "/~0~1"),
             ("~1", "/~01"),
@@ -106,7 +109,11 @@ mod tests {
             assert_eq!(Pointer::root().key(token).as_str(), want, "token {token:?}");
         }
         assert_eq!(
-            Pointer::root().key("spec").key("containers").index(12).as_str(),
+            Pointer::root()
+                .key("spec")
+                .key("containers")
+                .index(12)
+                .as_str(),
             "/spec/containers/12"
         );
     }
@@ -123,7 +130,11 @@ mod tests {
     #[test]
     fn applies_escaped_paths() {
         let mut doc = serde_json::json!({"m": {"x~y/z": 1}});
-        apply(&mut doc, &[Add::new(Pointer::root().key("m").key("a~b/c"), 2)]).unwrap();
+        apply(
+            &mut doc,
+            &[Add::new(Pointer::root().key("m").key("a~b/c"), 2)],
+        )
+        .unwrap();
         assert_eq!(doc, serde_json::json!({"m": {"x~y/z": 1, "a~b/c": 2}}));
     }
 }

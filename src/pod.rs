@@ -183,9 +183,12 @@ impl<'a> Spec<'a> {
 
     /// Every container of the pod, with the list it is in and its index there.
     pub fn all_containers(&self) -> impl Iterator<Item = (ContainerList, usize, &Container<'a>)> {
-        ContainerList::ALL
-            .into_iter()
-            .flat_map(move |list| self.list(list).iter().enumerate().map(move |(i, c)| (list, i, c)))
+        ContainerList::ALL.into_iter().flat_map(move |list| {
+            self.list(list)
+                .iter()
+                .enumerate()
+                .map(move |(i, c)| (list, i, c))
+        })
     }
 }
 
@@ -242,6 +245,9 @@ mod tests {
             r#"{"spec":{"futureField":{"deep":[1,2,{"x":null}]},"containers":[{"name":"a","resizePolicy":[]}]}}"#,
         )
         .unwrap();
-        assert_eq!(pod.spec.unwrap().list(ContainerList::Containers)[0].name(), "a");
+        assert_eq!(
+            pod.spec.unwrap().list(ContainerList::Containers)[0].name(),
+            "a"
+        );
     }
 }

@@ -63,7 +63,11 @@ pub fn run(input: &[u8], policy: &Policy, options: &Options<'_>) -> Result<Previ
         Format::Yaml
     };
     let value: Value = serde_yaml::from_slice(input).map_err(PreviewError::ParseInput)?;
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("Pod").to_owned();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("Pod")
+        .to_owned();
     if !value.is_object() {
         return Err(PreviewError::NotAnObject);
     }
@@ -94,7 +98,10 @@ pub fn run(input: &[u8], policy: &Policy, options: &Options<'_>) -> Result<Previ
     let body = serde_json::to_vec(&review).unwrap_or_default();
     let parsed = admission::parse(&body).map_err(PreviewError::Review)?;
     let response = admission::respond(&parsed, policy, NamespaceLabels::Known(options.labels));
-    let mut object = review.pointer("/request/object").cloned().unwrap_or(Value::Null);
+    let mut object = review
+        .pointer("/request/object")
+        .cloned()
+        .unwrap_or(Value::Null);
     patch::apply(&mut object, &response.outcome.patch).map_err(PreviewError::ApplyPatch)?;
     Ok(Preview {
         namespace: parsed.request.namespace.as_deref().unwrap_or("").to_owned(),

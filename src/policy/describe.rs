@@ -13,18 +13,30 @@ pub fn describe(policy: &Policy) -> String {
 
 fn write_description(policy: &Policy, out: &mut String) -> std::fmt::Result {
     match policy.mode {
-        Mode::OptIn => writeln!(out, "mode opt-in: only namespaces labelled {INJECT_LABEL}=enabled are defaulted")?,
+        Mode::OptIn => writeln!(
+            out,
+            "mode opt-in: only namespaces labelled {INJECT_LABEL}=enabled are defaulted"
+        )?,
         Mode::ClusterWide => writeln!(
             out,
             "mode cluster-wide: every namespace is defaulted except those labelled {INJECT_LABEL}=disabled"
         )?,
     }
     let mut exempt: Vec<&str> = ALWAYS_EXEMPT.to_vec();
-    exempt.extend(policy.exempt_namespaces.iter().map(String::as_str).filter(|n| !ALWAYS_EXEMPT.contains(n)));
+    exempt.extend(
+        policy
+            .exempt_namespaces
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !ALWAYS_EXEMPT.contains(n)),
+    );
     writeln!(out, "never defaulted: {}", exempt.join(", "))?;
     writeln!(out, "defaults: {}", policy.defaults)?;
     if policy.rules.is_empty() {
-        writeln!(out, "no per-namespace entries: every served namespace gets the defaults")?;
+        writeln!(
+            out,
+            "no per-namespace entries: every served namespace gets the defaults"
+        )?;
     }
     for (i, rule) in policy.rules.iter().enumerate() {
         let mut conditions = Vec::new();
@@ -49,10 +61,17 @@ fn write_description(policy: &Policy, out: &mut String) -> std::fmt::Result {
                 parts.join("; ")
             }
         };
-        writeln!(out, "namespaces[{i}]: in namespaces {}: {what}", conditions.join(" and "))?;
+        writeln!(
+            out,
+            "namespaces[{i}]: in namespaces {}: {what}",
+            conditions.join(" and ")
+        )?;
     }
     if policy.rules.len() > 1 {
-        writeln!(out, "(entries apply in order and later ones win; any matching exempt entry exempts the namespace)")?;
+        writeln!(
+            out,
+            "(entries apply in order and later ones win; any matching exempt entry exempts the namespace)"
+        )?;
     }
     Ok(())
 }

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::{self, IntoDeserializer};
 
-use super::{Action, Defaults, Field, FsGroupChangePolicy, Id, LabelSelector, Mode, Operator, Policy, Requirement, Rule};
+use super::{
+    Action, Defaults, Field, FsGroupChangePolicy, Id, LabelSelector, Mode, Operator, Policy,
+    Requirement, Rule,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -38,10 +41,11 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 
 /// Validates policy text; `path` is only used to name the file in errors.
 pub fn parse(text: &[u8], path: &Path) -> Result<Policy, PolicyError> {
-    let file: PolicyFile = serde_yaml::from_slice(text).map_err(|source| PolicyError::ParsePolicy {
-        path: path.to_owned(),
-        source,
-    })?;
+    let file: PolicyFile =
+        serde_yaml::from_slice(text).map_err(|source| PolicyError::ParsePolicy {
+            path: path.to_owned(),
+            source,
+        })?;
     Ok(file.into_policy())
 }
 
@@ -65,7 +69,7 @@ where
     T: TryFrom<R>,
     T::Error: std::fmt::Display,
 {
-    fn check<'de, E: de::Error>(raw: Result<R, E>) -> Result<T, E> {
+    fn check<E: de::Error>(raw: Result<R, E>) -> Result<T, E> {
         T::try_from(raw?).map_err(E::custom)
     }
 }
@@ -79,7 +83,12 @@ where
     type Value = T;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(std::any::type_name::<R>().rsplit("::").next().unwrap_or("a value"))
+        f.write_str(
+            std::any::type_name::<R>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("a value"),
+        )
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
         Self::check(R::deserialize(v.into_deserializer()))
@@ -194,7 +203,9 @@ impl TryFrom<i64> for NonRootId {
     type Error = String;
     fn try_from(value: i64) -> Result<Self, String> {
         if value == 0 {
-            return Err("0 is root, which is not a secure default; choose a non-zero ID".to_owned());
+            return Err(
+                "0 is root, which is not a secure default; choose a non-zero ID".to_owned(),
+            );
         }
         AnyId::try_from(value).map(|id| NonRootId(id.0))
     }
@@ -225,7 +236,9 @@ impl TryFrom<String> for NamespaceName {
         let bytes = name.as_bytes();
         let valid = !bytes.is_empty()
             && bytes.len() <= 63
-            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
             && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
             && bytes.last().is_some_and(u8::is_ascii_alphanumeric);
         if valid {
@@ -259,7 +272,10 @@ impl TryFrom<RuleFields> for RuleFile {
     fn try_from(raw: RuleFields) -> Result<Self, String> {
         let MatchFile { names, labels } = raw.match_;
         if names.is_none() && labels.is_none() {
-            return Err("match needs `names`, `labels` or both; to change every namespace, edit `defaults`".to_owned());
+            return Err(
+                "match needs `names`, `labels` or both; to change every namespace, edit `defaults`"
+                    .to_owned(),
+            );
         }
         let names = names.map(|n| n.into_iter().map(|n| n.0).collect::<BTreeSet<_>>());
         if names.as_ref().is_some_and(BTreeSet::is_empty) {
@@ -269,7 +285,9 @@ impl TryFrom<RuleFields> for RuleFile {
         let skip: BTreeSet<Field> = raw.skip.into_iter().collect();
         let action = if raw.exempt {
             if !set.is_empty() || !skip.is_empty() {
-                return Err("an entry with `exempt: true` cannot also have `set` or `skip`".to_owned());
+                return Err(
+                    "an entry with `exempt: true` cannot also have `set` or `skip`".to_owned(),
+                );
             }
             Action::Exempt
         } else {
@@ -277,7 +295,10 @@ impl TryFrom<RuleFields> for RuleFile {
                 return Err(format!("{} is both in `set` and in `skip`", field.as_str()));
             }
             if set.is_empty() && skip.is_empty() {
-                return Err("the entry has none of `set`, `skip` or `exempt: true`, so it does nothing".to_owned());
+                return Err(
+                    "the entry has none of `set`, `skip` or `exempt: true`, so it does nothing"
+                        .to_owned(),
+                );
             }
             Action::Adjust { set, skip }
         };
@@ -340,10 +361,16 @@ impl TryFrom<ExpressionFields> for ExpressionFile {
     fn try_from(raw: ExpressionFields) -> Result<Self, String> {
         match raw.operator {
             Operator::In | Operator::NotIn if raw.values.is_empty() => {
-                return Err(format!("operator {:?} on key {:?} needs at least one value", raw.operator, raw.key));
+                return Err(format!(
+                    "operator {:?} on key {:?} needs at least one value",
+                    raw.operator, raw.key
+                ));
             }
             Operator::Exists | Operator::DoesNotExist if !raw.values.is_empty() => {
-                return Err(format!("operator {:?} on key {:?} takes no values", raw.operator, raw.key));
+                return Err(format!(
+                    "operator {:?} on key {:?} takes no values",
+                    raw.operator, raw.key
+                ));
             }
             _ => {}
         }
@@ -381,26 +408,71 @@ mod tests {
     fn errors_name_file_field_and_line() {
         // (policy body after the head, words the message must contain)
         let cases = [
-            ("defaults:\n  runAsUser: 0\n", "defaults.runAsUser: 0 is root"),
-            ("defaults:\n  runAsGroup: 0\n", "defaults.runAsGroup: 0 is root"),
-            ("defaults:\n  fsGroup: 2147483648\n", "defaults.fsGroup: 2147483648 is outside the valid ID range"),
-            ("defaults:\n  fsGroup: -1\n", "defaults.fsGroup: -1 is outside"),
-            ("defaults:\n  allowPrivilegeEscalation: true\n", "defaults.allowPrivilegeEscalation: true is not a secure default"),
-            ("defaults:\n  runAsUsr: 5\n", "defaults: unknown field `runAsUsr`"),
-            ("defaults:\n  runAsUser: \"5\"\n", "defaults.runAsUser: invalid type: string"),
-            ("defaults:\n  fsGroupChangePolicy: Sometimes\n", "defaults.fsGroupChangePolicy: unknown variant `Sometimes`"),
+            (
+                "defaults:\n  runAsUser: 0\n",
+                "defaults.runAsUser: 0 is root",
+            ),
+            (
+                "defaults:\n  runAsGroup: 0\n",
+                "defaults.runAsGroup: 0 is root",
+            ),
+            (
+                "defaults:\n  fsGroup: 2147483648\n",
+                "defaults.fsGroup: 2147483648 is outside the valid ID range",
+            ),
+            (
+                "defaults:\n  fsGroup: -1\n",
+                "defaults.fsGroup: -1 is outside",
+            ),
+            (
+                "defaults:\n  allowPrivilegeEscalation: true\n",
+                "defaults.allowPrivilegeEscalation: true is not a secure default",
+            ),
+            (
+                "defaults:\n  runAsUsr: 5\n",
+                "defaults: unknown field `runAsUsr`",
+            ),
+            (
+                "defaults:\n  runAsUser: \"5\"\n",
+                "defaults.runAsUser: invalid type: string",
+            ),
+            (
+                "defaults:\n  fsGroupChangePolicy: Sometimes\n",
+                "defaults.fsGroupChangePolicy: unknown variant `Sometimes`",
+            ),
             ("extra: 1\n", "unknown field `extra`"),
-            ("exemptNamespaces: [Kube_System]\n", "exemptNamespaces[0]: \"Kube_System\" is not a valid namespace name"),
+            (
+                "exemptNamespaces: [Kube_System]\n",
+                "exemptNamespaces[0]: \"Kube_System\" is not a valid namespace name",
+            ),
             (
                 "namespaces:\n  - match: {names: [a]}\n    exempt: true\n  - match:\n      labels:\n        matchExpressions: [{key: t, operator: Inn}]\n    exempt: true\n",
                 "namespaces[1].match.labels.matchExpressions[0].operator: unknown variant `Inn`",
             ),
-            ("namespaces:\n  - match: {names: [a]}\n    set: {runAsUser: 0}\n", "namespaces[0].set.runAsUser: 0 is root"),
-            ("namespaces:\n  - match: {names: [a]}\n    set: {fsGroup: 5}\n    skip: [fsGroup]\n", "namespaces[0]: fsGroup is both in `set` and in `skip`"),
-            ("namespaces:\n  - match: {names: [a]}\n    set: {fsGroup: 5}\n    exempt: true\n", "cannot also have `set` or `skip`"),
-            ("namespaces:\n  - match: {}\n    exempt: true\n", "match needs `names`, `labels` or both"),
-            ("namespaces:\n  - match: {names: [a]}\n", "so it does nothing"),
-            ("namespaces:\n  - match: {names: [a]}\n    skip: [runAsUsr]\n", "namespaces[0].skip[0]: unknown variant `runAsUsr`"),
+            (
+                "namespaces:\n  - match: {names: [a]}\n    set: {runAsUser: 0}\n",
+                "namespaces[0].set.runAsUser: 0 is root",
+            ),
+            (
+                "namespaces:\n  - match: {names: [a]}\n    set: {fsGroup: 5}\n    skip: [fsGroup]\n",
+                "namespaces[0]: fsGroup is both in `set` and in `skip`",
+            ),
+            (
+                "namespaces:\n  - match: {names: [a]}\n    set: {fsGroup: 5}\n    exempt: true\n",
+                "cannot also have `set` or `skip`",
+            ),
+            (
+                "namespaces:\n  - match: {}\n    exempt: true\n",
+                "match needs `names`, `labels` or both",
+            ),
+            (
+                "namespaces:\n  - match: {names: [a]}\n",
+                "so it does nothing",
+            ),
+            (
+                "namespaces:\n  - match: {names: [a]}\n    skip: [runAsUsr]\n",
+                "namespaces[0].skip[0]: unknown variant `runAsUsr`",
+            ),
             (
                 "namespaces:\n  - match: {labels: {matchExpressions: [{key: t, operator: In}]}}\n    exempt: true\n",
                 "operator In on key \"t\" needs at least one value",
@@ -409,13 +481,25 @@ mod tests {
                 "namespaces:\n  - match: {labels: {matchExpressions: [{key: t, operator: Exists, values: [x]}]}}\n    exempt: true\n",
                 "operator Exists on key \"t\" takes no values",
             ),
-            ("namespaces:\n  - match: {labels: {}}\n    exempt: true\n", "an empty selector would match every namespace"),
+            (
+                "namespaces:\n  - match: {labels: {}}\n    exempt: true\n",
+                "an empty selector would match every namespace",
+            ),
         ];
         for (body, words) in cases {
             let message = error_of(body);
-            assert!(message.starts_with("invalid policy file p.yaml: "), "{message}");
-            assert!(message.contains(words), "{body:?}: {message:?} lacks {words:?}");
-            assert!(message.contains(" at line "), "{body:?}: {message:?} has no line");
+            assert!(
+                message.starts_with("invalid policy file p.yaml: "),
+                "{message}"
+            );
+            assert!(
+                message.contains(words),
+                "{body:?}: {message:?} lacks {words:?}"
+            );
+            assert!(
+                message.contains(" at line "),
+                "{body:?}: {message:?} has no line"
+            );
         }
     }
 
@@ -428,14 +512,28 @@ mod tests {
     #[test]
     fn head_is_checked() {
         for (text, words) in [
-            ("apiVersion: v1\nkind: Policy\nmode: opt-in\n", "apiVersion: unknown variant `v1`"),
-            ("apiVersion: secure-defaults.io/v1alpha1\nkind: Pod\nmode: opt-in\n", "kind: unknown variant `Pod`"),
-            ("apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\n", "missing field `mode`"),
+            (
+                "apiVersion: v1\nkind: Policy\nmode: opt-in\n",
+                "apiVersion: unknown variant `v1`",
+            ),
+            (
+                "apiVersion: secure-defaults.io/v1alpha1\nkind: Pod\nmode: opt-in\n",
+                "kind: unknown variant `Pod`",
+            ),
+            (
+                "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\n",
+                "missing field `mode`",
+            ),
             ("mode: [\n", "invalid policy file"),
             ("", "invalid policy file"),
         ] {
             let err = parse(text.as_bytes(), Path::new("p.yaml")).expect_err(text);
-            let message = format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default());
+            let message = format!(
+                "{err}: {}",
+                std::error::Error::source(&err)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            );
             assert!(message.contains(words), "{text:?}: {message}");
         }
     }
@@ -481,6 +579,9 @@ namespaces:
     fn missing_file_is_a_read_error() {
         let err = load(Path::new("/nonexistent/policy.yaml")).unwrap_err();
         assert!(matches!(err, PolicyError::ReadPolicy { .. }));
-        assert_eq!(err.to_string(), "cannot read policy file /nonexistent/policy.yaml");
+        assert_eq!(
+            err.to_string(),
+            "cannot read policy file /nonexistent/policy.yaml"
+        );
     }
 }

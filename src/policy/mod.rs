@@ -208,7 +208,9 @@ pub struct LabelSelector {
 
 impl LabelSelector {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|r| {
                 let value = labels.get(&r.key);
                 match r.operator {
@@ -223,7 +225,11 @@ impl LabelSelector {
 
 impl fmt::Display for LabelSelector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts: Vec<String> = self.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut parts: Vec<String> = self
+            .match_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         for r in &self.match_expressions {
             let values = r.values.iter().cloned().collect::<Vec<_>>().join(",");
             parts.push(match r.operator {
@@ -242,7 +248,10 @@ pub enum Action {
     /// No defaulting at all in matching namespaces.
     Exempt,
     /// Override some defaults and drop others.
-    Adjust { set: Defaults, skip: BTreeSet<Field> },
+    Adjust {
+        set: Defaults,
+        skip: BTreeSet<Field>,
+    },
 }
 
 /// One entry of `namespaces:`. A match with both names and labels needs both to hold.
@@ -329,8 +338,12 @@ impl Policy {
         if let NamespaceLabels::Known(labels) = labels {
             let inject = labels.get(INJECT_LABEL).map(String::as_str);
             match self.mode {
-                Mode::OptIn if inject != Some("enabled") => return Decision::Exempt(Exemption::NotOptedIn),
-                Mode::ClusterWide if inject == Some("disabled") => return Decision::Exempt(Exemption::OptedOut),
+                Mode::OptIn if inject != Some("enabled") => {
+                    return Decision::Exempt(Exemption::NotOptedIn);
+                }
+                Mode::ClusterWide if inject == Some("disabled") => {
+                    return Decision::Exempt(Exemption::OptedOut);
+                }
                 _ => {}
             }
         }
@@ -367,7 +380,10 @@ mod tests {
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -384,7 +400,12 @@ mod tests {
             (&opt_in, "app", &none, Some(Exemption::NotOptedIn)),
             (&opt_in, "app", &disabled, Some(Exemption::NotOptedIn)),
             (&opt_in, "kube-system", &enabled, Some(Exemption::System)),
-            (&opt_in, "kube-node-lease", &enabled, Some(Exemption::System)),
+            (
+                &opt_in,
+                "kube-node-lease",
+                &enabled,
+                Some(Exemption::System),
+            ),
             (&opt_in, "tools", &enabled, Some(Exemption::Listed)),
             (&opt_in, "legacy", &enabled, Some(Exemption::Rule(0))),
             (&wide, "app", &none, None),
@@ -396,7 +417,11 @@ mod tests {
         for (p, ns, l, want) in cases {
             let got = p.decide(ns, NamespaceLabels::Known(l));
             match want {
-                None => assert!(matches!(got, Decision::Apply(_)), "{} {ns} {l:?}: {got:?}", p.mode),
+                None => assert!(
+                    matches!(got, Decision::Apply(_)),
+                    "{} {ns} {l:?}: {got:?}",
+                    p.mode
+                ),
                 Some(why) => assert_eq!(got, Decision::Exempt(why), "{} {ns} {l:?}", p.mode),
             }
         }
@@ -415,15 +440,28 @@ mod tests {
     set: {runAsGroup: 3000}
 ",
         );
-        let decide = |ns: &str, l: &[(&str, &str)]| match p.decide(ns, NamespaceLabels::Known(&labels(l))) {
-            Decision::Apply(d) => d.to_string(),
-            Decision::Exempt(why) => format!("exempt: {why}"),
-        };
-        assert_eq!(decide("other", &[]), "runAsUser=1000,fsGroup=2000,allowPrivilegeEscalation=false");
-        assert_eq!(decide("other", &[("team", "data")]), "runAsUser=10001,fsGroup=10001,allowPrivilegeEscalation=false");
+        let decide =
+            |ns: &str, l: &[(&str, &str)]| match p.decide(ns, NamespaceLabels::Known(&labels(l))) {
+                Decision::Apply(d) => d.to_string(),
+                Decision::Exempt(why) => format!("exempt: {why}"),
+            };
+        assert_eq!(
+            decide("other", &[]),
+            "runAsUser=1000,fsGroup=2000,allowPrivilegeEscalation=false"
+        );
+        assert_eq!(
+            decide("other", &[("team", "data")]),
+            "runAsUser=10001,fsGroup=10001,allowPrivilegeEscalation=false"
+        );
         // Names alone hold, labels do not: entry 1 does not apply, entry 2 does.
-        assert_eq!(decide("payments", &[("team", "data")]), "runAsUser=10001,runAsGroup=3000,fsGroup=10001,allowPrivilegeEscalation=false");
-        assert_eq!(decide("payments", &[("team", "data"), ("tier", "web")]), "runAsUser=10001,runAsGroup=3000,allowPrivilegeEscalation=false");
+        assert_eq!(
+            decide("payments", &[("team", "data")]),
+            "runAsUser=10001,runAsGroup=3000,fsGroup=10001,allowPrivilegeEscalation=false"
+        );
+        assert_eq!(
+            decide("payments", &[("team", "data"), ("tier", "web")]),
+            "runAsUser=10001,runAsGroup=3000,allowPrivilegeEscalation=false"
+        );
     }
 
     #[test]
@@ -457,16 +495,31 @@ mod tests {
 
     #[test]
     fn unknown_labels_leave_the_mode_to_the_api_server() {
-        let p = policy("opt-in", "namespaces:\n  - match: {labels: {matchLabels: {team: x}}}\n    exempt: true\n");
-        assert!(matches!(p.decide("app", NamespaceLabels::Unknown), Decision::Apply(_)));
-        assert_eq!(p.decide("kube-system", NamespaceLabels::Unknown), Decision::Exempt(Exemption::System));
+        let p = policy(
+            "opt-in",
+            "namespaces:\n  - match: {labels: {matchLabels: {team: x}}}\n    exempt: true\n",
+        );
+        assert!(matches!(
+            p.decide("app", NamespaceLabels::Unknown),
+            Decision::Apply(_)
+        ));
+        assert_eq!(
+            p.decide("kube-system", NamespaceLabels::Unknown),
+            Decision::Exempt(Exemption::System)
+        );
     }
 
     #[test]
     fn describe_speaks_plainly() {
-        let p = policy("opt-in", "namespaces:\n  - match: {names: [a, b], labels: {matchLabels: {team: x}}}\n    skip: [fsGroup]\n");
+        let p = policy(
+            "opt-in",
+            "namespaces:\n  - match: {names: [a, b], labels: {matchLabels: {team: x}}}\n    skip: [fsGroup]\n",
+        );
         let text = describe(&p);
-        assert!(text.contains("only namespaces labelled secure-defaults.io/inject=enabled"), "{text}");
+        assert!(
+            text.contains("only namespaces labelled secure-defaults.io/inject=enabled"),
+            "{text}"
+        );
         assert!(text.contains("namespaces[0]: in namespaces named a or b and with labels team=x: do not default fsGroup"), "{text}");
     }
 }

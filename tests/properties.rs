@@ -1,0 +1,250 @@
+//! Property tests of the defaulting engine over generated pods: the patch applies to the raw input, holds only
+//! `add`s on absent paths, leaves every explicit value as it was, keeps the pod valid, and a second run adds nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use proptest::prelude::*;
+use secure_defaults::defaults::default_pod;
+use secure_defaults::patch;
+use secure_defaults::pod::Pod;
+use secure_defaults::policy::{Defaults, FsGroupChangePolicy, Id};
+use serde_json::{Map, Value, json};
+
+/// Absent, null, or a value.
+fn optional(value: impl Strategy<Value = Value> + 'static) -> BoxedStrategy<Option<Value>> {
+    prop_oneof![Just(None), Just(Some(Value::Null)), value.prop_map(Some)].boxed()
+}
+
+fn id() -> impl Strategy<Value = Value> {
+    prop_oneof![Just(json!(0)), (1i64..70_000).prop_map(|v| json!(v))]
+}
+
+fn object(fields: Vec<(&'static str, Option<Value>)>) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+fn container_security_context() -> impl Strategy<Value = Value> {
+    let caps = prop::sample::subsequence(
+        vec!["NET_ADMIN", "SYS_ADMIN", "CAP_SYS_ADMIN", "CHOWN"],
+        0..3,
+    )
+    .prop_map(|add| json!({"add": add}));
+    (
+        optional(any::<bool>().prop_map(Value::Bool)),
+        optional(any::<bool>().prop_map(Value::Bool)),
+        optional(caps),
+        optional(id()),
+        optional(Just(json!({"hostProcess": true}))),
+        optional(Just(json!({"level": "s0:c1"}))),
+    )
+        .prop_map(|(ape, privileged, caps, user, windows, selinux)| {
+            // Windows host process containers are rare; keep most pods Linux pods.
+            let windows = windows.filter(|_| matches!(selinux, Some(Value::Null)));
+            object(vec![
+                ("allowPrivilegeEscalation", ape),
+                ("privileged", privileged),
+                ("capabilities", caps),
+                ("runAsUser", user),
+                ("windowsOptions", windows),
+                ("seLinuxOptions", selinux),
+            ])
+        })
+}
+
+fn container() -> impl Strategy<Value = Value> {
+    (
+        "[a-z~/]{1,6}",
+        optional(container_security_context()),
+        optional(Just(json!({"future": [1, null]}))),
+    )
+        .prop_map(|(name, sc, unknown)| {
+            object(vec![
+                ("name", Some(json!(name))),
+                ("image", Some(json!("img"))),
+                ("securityContext", sc),
+                ("futureField", unknown),
+            ])
+        })
+}
+
+fn containers(max: usize) -> BoxedStrategy<Option<Value>> {
+    optional(prop::collection::vec(container(), 0..max).prop_map(Value::Array))
+}
+
+fn pod() -> impl Strategy<Value = Value> {
+    let pod_sc = (
+        optional(id()),
+        optional(id()),
+        optional(id()),
+        optional(prop_oneof![
+            Just(json!("Always")),
+            Just(json!("OnRootMismatch"))
+        ]),
+        optional(Just(json!({"type": "RuntimeDefault"}))),
+    )
+        .prop_map(|(user, group, fs, policy, seccomp)| {
+            object(vec![
+                ("runAsUser", user),
+                ("runAsGroup", group),
+                ("fsGroup", fs),
+                ("fsGroupChangePolicy", policy),
+                ("seccompProfile", seccomp),
+            ])
+        });
+    let annotations = optional((any::<bool>(), any::<bool>()).prop_map(|(ours, mirror)| {
+        let mut m = Map::new();
+        m.insert("a/b~c".into(), json!("v"));
+        if ours {
+            m.insert("secure-defaults.io/defaulted".into(), json!("earlier"));
+        }
+        if mirror {
+            m.insert("kubernetes.io/config.mirror".into(), json!("hash"));
+        }
+        Value::Object(m)
+    }));
+    let os = optional(
+        prop_oneof![4 => Just(json!({"name": "linux"})), 1 => Just(json!({"name": "windows"}))],
+    );
+    (
+        optional(pod_sc),
+        containers(4),
+        containers(3),
+        containers(2),
+        annotations,
+        os,
+    )
+        .prop_map(|(sc, c, init, eph, annotations, os)| {
+            json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": object(vec![("name", Some(json!("p"))), ("annotations", annotations)]),
+                "spec": object(vec![
+                    ("securityContext", sc),
+                    ("containers", Some(c.unwrap_or_else(|| json!([])))),
+                    ("initContainers", init),
+                    ("ephemeralContainers", eph),
+                    ("os", os),
+                ]),
+            })
+        })
+}
+
+fn defaults() -> impl Strategy<Value = Defaults> {
+    let id = prop::option::of((1i64..70_000).prop_map(|v| Id::new(v).unwrap()));
+    (
+        id.clone(),
+        id.clone(),
+        prop::option::of((0i64..70_000).prop_map(|v| Id::new(v).unwrap())),
+        prop::option::of(prop_oneof![
+            Just(FsGroupChangePolicy::Always),
+            Just(FsGroupChangePolicy::OnRootMismatch)
+        ]),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(run_as_user, run_as_group, fs_group, fs_group_change_policy, ape)| Defaults {
+                run_as_user,
+                run_as_group,
+                fs_group,
+                fs_group_change_policy,
+                disallow_privilege_escalation: ape,
+            },
+        )
+}
+
+/// Every non-null leaf of `doc`, by pointer.
+fn leaves(doc: &Value, at: String, out: &mut Vec<(String, Value)>) {
+    match doc {
+        Value::Object(m) => m.iter().for_each(|(k, v)| {
+            leaves(
+                v,
+                format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                out,
+            )
+        }),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| leaves(v, format!("{at}/{i}"), out)),
+        Value::Null => {}
+        leaf => out.push((at, leaf.clone())),
+    }
+}
+
+fn containers_of(doc: &Value) -> Vec<&Value> {
+    ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .filter_map(|k| doc.pointer(&format!("/spec/{k}")).and_then(Value::as_array))
+        .flatten()
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn defaulting_is_additive_safe_and_idempotent(input in pod(), defaults in defaults()) {
+        let text = input.to_string();
+        let view: Pod = serde_json::from_str(&text).unwrap();
+        let outcome = default_pod(&view, &defaults);
+
+        // Only adds, each on a path that was absent or null.
+        let ops: Value = serde_json::from_slice(&patch::to_json(&outcome.patch)).unwrap();
+        for op in ops.as_array().unwrap() {
+            prop_assert_eq!(&op["op"], "add");
+            let path = op["path"].as_str().unwrap();
+            prop_assert!(input.pointer(path).is_none_or(Value::is_null), "add on present path {}", path);
+        }
+
+        // The patch applies to the raw input.
+        let mut output = input.clone();
+        patch::apply(&mut output, &outcome.patch).unwrap();
+
+        // Every explicit value is unchanged, and nothing moved (array lengths are the same).
+        let mut before = Vec::new();
+        leaves(&input, String::new(), &mut before);
+        for (pointer, value) in &before {
+            prop_assert_eq!(output.pointer(pointer), Some(value), "changed {}", pointer);
+        }
+        for (a, b) in containers_of(&input).iter().zip(containers_of(&output).iter()) {
+            prop_assert_eq!(a.get("name"), b.get("name"));
+        }
+        prop_assert_eq!(containers_of(&input).len(), containers_of(&output).len());
+
+        // The result stays valid: allowPrivilegeEscalation=false is never added beside privileged or CAP_SYS_ADMIN.
+        for (before, after) in containers_of(&input).iter().zip(containers_of(&output).iter()) {
+            let sc = before.get("securityContext");
+            let privileged = sc.and_then(|s| s.get("privileged")) == Some(&json!(true));
+            let sys_admin = sc.and_then(|s| s.pointer("/capabilities/add")).and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|c| c == "SYS_ADMIN" || c == "CAP_SYS_ADMIN"));
+            let absent = |c: &Value| c.pointer("/securityContext/allowPrivilegeEscalation").is_none_or(Value::is_null);
+            if (privileged || sys_admin) && absent(before) {
+                prop_assert!(absent(after), "allowPrivilegeEscalation added to a privileged container: {}", after);
+            }
+        }
+        // A group is only added when every container ends up with a user.
+        if outcome.applied.run_as_group.is_some() {
+            let pod_user = output.pointer("/spec/securityContext/runAsUser").is_some_and(|v| !v.is_null());
+            for c in containers_of(&output) {
+                prop_assert!(pod_user || c.pointer("/securityContext/runAsUser").is_some_and(|v| !v.is_null()));
+            }
+        }
+        // Windows and mirror pods are left alone.
+        let windows = input.pointer("/spec/os/name") == Some(&json!("windows"))
+            || containers_of(&input).iter().any(|c| c.pointer("/securityContext/windowsOptions/hostProcess") == Some(&json!(true)));
+        let mirror = input.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some();
+        if windows || mirror {
+            prop_assert!(outcome.patch.is_empty());
+        }
+
+        // A second run adds nothing.
+        let again_text = output.to_string();
+        let again: Pod = serde_json::from_str(&again_text).unwrap();
+        prop_assert_eq!(default_pod(&again, &defaults).patch, vec![]);
+    }
+}
