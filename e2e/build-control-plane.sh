@@ -38,7 +38,7 @@ BINARIES=(etcd kube-apiserver kube-controller-manager kubectl)
 # The stamp records everything that decides the binaries' contents, so an edit
 # to the pins or to the flags below rebuilds even though the versions (and so
 # the directory name) are unchanged.
-BUILD_RECIPE=4
+BUILD_RECIPE=1
 expected_stamp() {
   echo "recipe=$BUILD_RECIPE k8s=$K8S_VERSION etcd=$ETCD_VERSION"
   cat "$K8S_MOD/go.mod" "$K8S_MOD/go.sum" "$ETCD_MOD/go.mod" "$ETCD_MOD/go.sum" | cksum
@@ -80,10 +80,13 @@ log "(a cold build takes a while: 20-30 minutes on 2 cores; later runs reuse it)
 TMP_DIR="$(mktemp -d "$CACHE_ROOT/.tmp-build.XXXXXX")"
 trap 'rm -rf "$TMP_DIR"' EXIT
 mkdir -p "$TMP_DIR/bin"
+chmod 755 "$TMP_DIR" # mktemp makes it private
 
 # Static, stripped, path-independent binaries: no C compiler needed and a
 # shorter link. These match the upstream release builds.
 export CGO_ENABLED=0
+# The tools modules stand alone: ignore any go.work a developer may have.
+export GOWORK=off
 GO_BUILD_FLAGS=(-trimpath -mod=readonly)
 
 # `go build -v` prints one package path per compiled package: turn that into a

@@ -13,6 +13,7 @@
 #               a webhook serving cert with it too), ETCD_URL
 #   pki/        certificates and keys      logs/<component>.log
 #   etcd/       etcd data                  pids  "<name> <pid>" per process
+#   flexvolume/ (empty; keeps the controller-manager out of system paths)
 #
 # Environment: CLUSTER_UP_TIMEOUT (seconds, default 180) bounds each wait in up.
 # Needs bash, openssl and the binaries from e2e/build-control-plane.sh (which it
@@ -48,7 +49,7 @@ signal() { # <signal> <pid>
 }
 
 stop_all() { # <dir>
-  local dir="$1" pidfile="$1/pids" name pid deadline alive
+  local pidfile="$1/pids" name pid deadline
   [[ -f "$pidfile" ]] || return 0
   local -a names=() pids=()
   while read -r name pid; do
@@ -56,29 +57,24 @@ stop_all() { # <dir>
     if is_ours "$name" "$pid"; then names+=("$name"); pids+=("$pid"); fi
   done <"$pidfile"
 
-  # Stop in reverse start order (controller-manager, apiserver, then etcd) so
-  # nothing logs a storm of errors about its dependency disappearing first.
+  # Stop one at a time in reverse start order (controller-manager, apiserver,
+  # then etcd): each shuts down quickly while what it depends on is still
+  # there, instead of retrying against a dependency that vanished.
   local i
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     log "stopping ${names[i]} (pid ${pids[i]})"
     signal TERM "${pids[i]}"
-  done
-
-  # Bounded wait for a clean exit, then KILL whatever is left.
-  deadline=$((SECONDS + 15))
-  while :; do
-    alive=()
-    for ((i = 0; i < ${#pids[@]}; i++)); do
-      if is_ours "${names[i]}" "${pids[i]}"; then alive+=("${pids[i]}"); fi
+    # Bounded wait for a clean exit, then KILL.
+    deadline=$((SECONDS + 10))
+    while is_ours "${names[i]}" "${pids[i]}"; do
+      if ((SECONDS >= deadline)); then
+        log "killing ${names[i]} (still running 10s after TERM)"
+        signal KILL "${pids[i]}"
+        sleep 0.5
+        break
+      fi
+      sleep 0.1
     done
-    ((${#alive[@]} == 0)) && break
-    if ((SECONDS >= deadline)); then
-      log "killing ${alive[*]} (did not exit after TERM)"
-      for pid in "${alive[@]}"; do signal KILL "$pid"; done
-      sleep 0.5
-      break
-    fi
-    sleep 0.2
   done
   rm -f "$pidfile"
 }
@@ -89,8 +85,10 @@ stop_all() { # <dir>
 # A port that nothing is listening on. Drawn below the kernel's ephemeral
 # range (32768+), which outgoing connections such as apiserver->etcd use, so
 # a port we pick cannot be taken by one of those in the meantime.
+# Sets variable <var> (not echoed: a $(...) subshell would lose TAKEN_PORTS,
+# which keeps two picks in one run apart).
 declare -A TAKEN_PORTS=()
-free_port() {
+free_port() { # <var>
   local port tries
   for ((tries = 0; tries < 200; tries++)); do
     port=$((20000 + RANDOM % 12000))
@@ -98,7 +96,7 @@ free_port() {
     # A refused connection means no listener.
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       TAKEN_PORTS[$port]=1
-      echo "$port"
+      printf -v "$1" '%s' "$port"
       return 0
     fi
   done
@@ -109,14 +107,14 @@ free_port() {
 # ---------------------------------------------------------------------------
 # Certificates
 
-# Sign a leaf certificate for <name> with the CA. <ext> holds the x509v3
+# Sign a leaf certificate for <name> with the CA (default "ca"). <ext> holds the x509v3
 # extensions (SANs, key usages).
-issue_cert() { # <pki> <name> <subject> <ext>
-  local pki="$1" name="$2" subj="$3" ext="$4"
+issue_cert() { # <pki> <name> <subject> <ext> [<ca name>]
+  local pki="$1" name="$2" subj="$3" ext="$4" ca="${5:-ca}"
   openssl ecparam -name prime256v1 -genkey -noout -out "$pki/$name.key" 2>/dev/null
   openssl req -new -key "$pki/$name.key" -subj "$subj" -out "$pki/$name.csr" 2>/dev/null
   printf '%s\n' "$ext" >"$pki/$name.ext"
-  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" \
     -set_serial "0x$(openssl rand -hex 16)" -days 365 -sha256 \
     -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
   rm -f "$pki/$name.csr" "$pki/$name.ext"
@@ -150,6 +148,17 @@ extendedKeyUsage=clientAuth"
   # The controller-manager gets its own identity, bound by the default RBAC
   # policy, like in a real cluster.
   issue_cert "$pki" controller-manager "/CN=system:kube-controller-manager" "$client"
+
+  # Front proxy (request-header authentication, used by the aggregation
+  # layer): its own CA, so that ordinary client certificates cannot assert
+  # identities through request headers. Configuring it also keeps the
+  # controller-manager from erroring on a missing requestheader CA.
+  openssl ecparam -name prime256v1 -genkey -noout -out "$pki/front-proxy-ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$pki/front-proxy-ca.key" -subj "/CN=secure-defaults-e2e-front-proxy-ca" \
+    -days 3650 -sha256 -out "$pki/front-proxy-ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+  issue_cert "$pki" front-proxy-client "/CN=front-proxy-client" "$client" front-proxy-ca
 
   # Service-account token signing key pair (the apiserver signs, both verify).
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key" 2>/dev/null
@@ -208,7 +217,10 @@ wait_for() { # <name> <what> <check...>
   local pid deadline=$((SECONDS + UP_TIMEOUT))
   CURRENT="$name"
   pid="$(pid_of "$name")"
-  until "$@" >/dev/null 2>&1; do
+  # The check runs in a subshell: redirecting a function call in this shell
+  # would leave our stderr pointing at /dev/null if a signal's exit trap ran
+  # during it, hiding the failure report.
+  until ("$@") >/dev/null 2>&1; do
     if ! kill -0 "$pid" 2>/dev/null; then
       log "$name exited while waiting for $what"
       return 1
@@ -273,7 +285,7 @@ cmd_up() {
   # Always start from a clean state: leftovers of an earlier run (old certs,
   # etcd data) would not match the new ports.
   rm -rf "$DIR/pki" "$DIR/etcd" "$DIR/logs" "$DIR/pids" "$DIR/kubeconfig" \
-    "$DIR/controller-manager.kubeconfig" "$DIR/env"
+    "$DIR/controller-manager.kubeconfig" "$DIR/env" "$DIR/flexvolume"
   mkdir -p "$DIR/logs"
   : >"$DIR/pids"
   trap on_up_failure EXIT
@@ -284,10 +296,10 @@ cmd_up() {
   local pki="$DIR/pki"
 
   local etcd_port etcd_peer_port api_port kcm_port
-  etcd_port="$(free_port)"
-  etcd_peer_port="$(free_port)"
-  api_port="$(free_port)"
-  kcm_port="$(free_port)"
+  free_port etcd_port
+  free_port etcd_peer_port
+  free_port api_port
+  free_port kcm_port
   local api_url="https://127.0.0.1:$api_port"
   local etcd_url="http://127.0.0.1:$etcd_port"
 
@@ -314,6 +326,9 @@ cmd_up() {
   # ValidatingAdmissionPolicy and MutatingAdmissionPolicy (GA and on by
   # default since 1.36, served as admissionregistration.k8s.io/v1), so no
   # --runtime-config or --feature-gates is needed.
+  # --endpoint-reconciler-type=none: the reconciler that publishes the
+  # apiserver as the `kubernetes` Service's endpoint rejects a loopback
+  # address, and nothing in this cluster reaches the apiserver through it.
   start kube-apiserver \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \
@@ -327,13 +342,23 @@ cmd_up() {
     --service-account-key-file="$pki/sa.pub" \
     --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range=10.0.0.0/24 \
+    --requestheader-client-ca-file="$pki/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User \
+    --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$pki/front-proxy-client.crt" \
+    --proxy-client-key-file="$pki/front-proxy-client.key" \
     --allow-privileged=true \
+    --endpoint-reconciler-type=none \
     --profiling=false
   wait_for kube-apiserver "kube-apiserver /readyz" apiserver_ready
 
   # kube-controller-manager: runs the controllers that turn a Deployment into
   # a ReplicaSet and Pods and create namespaces' default ServiceAccounts.
   # Controllers that need nodes or a cloud simply have nothing to do.
+  # --flex-volume-plugin-dir: the default is a system directory, which the
+  # controller-manager would create on the host.
   start kube-controller-manager \
     --kubeconfig="$DIR/controller-manager.kubeconfig" \
     --authentication-kubeconfig="$DIR/controller-manager.kubeconfig" \
@@ -348,6 +373,7 @@ cmd_up() {
     --cluster-signing-cert-file="$pki/ca.crt" \
     --cluster-signing-key-file="$pki/ca.key" \
     --service-cluster-ip-range=10.0.0.0/24 \
+    --flex-volume-plugin-dir="$DIR/flexvolume" \
     --profiling=false
   wait_for kube-apiserver "namespace default" kubectl_admin get namespace default
   # The default ServiceAccount is created by the controller-manager: proof it

@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::config::LogFormat;
 
 pub const DEFAULT_POLICY: &str = "config/policy.yaml";
 
@@ -19,6 +22,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the webhook server.
+    Serve(ServeArgs),
     /// Preview offline what the webhook would do to a pod, with exactly the server's code.
     Mutate(MutateArgs),
     /// Validate a policy file and say in plain words what applies where.
@@ -70,4 +75,57 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("expected KEY=VALUE, got {s:?}")),
     }
+}
+
+/// Flags of `serve`. Each one set overrides the config file and the environment; unset ones are left out so they
+/// do not override anything.
+#[derive(Debug, Args, Serialize)]
+pub struct ServeArgs {
+    /// The process config file (default config/secure-defaults.yaml, if it exists).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// HTTPS address of the webhook.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Plain-HTTP address of /healthz, /readyz and /metrics.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// PEM certificate chain.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// The policy file, reloaded live.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PathBuf>,
+    /// Do not look namespace labels up in the cluster (local trials without a cluster).
+    #[arg(long = "no-namespace-lookups", action = clap::ArgAction::SetFalse, default_value_t = true)]
+    #[serde(skip_serializing_if = "is_true")]
+    pub namespace_lookups: bool,
+    /// Seconds to keep serving after SIGTERM, with readiness already false.
+    #[arg(long, value_name = "SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_seconds: Option<u64>,
+    /// Seconds in-flight requests get to finish after the drain.
+    #[arg(long, value_name = "SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout_seconds: Option<u64>,
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// A tracing filter such as `info` or `secure_defaults=debug`.
+    #[arg(long, value_name = "FILTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }

@@ -6,13 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use secure_defaults::cli::{CheckArgs, Cli, Command, MutateArgs, Output};
+use secure_defaults::cli::{CheckArgs, Cli, Command, MutateArgs, Output, ServeArgs};
+use secure_defaults::config::{self, Config, LogFormat};
 use secure_defaults::policy::{self, Decision, NamespaceLabels};
 use secure_defaults::{admission, preview};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve(args),
         Command::Mutate(args) => mutate(args),
         Command::Check(args) => check(args),
     };
@@ -23,6 +25,71 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (file, required) = match &args.config {
+        Some(path) => (path.clone(), true),
+        None => (std::path::PathBuf::from(config::DEFAULT_CONFIG), false),
+    };
+    let config = config::load(&file, required, &args)?;
+    init_tracing(&config)?;
+    // kube's client and the server both use rustls with ring; make it the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = secure_defaults::server::Server::bind(config).await?;
+        server.run(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stopping only with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn init_tracing(config: &Config) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("invalid log_level {:?}", config.log_level))?;
+    let json = match config.log_format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
+    Ok(())
 }
 
 fn mutate(args: MutateArgs) -> anyhow::Result<()> {

@@ -3,6 +3,8 @@
 
 pub mod describe;
 pub mod file;
+pub mod reload;
+pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -1,0 +1,249 @@
+//! The process configuration (restart to change): built-in defaults, then the config file, then
+//! `SECURE_DEFAULTS_*` environment variables, then command-line flags. The policy is a separate, live file.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Yaml};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG: &str = "config/secure-defaults.yaml";
+pub const ENV_PREFIX: &str = "SECURE_DEFAULTS_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration")]
+    ExtractConfig(#[source] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    ValidateConfig(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when standard error is not a terminal, readable text when it is.
+    Auto,
+    Json,
+    Text,
+}
+
+/// The file and environment shape. Keys are snake_case so that each maps to one environment variable
+/// (`tls_cert` is `SECURE_DEFAULTS_TLS_CERT`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// HTTPS address of the webhook.
+    pub listen: SocketAddr,
+    /// Plain-HTTP address of /healthz, /readyz and /metrics.
+    pub admin_listen: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub policy: PathBuf,
+    /// Look namespace labels up in the cluster. Off only for local trials without a cluster.
+    pub namespace_lookups: bool,
+    /// How often the policy and certificate files are checked for changes.
+    pub reload_interval_ms: u64,
+    /// After SIGTERM, how long to keep serving while the API server stops sending (readiness is already false).
+    pub drain_seconds: u64,
+    /// After the drain, how long in-flight requests get to finish.
+    pub shutdown_timeout_seconds: u64,
+    /// Deadline for one admission request, well under the webhook's timeoutSeconds.
+    pub request_timeout_ms: u64,
+    /// Deadline for a client to send its request headers (and for the TLS handshake).
+    pub header_timeout_ms: u64,
+    /// Deadline for a direct namespace lookup when the cache does not know the namespace yet.
+    pub namespace_lookup_timeout_ms: u64,
+    pub max_connections: usize,
+    pub log_format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `secure_defaults=debug,kube=info`.
+    pub log_level: String,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls_cert: PathBuf::from("/etc/secure-defaults/tls/tls.crt"),
+            tls_key: PathBuf::from("/etc/secure-defaults/tls/tls.key"),
+            policy: PathBuf::from(crate::cli::DEFAULT_POLICY),
+            namespace_lookups: true,
+            reload_interval_ms: 1000,
+            drain_seconds: 5,
+            shutdown_timeout_seconds: 10,
+            request_timeout_ms: 2000,
+            header_timeout_ms: 5000,
+            namespace_lookup_timeout_ms: 500,
+            max_connections: 1024,
+            log_format: LogFormat::Auto,
+            log_level: "info".to_owned(),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub policy: PathBuf,
+    pub namespace_lookups: bool,
+    pub reload_interval: Duration,
+    pub drain: Duration,
+    pub shutdown_timeout: Duration,
+    pub request_timeout: Duration,
+    pub header_timeout: Duration,
+    pub namespace_lookup_timeout: Duration,
+    pub max_connections: NonZeroUsize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let positive = |name: &str, ms: u64| {
+            if ms == 0 {
+                Err(ConfigError::ValidateConfig(format!(
+                    "{name} must be greater than 0"
+                )))
+            } else {
+                Ok(Duration::from_millis(ms))
+            }
+        };
+        let max_connections = NonZeroUsize::new(raw.max_connections).ok_or_else(|| {
+            ConfigError::ValidateConfig("max_connections must be greater than 0".to_owned())
+        })?;
+        if raw.request_timeout_ms > 10_000 {
+            return Err(ConfigError::ValidateConfig(format!(
+                "request_timeout_ms {} exceeds 10000; the API server gives a webhook at most 30s and should be set far lower",
+                raw.request_timeout_ms
+            )));
+        }
+        if raw.listen == raw.admin_listen {
+            return Err(ConfigError::ValidateConfig(format!(
+                "listen and admin_listen are both {}",
+                raw.listen
+            )));
+        }
+        Ok(Config {
+            reload_interval: positive("reload_interval_ms", raw.reload_interval_ms)?,
+            request_timeout: positive("request_timeout_ms", raw.request_timeout_ms)?,
+            header_timeout: positive("header_timeout_ms", raw.header_timeout_ms)?,
+            namespace_lookup_timeout: positive(
+                "namespace_lookup_timeout_ms",
+                raw.namespace_lookup_timeout_ms,
+            )?,
+            drain: Duration::from_secs(raw.drain_seconds),
+            shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_seconds),
+            max_connections,
+            listen: raw.listen,
+            admin_listen: raw.admin_listen,
+            tls_cert: raw.tls_cert,
+            tls_key: raw.tls_key,
+            policy: raw.policy,
+            namespace_lookups: raw.namespace_lookups,
+            log_format: raw.log_format,
+            log_level: raw.log_level,
+        })
+    }
+}
+
+/// Layers the configuration. `file` is read if it exists, or must exist when `required` (given with --config);
+/// `flags` holds only the values set on the command line.
+pub fn load(file: &Path, required: bool, flags: &impl Serialize) -> Result<Config, ConfigError> {
+    if required && !file.exists() {
+        return Err(ConfigError::ValidateConfig(format!(
+            "config file {} does not exist",
+            file.display()
+        )));
+    }
+    let raw: RawConfig = Figment::from(Serialized::defaults(RawConfig::default()))
+        .merge(Yaml::file(file))
+        .merge(Env::prefixed(ENV_PREFIX))
+        .merge(Serialized::defaults(flags))
+        .extract()
+        .map_err(|e| ConfigError::ExtractConfig(Box::new(e)))?;
+    Config::try_from(raw)
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's test jail returns its own error type
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Default)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        drain_seconds: Option<u64>,
+    }
+
+    #[test]
+    fn layers_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.yaml",
+                "drain_seconds: 7\nmax_connections: 10\nlog_level: debug\n",
+            )?;
+            jail.set_env("SECURE_DEFAULTS_MAX_CONNECTIONS", "20");
+            let c =
+                load(Path::new("c.yaml"), true, &Flags::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.drain, Duration::from_secs(7));
+            assert_eq!(c.max_connections.get(), 20);
+            assert_eq!(c.log_level, "debug");
+            assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 8443)));
+            let c = load(
+                Path::new("c.yaml"),
+                true,
+                &Flags {
+                    drain_seconds: Some(1),
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(c.drain, Duration::from_secs(1));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.yaml", "drain_secs: 7\n")?;
+            let err = load(Path::new("c.yaml"), true, &Flags::default()).unwrap_err();
+            let source = std::error::Error::source(&err)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                source.contains("unknown field") && source.contains("drain_secs"),
+                "{source}"
+            );
+            assert!(source.contains("c.yaml"), "{source}");
+
+            jail.create_file("d.yaml", "max_connections: 0\n")?;
+            let err = load(Path::new("d.yaml"), true, &Flags::default()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("max_connections must be greater than 0"),
+                "{err}"
+            );
+
+            jail.set_env("SECURE_DEFAULTS_LISTEN", "not-an-address");
+            let err = load(Path::new("absent.yaml"), false, &Flags::default()).unwrap_err();
+            let source = std::error::Error::source(&err)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                source.contains("LISTEN") && source.contains("SECURE_DEFAULTS_"),
+                "{source}"
+            );
+
+            assert!(load(Path::new("absent.yaml"), true, &Flags::default()).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,49 @@
+//! The policy in force: an `Arc<Policy>` behind a `tokio::sync::watch`, so every request reads one whole policy
+//! (old or new, never a mixture) without taking a lock for longer than a pointer copy.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::Policy;
+
+#[derive(Debug)]
+pub struct Current {
+    pub policy: Policy,
+    /// 1 for the policy loaded at start, +1 per successful reload.
+    pub generation: u64,
+}
+
+#[derive(Clone)]
+pub struct PolicyStore {
+    tx: Arc<watch::Sender<Arc<Current>>>,
+}
+
+impl PolicyStore {
+    pub fn new(policy: Policy) -> Self {
+        let (tx, _) = watch::channel(Arc::new(Current {
+            policy,
+            generation: 1,
+        }));
+        Self { tx: Arc::new(tx) }
+    }
+
+    /// The policy in force now; the caller keeps it for the whole request.
+    pub fn current(&self) -> Arc<Current> {
+        self.tx.borrow().clone()
+    }
+
+    /// Puts a new policy in force and returns its generation.
+    pub fn replace(&self, policy: Policy) -> u64 {
+        let mut generation = 0;
+        self.tx.send_modify(|current| {
+            generation = current.generation + 1;
+            *current = Arc::new(Current { policy, generation });
+        });
+        generation
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Current>> {
+        self.tx.subscribe()
+    }
+}
