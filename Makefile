@@ -16,7 +16,7 @@ test-unit:
 	$(CARGO) test --locked
 
 test-e2e:
-	@echo "end-to-end suite: not built yet"
+	e2e/run.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the end-to-end suite: starts a local control plane (building it on first use), runs the e2e tests
+# against it with the real secure-defaults binary, and always tears the control plane down.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DIR="$(mktemp -d "${TMPDIR:-/tmp}/secure-defaults-e2e.XXXXXX")"
+
+cleanup() {
+  local status=$?
+  "$ROOT/e2e/cluster.sh" down "$DIR" || true
+  if [[ $status -ne 0 && -d "$DIR/logs" ]]; then
+    for log in "$DIR"/logs/*.log; do
+      echo "---- last lines of $log ----" >&2
+      tail -n 30 "$log" >&2 || true
+    done
+  fi
+  rm -rf "$DIR"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$ROOT/e2e/cluster.sh" up "$DIR"
+export E2E_CLUSTER_DIR="$DIR"
+cd "$ROOT"
+cargo test --locked --test e2e -- --test-threads="${E2E_THREADS:-3}" "$@"
