@@ -24,3 +24,7 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## Local demo: control plane + webhook + a sample pod before and after; Ctrl-C cleans up.
+run:
+	e2e/demo.sh

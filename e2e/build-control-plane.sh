@@ -4,7 +4,7 @@
 # pinned in e2e/tools/{kubernetes,etcd}/go.mod, into a cache outside the
 # checkout:
 #
-#   ${SECURE_DEFAULTS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secure-defaults}
+#   ${CONTROL_PLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secure-defaults}
 #     /control-plane/k8s-<version>-etcd-<version>/bin/<binary>
 #
 # Idempotent: a complete build is reused at once. Progress goes to stderr;
@@ -30,7 +30,7 @@ K8S_VERSION="$(pinned "$K8S_MOD/go.mod" k8s.io/kubernetes)"
 ETCD_VERSION="$(pinned "$ETCD_MOD/go.mod" go.etcd.io/etcd/server/v3)"
 [[ -n "$K8S_VERSION" && -n "$ETCD_VERSION" ]] || die "cannot read pinned versions from $TOOLS_DIR/*/go.mod"
 
-CACHE_ROOT="${SECURE_DEFAULTS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secure-defaults}/control-plane"
+CACHE_ROOT="${CONTROL_PLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secure-defaults}/control-plane"
 OUT_DIR="$CACHE_ROOT/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
 STAMP="$OUT_DIR/.complete"
 BINARIES=(etcd kube-apiserver kube-controller-manager kubectl)
