@@ -1,3 +1,20 @@
+//! secure-defaults: a mutating admission webhook that fills in the pod `securityContext` fields a pod leaves
+//! out, from a per-namespace policy, without ever overwriting what the pod says.
+//!
+//! ```text
+//!  kube-apiserver ──TLS──▶ server::serve ──▶ admission::parse ──▶ namespaces (label cache)
+//!                                              │                        │
+//!                                              ▼                        ▼
+//!                          admission::respond ◀── policy::store (Arc<Policy>, reloaded live)
+//!                                              │
+//!                                              ▼
+//!                          defaults::default_pod (pure rules over a borrowed pod view) ──▶ JSON Patch (adds only)
+//! ```
+//!
+//! The core (`pod`, `patch`, `defaults`, `admission`, `policy`) is plain functions over data: no async, no I/O.
+//! The server, TLS, file reloads and the namespace cache are thin layers around it, and the offline preview
+//! (`preview`, behind `secure-defaults mutate`) runs exactly the same code.
+
 pub mod admission;
 pub mod cli;
 pub mod config;
