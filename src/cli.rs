@@ -117,6 +117,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_timeout_seconds: Option<u64>,
+    /// Issue, rotate and inject the serving certificate in the cluster (Secret + Lease) instead of reading files.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    pub self_managed_certs: bool,
     #[arg(long, value_enum, value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
@@ -128,4 +132,8 @@ pub struct ServeArgs {
 
 fn is_true(value: &bool) -> bool {
     *value
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }

@@ -60,6 +60,22 @@ pub struct RawConfig {
     pub log_format: LogFormat,
     /// A tracing filter: `info`, `debug`, `secure_defaults=debug,kube=info`.
     pub log_level: String,
+    /// Issue and rotate the serving certificate in the cluster instead of reading tls_cert/tls_key.
+    pub self_managed_certs: bool,
+    /// Self-managed: the Secret (in the pod's namespace) holding the CA and serving certificate.
+    pub tls_secret: String,
+    /// Self-managed: the MutatingWebhookConfiguration whose caBundle is kept up to date.
+    pub webhook_configuration: String,
+    /// Self-managed: the Service name; the certificate is issued for SERVICE.NAMESPACE.svc and its variants.
+    pub service: String,
+    /// Self-managed: extra names (DNS names or IP addresses) for the serving certificate.
+    pub cert_extra_names: Vec<String>,
+    pub ca_validity_seconds: u64,
+    pub cert_validity_seconds: u64,
+    /// Self-managed: how long a new CA is in the bundle before the serving certificate switches to it.
+    pub ca_overlap_seconds: u64,
+    pub cert_check_seconds: u64,
+    pub lease_duration_seconds: u64,
 }
 
 impl Default for RawConfig {
@@ -80,8 +96,32 @@ impl Default for RawConfig {
             max_connections: 1024,
             log_format: LogFormat::Auto,
             log_level: "info".to_owned(),
+            self_managed_certs: false,
+            tls_secret: "secure-defaults-tls".to_owned(),
+            webhook_configuration: "secure-defaults".to_owned(),
+            service: "secure-defaults".to_owned(),
+            cert_extra_names: Vec::new(),
+            ca_validity_seconds: 365 * 24 * 3600,
+            cert_validity_seconds: 30 * 24 * 3600,
+            ca_overlap_seconds: 3600,
+            cert_check_seconds: 30,
+            lease_duration_seconds: 30,
         }
     }
+}
+
+/// Self-managed certificate settings, validated.
+#[derive(Clone, Debug)]
+pub struct SelfManaged {
+    pub tls_secret: String,
+    pub webhook_configuration: String,
+    pub service: String,
+    pub extra_names: Vec<String>,
+    pub ca_validity: Duration,
+    pub cert_validity: Duration,
+    pub ca_overlap: Duration,
+    pub check_interval: Duration,
+    pub lease_duration: Duration,
 }
 
 /// The validated configuration.
@@ -102,6 +142,8 @@ pub struct Config {
     pub max_connections: NonZeroUsize,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Set when the serving certificate is issued in the cluster rather than read from files.
+    pub self_managed: Option<SelfManaged>,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -131,7 +173,44 @@ impl TryFrom<RawConfig> for Config {
                 raw.listen
             )));
         }
+        let self_managed = if raw.self_managed_certs {
+            let seconds = |name: &str, s: u64| {
+                if s == 0 {
+                    Err(ConfigError::ValidateConfig(format!(
+                        "{name} must be greater than 0"
+                    )))
+                } else {
+                    Ok(Duration::from_secs(s))
+                }
+            };
+            let managed = SelfManaged {
+                tls_secret: raw.tls_secret.clone(),
+                webhook_configuration: raw.webhook_configuration.clone(),
+                service: raw.service.clone(),
+                extra_names: raw.cert_extra_names.clone(),
+                ca_validity: seconds("ca_validity_seconds", raw.ca_validity_seconds)?,
+                cert_validity: seconds("cert_validity_seconds", raw.cert_validity_seconds)?,
+                ca_overlap: Duration::from_secs(raw.ca_overlap_seconds),
+                check_interval: seconds("cert_check_seconds", raw.cert_check_seconds)?,
+                lease_duration: seconds("lease_duration_seconds", raw.lease_duration_seconds)?,
+            };
+            if managed.cert_validity > managed.ca_validity {
+                return Err(ConfigError::ValidateConfig(
+                    "cert_validity_seconds must not exceed ca_validity_seconds".to_owned(),
+                ));
+            }
+            if managed.ca_overlap.as_secs() * 3 > managed.ca_validity.as_secs() {
+                return Err(ConfigError::ValidateConfig(
+                    "ca_overlap_seconds must be under a third of ca_validity_seconds, or the old CA expires mid-rotation"
+                        .to_owned(),
+                ));
+            }
+            Some(managed)
+        } else {
+            None
+        };
         Ok(Config {
+            self_managed,
             reload_interval: positive("reload_interval_ms", raw.reload_interval_ms)?,
             request_timeout: positive("request_timeout_ms", raw.request_timeout_ms)?,
             header_timeout: positive("header_timeout_ms", raw.header_timeout_ms)?,

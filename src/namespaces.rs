@@ -69,18 +69,7 @@ pub struct Cluster {
 }
 
 impl Namespaces {
-    /// Connects with the usual credentials and starts the reflector; it runs until `stop`.
-    pub async fn connect(
-        lookup_timeout: Duration,
-        metrics: Arc<Metrics>,
-        stop: CancellationToken,
-    ) -> Result<Self, NamespaceError> {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(NamespaceError::ConnectCluster)?;
-        Ok(Self::start(client, lookup_timeout, metrics, stop))
-    }
-
+    /// Starts the reflector; it runs until `stop`.
     pub fn start(
         client: kube::Client,
         lookup_timeout: Duration,

@@ -19,15 +19,19 @@ use crate::namespaces::Namespaces;
 /// What readiness is made of.
 pub struct Health {
     pub namespaces: Namespaces,
+    pub certs: Arc<crate::server::tls::CertStore>,
     /// Set at SIGTERM, so the endpoint leaves the Service before the server stops.
     pub shutting_down: AtomicBool,
 }
 
 impl Health {
-    /// The reasons the server is not ready; empty when it is. The certificate and the policy are loaded before
-    /// the server starts listening, so only the cache and shutdown remain.
+    /// The reasons the server is not ready; empty when it is. The policy is loaded before the server starts
+    /// listening, and so is the certificate unless it is self-managed and not issued yet.
     pub fn not_ready(&self) -> Vec<&'static str> {
         let mut reasons = Vec::new();
+        if !self.certs.is_loaded() {
+            reasons.push("no serving certificate yet");
+        }
         if !self.namespaces.synced() {
             reasons.push("namespace cache not synced");
         }

@@ -12,9 +12,10 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::certs;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::namespaces::{NamespaceError, Namespaces};
+use crate::namespaces::Namespaces;
 use crate::policy::{self, PolicyError, store::PolicyStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +24,14 @@ pub enum ServeError {
     LoadPolicy(#[source] PolicyError),
     #[error("cannot start without a valid serving certificate")]
     LoadCertificate(#[source] tls::TlsError),
-    #[error("cannot watch namespaces")]
-    WatchNamespaces(#[source] NamespaceError),
+    #[error(
+        "no cluster credentials (in-cluster service account or KUBECONFIG); use --no-namespace-lookups for a local trial without a cluster"
+    )]
+    ConnectCluster(#[source] kube::Error),
+    #[error(
+        "self-managed certificates need the pod's namespace: set POD_NAMESPACE or run in a pod"
+    )]
+    NoNamespace,
     #[error("cannot listen on {addr} (webhook)")]
     BindWebhook {
         addr: SocketAddr,
@@ -51,6 +58,8 @@ pub struct Server {
     loaded_policy: Vec<u8>,
     loaded_certs: Vec<Vec<u8>>,
     background: CancellationToken,
+    client: Option<kube::Client>,
+    cert_target: Option<certs::cluster::Target>,
 }
 
 impl Server {
@@ -66,21 +75,37 @@ impl Server {
         let policy =
             policy::parse(&loaded_policy, &config.policy).map_err(ServeError::LoadPolicy)?;
         metrics.policy_generation.set(1);
-        let (certs, loaded_certs) = tls::CertStore::load(&config.tls_cert, &config.tls_key)
-            .map_err(ServeError::LoadCertificate)?;
+        let (certs, loaded_certs) = if config.self_managed.is_some() {
+            (tls::CertStore::empty(), Vec::new())
+        } else {
+            tls::CertStore::load(&config.tls_cert, &config.tls_key)
+                .map_err(ServeError::LoadCertificate)?
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(
             certs.server_config().map_err(ServeError::LoadCertificate)?,
         );
 
         let background = CancellationToken::new();
-        let namespaces = if config.namespace_lookups {
-            Namespaces::connect(
+        let client = if config.namespace_lookups || config.self_managed.is_some() {
+            Some(
+                kube::Client::try_default()
+                    .await
+                    .map_err(ServeError::ConnectCluster)?,
+            )
+        } else {
+            None
+        };
+        let cert_target = match &config.self_managed {
+            Some(managed) => Some(cert_target(managed)?),
+            None => None,
+        };
+        let namespaces = if let (true, Some(client)) = (config.namespace_lookups, &client) {
+            Namespaces::start(
+                client.clone(),
                 config.namespace_lookup_timeout,
                 metrics.clone(),
                 background.clone(),
             )
-            .await
-            .map_err(ServeError::WatchNamespaces)?
         } else {
             tracing::warn!(
                 "namespace lookups are off: the webhook's namespaceSelector alone decides which namespaces are served, and label-selected policy entries never match"
@@ -108,6 +133,7 @@ impl Server {
         });
         let health = Arc::new(admin::Health {
             namespaces,
+            certs: certs.clone(),
             shutting_down: false.into(),
         });
         Ok(Self {
@@ -121,6 +147,8 @@ impl Server {
             loaded_policy,
             loaded_certs,
             background,
+            client,
+            cert_target,
         })
     }
 
@@ -151,6 +179,8 @@ impl Server {
             loaded_policy,
             loaded_certs,
             background,
+            client,
+            cert_target,
         } = self;
         let interval = config.reload_interval;
         tokio::spawn(policy::reload::run(
@@ -161,12 +191,32 @@ impl Server {
             interval,
             background.clone(),
         ));
-        tokio::spawn(certs.reload(
-            loaded_certs,
-            app.metrics.clone(),
-            interval,
-            background.clone(),
-        ));
+        match (&config.self_managed, client, cert_target) {
+            (Some(managed), Some(client), Some(target)) => {
+                let settings = cert_settings(managed, &target);
+                tokio::spawn(certs::cluster::follow(
+                    client.clone(),
+                    target.clone(),
+                    certs.clone(),
+                    app.metrics.clone(),
+                    background.clone(),
+                ));
+                tokio::spawn(certs::cluster::manage(
+                    client,
+                    target,
+                    settings,
+                    background.clone(),
+                ));
+            }
+            _ => {
+                tokio::spawn(certs.reload(
+                    loaded_certs,
+                    app.metrics.clone(),
+                    interval,
+                    background.clone(),
+                ));
+            }
+        }
         tokio::spawn(admin::serve(
             admin,
             health.clone(),
@@ -199,5 +249,59 @@ impl Server {
         }
         background.cancel();
         tracing::info!("stopped");
+    }
+}
+
+/// Where the self-managed certificate lives: the pod's namespace (POD_NAMESPACE, else the service account's),
+/// and who this replica is (POD_NAME, else the host name).
+fn cert_target(managed: &crate::config::SelfManaged) -> Result<certs::cluster::Target, ServeError> {
+    let namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
+        })
+        .map(|ns| ns.trim().to_owned())
+        .filter(|ns| !ns.is_empty())
+        .ok_or(ServeError::NoNamespace)?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("{}-{}", host.trim(), std::process::id()));
+    Ok(certs::cluster::Target {
+        secret: managed.tls_secret.clone(),
+        lease: format!("{}-certificates", managed.service),
+        webhook_configuration: managed.webhook_configuration.clone(),
+        identity,
+        check_interval: managed.check_interval,
+        lease_duration: managed.lease_duration,
+        namespace,
+    })
+}
+
+fn cert_settings(
+    managed: &crate::config::SelfManaged,
+    target: &certs::cluster::Target,
+) -> certs::Settings {
+    let (svc, ns) = (&managed.service, &target.namespace);
+    let mut dns_names = vec![
+        format!("{svc}.{ns}.svc"),
+        format!("{svc}.{ns}.svc.cluster.local"),
+        format!("{svc}.{ns}"),
+        svc.clone(),
+    ];
+    let mut ip_addresses = Vec::new();
+    for name in &managed.extra_names {
+        match name.parse() {
+            Ok(ip) => ip_addresses.push(ip),
+            Err(_) => dns_names.push(name.clone()),
+        }
+    }
+    certs::Settings {
+        ca_validity: managed.ca_validity,
+        cert_validity: managed.cert_validity,
+        overlap: managed.ca_overlap,
+        dns_names,
+        ip_addresses,
     }
 }

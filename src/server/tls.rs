@@ -102,7 +102,9 @@ pub fn certified_key(
 /// The certificate in use, shared with the TLS acceptor.
 #[derive(Debug)]
 pub struct CertStore {
-    current: RwLock<Arc<CertifiedKey>>,
+    /// `None` only with self-managed certificates, until the first one is issued: handshakes fail and the
+    /// server is not ready until then.
+    current: RwLock<Option<Arc<CertifiedKey>>>,
     cert_path: PathBuf,
     key_path: PathBuf,
 }
@@ -119,20 +121,36 @@ impl CertStore {
         let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
         let key = certified_key(cert_path, &cert_pem, key_path, &key_pem)?;
         let store = Arc::new(Self {
-            current: RwLock::new(Arc::new(key)),
+            current: RwLock::new(Some(Arc::new(key))),
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
         });
         Ok((store, vec![cert_pem, key_pem]))
     }
 
-    fn replace(&self, key: CertifiedKey) {
+    /// A store with no certificate yet, filled by [`CertStore::replace`] (self-managed certificates).
+    pub fn empty() -> Arc<Self> {
+        Arc::new(Self {
+            current: RwLock::new(None),
+            cert_path: PathBuf::new(),
+            key_path: PathBuf::new(),
+        })
+    }
+
+    pub fn replace(&self, key: CertifiedKey) {
         // A poisoned lock only means a writer panicked mid-assignment of an Arc; the value is still whole.
         let mut current = self
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *current = Arc::new(key);
+        *current = Some(Arc::new(key));
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
     }
 
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
@@ -196,6 +214,6 @@ impl ResolvesServerCert for CertStore {
             .current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Some(current.clone())
+        current.clone()
     }
 }

@@ -1,0 +1,343 @@
+//! The cluster side of self-managed certificates: every replica serves the certificate in the Secret, and the
+//! replica holding the Lease issues, rotates and injects it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use tokio_util::sync::CancellationToken;
+
+use super::{Authority, CertError, Material, Plan, Settings};
+use crate::metrics::Metrics;
+use crate::server::tls::{CertStore, certified_key};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterCertError {
+    #[error("cannot read Secret {0}")]
+    ReadSecret(String, #[source] kube::Error),
+    #[error("cannot write Secret {0}")]
+    WriteSecret(String, #[source] kube::Error),
+    #[error("cannot take or renew Lease {0}")]
+    Lease(String, #[source] kube::Error),
+    #[error("cannot update caBundle of MutatingWebhookConfiguration {0}")]
+    InjectBundle(String, #[source] kube::Error),
+    #[error("cannot issue a certificate")]
+    Issue(#[source] CertError),
+}
+
+/// Where the certificate lives and who this replica is.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub namespace: String,
+    pub secret: String,
+    pub lease: String,
+    pub webhook_configuration: String,
+    pub identity: String,
+    pub check_interval: Duration,
+    pub lease_duration: Duration,
+}
+
+fn text(data: &BTreeMap<String, ByteString>, key: &str) -> Option<String> {
+    data.get(key)
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+fn read_material(secret: &Secret) -> Option<Material> {
+    let data = secret.data.as_ref()?;
+    let next = match (
+        text(data, super::NEXT_CA_CERT),
+        text(data, super::NEXT_CA_KEY),
+        text(data, super::NEXT_SINCE),
+    ) {
+        (Some(cert), Some(key), Some(since)) => {
+            Some((Authority { cert, key }, since.trim().parse().ok()?))
+        }
+        _ => None,
+    };
+    let bundle = text(data, super::BUNDLE)?;
+    Some(Material {
+        ca: Authority {
+            cert: text(data, super::CA_CERT)?,
+            key: text(data, super::CA_KEY)?,
+        },
+        tls_cert: text(data, super::TLS_CERT)?,
+        tls_key: text(data, super::TLS_KEY)?,
+        bundle: split_pem(&bundle),
+        next,
+    })
+}
+
+fn split_pem(bundle: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    bundle
+        .split_inclusive(END)
+        .map(str::trim)
+        .filter(|p| p.ends_with(END))
+        .map(|p| format!("{p}\n"))
+        .collect()
+}
+
+fn secret_data(m: &Material) -> BTreeMap<String, ByteString> {
+    let mut data = BTreeMap::new();
+    let mut put = |k: &str, v: &str| {
+        data.insert(k.to_owned(), ByteString(v.as_bytes().to_vec()));
+    };
+    put(super::CA_CERT, &m.ca.cert);
+    put(super::CA_KEY, &m.ca.key);
+    put(super::TLS_CERT, &m.tls_cert);
+    put(super::TLS_KEY, &m.tls_key);
+    put(super::BUNDLE, &m.bundle.concat());
+    if let Some((next, since)) = &m.next {
+        put(super::NEXT_CA_CERT, &next.cert);
+        put(super::NEXT_CA_KEY, &next.key);
+        put(super::NEXT_SINCE, &since.to_string());
+    }
+    data
+}
+
+/// Every replica: serve what the Secret holds, swapping it in when it changes.
+pub async fn follow(
+    client: kube::Client,
+    target: Target,
+    store: Arc<CertStore>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let api: Api<Secret> = Api::namespaced(client, &target.namespace);
+    let mut served: Option<(Vec<u8>, Vec<u8>)> = None;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let secret = match api.get_opt(&target.secret).await {
+            Ok(Some(secret)) => secret,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(%error, secret = target.secret, "cannot read the certificate Secret; serving the current certificate");
+                continue;
+            }
+        };
+        let Some(data) = secret.data else { continue };
+        let (Some(cert), Some(key)) = (data.get(super::TLS_CERT), data.get(super::TLS_KEY)) else {
+            continue;
+        };
+        if served
+            .as_ref()
+            .is_some_and(|(c, k)| *c == cert.0 && *k == key.0)
+        {
+            continue;
+        }
+        let name = std::path::Path::new(&target.secret);
+        match certified_key(name, &cert.0, name, &key.0) {
+            Ok(certified) => {
+                store.replace(certified);
+                Metrics::count_reload(&metrics.certificate_reloads, true);
+                tracing::info!(
+                    secret = target.secret,
+                    "serving certificate loaded from Secret"
+                );
+            }
+            Err(error) => {
+                Metrics::count_reload(&metrics.certificate_reloads, false);
+                tracing::error!(error = %crate::error_chain(&error), "certificate in Secret refused; keeping the one in use");
+            }
+        }
+        served = Some((cert.0.clone(), key.0.clone()));
+    }
+}
+
+/// The replica holding the Lease: issue, rotate, inject.
+pub async fn manage(
+    client: kube::Client,
+    target: Target,
+    settings: Settings,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(target.check_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        if let Err(error) = round(&client, &target, &settings).await {
+            tracing::warn!(error = %crate::error_chain(&error), "certificate management round failed; retrying");
+        }
+    }
+}
+
+async fn round(
+    client: &kube::Client,
+    target: &Target,
+    settings: &Settings,
+) -> Result<(), ClusterCertError> {
+    if !hold_lease(client, target).await? {
+        return Ok(());
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
+    let existing = secrets
+        .get_opt(&target.secret)
+        .await
+        .map_err(|e| ClusterCertError::ReadSecret(target.secret.clone(), e))?;
+    let current = existing.as_ref().and_then(read_material);
+    let now = Timestamp::now().as_second();
+    let material =
+        match super::plan(now, current.as_ref(), settings).map_err(ClusterCertError::Issue)? {
+            Plan::Keep => current,
+            Plan::Write { material, reason } => {
+                let mut secret = existing.clone().unwrap_or_else(|| Secret {
+                    metadata: ObjectMeta {
+                        name: Some(target.secret.clone()),
+                        namespace: Some(target.namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    type_: Some("kubernetes.io/tls".to_owned()),
+                    ..Secret::default()
+                });
+                secret.data = Some(secret_data(&material));
+                let written = if existing.is_some() {
+                    // Carries the resourceVersion read above: a concurrent writer makes this fail, not overwrite.
+                    secrets
+                        .replace(&target.secret, &PostParams::default(), &secret)
+                        .await
+                } else {
+                    secrets.create(&PostParams::default(), &secret).await
+                };
+                written.map_err(|e| ClusterCertError::WriteSecret(target.secret.clone(), e))?;
+                tracing::info!(secret = target.secret, reason, "certificate Secret updated");
+                Some(*material)
+            }
+        };
+    if let Some(material) = material {
+        inject(client, target, &material.bundle.concat()).await?;
+    }
+    Ok(())
+}
+
+/// Takes the Lease if it is free or expired, renews it if held; returns whether this replica holds it.
+async fn hold_lease(client: &kube::Client, target: &Target) -> Result<bool, ClusterCertError> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &target.namespace);
+    let err = |e| ClusterCertError::Lease(target.lease.clone(), e);
+    let now = Timestamp::now();
+    let duration = i32::try_from(target.lease_duration.as_secs()).unwrap_or(i32::MAX);
+    let mut lease = match api.get_opt(&target.lease).await.map_err(err)? {
+        Some(lease) => lease,
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(target.lease.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                    holder_identity: Some(target.identity.clone()),
+                    lease_duration_seconds: Some(duration),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    ..Default::default()
+                }),
+            };
+            return match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+                Err(e) => Err(err(e)),
+            };
+        }
+    };
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    let mine = spec.holder_identity.as_deref() == Some(target.identity.as_str());
+    let expired = spec.renew_time.as_ref().is_none_or(|renewed| {
+        let held = i64::from(spec.lease_duration_seconds.unwrap_or(duration));
+        renewed.0.as_second() + held < now.as_second()
+    });
+    if !mine && !expired {
+        return Ok(false);
+    }
+    if !mine {
+        spec.holder_identity = Some(target.identity.clone());
+        spec.acquire_time = Some(MicroTime(now));
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    }
+    spec.lease_duration_seconds = Some(duration);
+    spec.renew_time = Some(MicroTime(now));
+    match api
+        .replace(&target.lease, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => Ok(true),
+        // Someone else renewed or took it first.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Puts the bundle into every webhook of the configuration whose caBundle differs.
+async fn inject(
+    client: &kube::Client,
+    target: &Target,
+    bundle: &str,
+) -> Result<(), ClusterCertError> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let name = &target.webhook_configuration;
+    let err = |e| ClusterCertError::InjectBundle(name.clone(), e);
+    let Some(mut config) = api.get_opt(name).await.map_err(err)? else {
+        tracing::warn!(
+            webhook_configuration = name,
+            "MutatingWebhookConfiguration not found; nothing to inject"
+        );
+        return Ok(());
+    };
+    let wanted = ByteString(bundle.as_bytes().to_vec());
+    let mut changed = false;
+    for webhook in config.webhooks.iter_mut().flatten() {
+        if webhook.client_config.ca_bundle.as_ref() != Some(&wanted) {
+            webhook.client_config.ca_bundle = Some(wanted.clone());
+            changed = true;
+        }
+    }
+    if changed {
+        api.replace(name, &PostParams::default(), &config)
+            .await
+            .map_err(err)?;
+        tracing::info!(webhook_configuration = name, "caBundle updated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_round_trip() {
+        let settings = Settings {
+            ca_validity: Duration::from_secs(3000),
+            cert_validity: Duration::from_secs(900),
+            overlap: Duration::from_secs(60),
+            dns_names: vec!["a.b.svc".to_owned()],
+            ip_addresses: vec![],
+        };
+        let Plan::Write { material, .. } =
+            super::super::plan(1_800_000_000, None, &settings).unwrap()
+        else {
+            panic!("bootstrap writes");
+        };
+        let mut material = *material;
+        material.next = Some((material.ca.clone(), 1_800_000_000));
+        material.bundle = vec![material.ca.cert.clone(), material.ca.cert.clone()];
+        let secret = Secret {
+            data: Some(secret_data(&material)),
+            ..Secret::default()
+        };
+        assert_eq!(read_material(&secret), Some(material));
+    }
+}
