@@ -233,6 +233,17 @@ impl TryFrom<RawConfig> for Config {
     }
 }
 
+/// Kubernetes gives every pod `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_443_TCP` and the like for each Service
+/// in its namespace; for a Service named `secure-defaults` they share this program's prefix. They are not
+/// configuration, and must not trip the unknown-key check.
+fn is_service_link(key: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    key.starts_with("SERVICE_HOST")
+        || key.starts_with("SERVICE_PORT")
+        || key == "PORT"
+        || key.starts_with("PORT_")
+}
+
 /// Layers the configuration. `file` is read if it exists, or must exist when `required` (given with --config);
 /// `flags` holds only the values set on the command line.
 pub fn load(file: &Path, required: bool, flags: &impl Serialize) -> Result<Config, ConfigError> {
@@ -244,7 +255,7 @@ pub fn load(file: &Path, required: bool, flags: &impl Serialize) -> Result<Confi
     }
     let raw: RawConfig = Figment::from(Serialized::defaults(RawConfig::default()))
         .merge(Yaml::file(file))
-        .merge(Env::prefixed(ENV_PREFIX))
+        .merge(Env::prefixed(ENV_PREFIX).filter(|key| !is_service_link(key.as_str())))
         .merge(Serialized::defaults(flags))
         .extract()
         .map_err(|e| ConfigError::ExtractConfig(Box::new(e)))?;
@@ -322,6 +333,31 @@ mod tests {
             );
 
             assert!(load(Path::new("absent.yaml"), true, &Flags::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn service_links_are_not_configuration() {
+        figment::Jail::expect_with(|jail| {
+            for (k, v) in [
+                ("SECURE_DEFAULTS_SERVICE_HOST", "10.0.0.7"),
+                ("SECURE_DEFAULTS_SERVICE_PORT", "443"),
+                ("SECURE_DEFAULTS_SERVICE_PORT_HTTPS", "443"),
+                ("SECURE_DEFAULTS_PORT", "tcp://10.0.0.7:443"),
+                ("SECURE_DEFAULTS_PORT_443_TCP_ADDR", "10.0.0.7"),
+                ("SECURE_DEFAULTS_SERVICE", "webhook"),
+            ] {
+                jail.set_env(k, v);
+            }
+            let c = load(Path::new("absent.yaml"), false, &Flags::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 8443)));
+            jail.set_env("SECURE_DEFAULTS_SERVCE", "typo");
+            assert!(
+                load(Path::new("absent.yaml"), false, &Flags::default()).is_err(),
+                "typos are still refused"
+            );
             Ok(())
         });
     }
