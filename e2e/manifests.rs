@@ -1,0 +1,1743 @@
+//! The install manifests (`manifests/`), end to end. Every overlay renders with kubectl's built-in kustomize
+//! and agrees with itself on the mode. The default overlays (opt-in, cluster-wide) take their certificates
+//! from the server itself (components/self-managed-certs): no certificate on the pod's filesystem, RBAC
+//! restricted to the objects the server writes, nothing of cert-manager. The cert-manager overlay carries
+//! cert-manager's wiring and differs from the opt-in overlay in nothing else. On the API server, the default
+//! overlays apply as they are (no cert-manager there), send pods to the real server exactly where their mode
+//! says, their ValidatingAdmissionPolicy backstop rejects what an unreachable webhook let through, and their
+//! RBAC lets the real server, run with the Deployment's own arguments as its ServiceAccount, issue and inject
+//! its certificate.
+//!
+//! The overlays hold cluster-scoped objects that exist once per cluster (the MutatingWebhookConfiguration
+//! `secure-defaults`, the namespace `secure-defaults`, ...), so everything that applies them runs in one test,
+//! [`manifests_install_route_pods_and_backstop`]. It applies `e2e/manifests/<mode>`, which is the real
+//! overlay with the webhook pointed at the test server and narrowed to this test's namespaces (the other
+//! tests share the cluster); the test checks that nothing else differs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
+use serde::Deserialize as _;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// The default overlays, named after their mode; both use self-managed certificates.
+const MODES: [&str; 2] = ["opt-in", "cluster-wide"];
+/// The overlay for clusters that run cert-manager (opt-in mode, certificates from cert-manager).
+const CERT_MANAGER: &str = "cert-manager";
+/// The value of the test label that e2e/manifests/components/isolate narrows the manifests' selectors to.
+const ISOLATION: &str = "manifests";
+const BACKSTOP: &str = "secure-defaults backstop";
+const IMAGE: &str = "registry.k8s.io/pause:3.10";
+const SYSTEM_NAMESPACES: [&str; 4] = [
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "secure-defaults",
+];
+/// Where the Deployment's args point the server at its mounted process config.
+const CONFIG_FILE: &str = "/etc/secure-defaults/config/secure-defaults.yaml";
+/// The base's args; a certificate component appends its flags after them.
+const BASE_ARGS: [&str; 3] = ["serve", "--config", CONFIG_FILE];
+/// Self-managed mode's objects: Role, RoleBinding, ClusterRole and ClusterRoleBinding all carry this name.
+const CERTS_RBAC: &str = "secure-defaults-certs";
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:secure-defaults:secure-defaults";
+
+/// Where an overlay's serving certificate comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Certificates {
+    SelfManaged,
+    CertManager,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Rendering
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("e2e")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run_kubectl(env: &ClusterEnv, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    kubectl(&env.bin.join("kubectl"), &env.kubeconfig, args, stdin)
+}
+
+/// Runs kubectl and panics with its output unless it succeeds; returns standard output.
+fn kubectl_ok(env: &ClusterEnv, args: &[&str], stdin: Option<&str>) -> String {
+    let out = run_kubectl(env, args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `kubectl kustomize <dir relative to the repository>`, one JSON value per document.
+fn render(env: &ClusterEnv, dir: &str) -> Vec<Value> {
+    let path = repo().join(dir);
+    let text = kubectl_ok(env, &["kustomize", path.to_str().unwrap()], None);
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("a YAML document"))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// The documents as one `v1/List`, which kubectl apply, get and delete all take.
+fn as_list(docs: &[Value]) -> String {
+    json!({"apiVersion": "v1", "kind": "List", "items": docs}).to_string()
+}
+
+fn try_find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    try_find(docs, kind, name).unwrap_or_else(|| panic!("no {kind} {name} in the rendering"))
+}
+
+fn find_mut<'a>(docs: &'a mut [Value], kind: &str, name: &str) -> &'a mut Value {
+    docs.iter_mut()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendering"))
+}
+
+fn webhook(docs: &[Value]) -> &Value {
+    let config = find(docs, "MutatingWebhookConfiguration", "secure-defaults");
+    let hooks = config["webhooks"].as_array().expect("webhooks");
+    assert_eq!(hooks.len(), 1, "{config}");
+    &hooks[0]
+}
+
+fn binding_selector(docs: &[Value]) -> &Value {
+    &find(
+        docs,
+        "ValidatingAdmissionPolicyBinding",
+        "secure-defaults-backstop",
+    )["spec"]["matchResources"]["namespaceSelector"]
+}
+
+fn policy_text(docs: &[Value]) -> String {
+    find(docs, "ConfigMap", "secure-defaults-policy")["data"]["policy.yaml"]
+        .as_str()
+        .expect("ConfigMap secure-defaults-policy has key policy.yaml")
+        .to_owned()
+}
+
+fn policy_value(text: &str) -> Value {
+    serde_yaml::from_str(text).expect("policy YAML")
+}
+
+fn deployment(docs: &[Value]) -> &Value {
+    find(docs, "Deployment", "secure-defaults")
+}
+
+/// The mode a namespaceSelector encodes with its secure-defaults.io/inject expression.
+fn selector_mode(selector: &Value) -> &'static str {
+    let expressions: Vec<&Value> = selector["matchExpressions"]
+        .as_array()
+        .expect("matchExpressions")
+        .iter()
+        .filter(|e| e["key"] == INJECT)
+        .collect();
+    assert_eq!(
+        expressions.len(),
+        1,
+        "exactly one {INJECT} expression in {selector}"
+    );
+    let e = expressions[0];
+    match (e["operator"].as_str(), &e["values"]) {
+        (Some("In"), values) if *values == json!(["enabled"]) => "opt-in",
+        (Some("NotIn"), values) if *values == json!(["disabled"]) => "cluster-wide",
+        _ => panic!("{e} is neither the opt-in nor the cluster-wide expression"),
+    }
+}
+
+fn container(docs: &[Value]) -> &Value {
+    &deployment(docs)["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// The process config file the Deployment reads: (its text, parsed).
+fn process_config(docs: &[Value]) -> (String, Value) {
+    let pod = &deployment(docs)["spec"]["template"]["spec"];
+    let config_map = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "config")
+        .and_then(|v| v["configMap"]["name"].as_str())
+        .expect("a config volume from a ConfigMap");
+    let text = find(docs, "ConfigMap", config_map)["data"]["secure-defaults.yaml"]
+        .as_str()
+        .expect("key secure-defaults.yaml")
+        .to_owned();
+    let parsed = serde_yaml::from_str(&text).expect("process config YAML");
+    (text, parsed)
+}
+
+/// What the backstop checks, for a pod spec (Rust rendition, to check the Deployment on the rendered YAML).
+fn backstop_violations(spec: &Value) -> Vec<String> {
+    let containers: Vec<&Value> = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|list| spec[*list].as_array().into_iter().flatten())
+        .collect();
+    let pod_user = !spec["securityContext"]["runAsUser"].is_null();
+    let mut violations = Vec::new();
+    for c in containers {
+        let sc = &c["securityContext"];
+        let name = c["name"].as_str().unwrap_or("?");
+        if !pod_user && sc["runAsUser"].is_null() {
+            violations.push(format!("{name}: no runAsUser"));
+        }
+        let exempt = sc["privileged"] == true
+            || sc["capabilities"]["add"].as_array().is_some_and(|add| {
+                add.iter().any(|cap| {
+                    cap.as_str().is_some_and(|cap| {
+                        cap.eq_ignore_ascii_case("SYS_ADMIN")
+                            || cap.eq_ignore_ascii_case("CAP_SYS_ADMIN")
+                    })
+                })
+            });
+        if !exempt && sc["allowPrivilegeEscalation"].is_null() {
+            violations.push(format!("{name}: no allowPrivilegeEscalation"));
+        }
+    }
+    violations
+}
+
+fn pod_spec(docs: &[Value]) -> &Value {
+    &deployment(docs)["spec"]["template"]["spec"]
+}
+
+fn args(c: &Value) -> Vec<&str> {
+    c["args"]
+        .as_array()
+        .expect("container args")
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect()
+}
+
+fn volumes(pod: &Value) -> &[Value] {
+    pod["volumes"].as_array().map_or(&[], Vec::as_slice)
+}
+
+fn mounts(c: &Value) -> &[Value] {
+    c["volumeMounts"].as_array().map_or(&[], Vec::as_slice)
+}
+
+/// A process config key as the server sees it: the config file's value, else the server's built-in default
+/// (src/config.rs), which the e2e suite cannot import.
+fn config_or_default<'a>(config: &'a Value, key: &str, default: &'a str) -> &'a str {
+    config[key].as_str().unwrap_or(default)
+}
+
+/// The rendering's RBAC objects (Roles, ClusterRoles and their bindings).
+fn rbac_objects(docs: &[Value]) -> Vec<&Value> {
+    docs.iter()
+        .filter(|d| d["apiVersion"] == "rbac.authorization.k8s.io/v1")
+        .collect()
+}
+
+fn is_cert_manager(doc: &Value) -> bool {
+    doc["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("cert-manager.io/"))
+}
+
+fn cert_manager_objects(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .filter(|d| is_cert_manager(d))
+        .map(|d| format!("{} {}", d["kind"], d["metadata"]["name"]))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The rendering alone
+
+/// Every overlay renders; in each, the policy's mode, the webhook's namespaceSelector and the backstop
+/// binding's namespaceSelector agree; the policies of the base and of both modes differ only in `mode`; the
+/// rendered objects keep the promises the manifests make (hardened Deployment that would pass its own backstop,
+/// shutdown budget, mounts that allow live reload, webhook shape); the base carries no certificate, the
+/// default overlays the self-managed one and the cert-manager overlay cert-manager's, and the cert-manager
+/// overlay is the opt-in one with nothing else changed.
+#[tokio::test]
+async fn manifests_modes_agree_and_the_deployment_keeps_its_own_rules() {
+    let env = cluster_env();
+    let dir = tmp_dir("manifests-render");
+
+    let base = render(&env, "manifests/base");
+    check_base_has_no_certificate(&base);
+    let (base_config, _) = process_config(&base);
+    let mut base_policy = policy_value(&policy_text(&base));
+    assert_eq!(
+        base_policy["mode"], "opt-in",
+        "the base's policy is the default mode"
+    );
+    base_policy.as_object_mut().unwrap().remove("mode");
+
+    let overlays = [
+        (MODES[0], MODES[0], Certificates::SelfManaged),
+        (MODES[1], MODES[1], Certificates::SelfManaged),
+        (CERT_MANAGER, "opt-in", Certificates::CertManager),
+    ];
+    let mut rendered = Vec::new();
+    for (overlay, mode, certificates) in overlays {
+        let docs = render(&env, &format!("manifests/overlays/{overlay}"));
+        let text = policy_text(&docs);
+        let mut policy = policy_value(&text);
+        assert_eq!(policy["mode"], mode, "{overlay}: the policy's mode");
+        let hook = webhook(&docs);
+        assert_eq!(
+            selector_mode(&hook["namespaceSelector"]),
+            mode,
+            "{overlay}: the webhook's namespaceSelector"
+        );
+        assert_eq!(
+            binding_selector(&docs),
+            &hook["namespaceSelector"],
+            "{overlay}: the backstop binding selects exactly the webhook's namespaces"
+        );
+        // The real server accepts the policy the ConfigMap holds.
+        let file = dir.join(format!("{overlay}-policy.yaml"));
+        std::fs::write(&file, &text).unwrap();
+        let check = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
+            .args(["check", "--policy"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{overlay}: secure-defaults check refuses the policy:\n{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        policy.as_object_mut().unwrap().remove("mode");
+        assert_eq!(
+            base_policy, policy,
+            "{overlay}: the policy differs from the base's in more than `mode`"
+        );
+        assert_eq!(
+            process_config(&docs).0,
+            base_config,
+            "{overlay}: the process config is the base's"
+        );
+
+        check_webhook(overlay, hook);
+        check_deployment(overlay, &docs);
+        check_rbac_is_least_privilege(overlay, &docs);
+        match certificates {
+            Certificates::SelfManaged => check_self_managed(overlay, &docs),
+            Certificates::CertManager => check_cert_manager(overlay, &docs),
+        }
+        assert_eq!(
+            container(&docs)["image"],
+            "ghcr.io/secure-defaults/secure-defaults:0.1.0"
+        );
+        rendered.push(docs);
+    }
+
+    // The cert-manager overlay is the opt-in overlay with the other certificate source, and nothing else.
+    assert_eq!(
+        without_certificates(&rendered[0]),
+        without_certificates(&rendered[2]),
+        "{CERT_MANAGER} and {} differ in more than the certificate source",
+        MODES[0]
+    );
+}
+
+/// The base is certificate-neutral: the certificate components add everything about the certificate, so
+/// neither has to take anything away.
+fn check_base_has_no_certificate(base: &[Value]) {
+    let c = container(base);
+    assert_eq!(args(c), BASE_ARGS, "base: no certificate flags");
+    assert!(
+        volumes(pod_spec(base))
+            .iter()
+            .all(|v| v["name"] != "tls" && v.get("secret").is_none()),
+        "base: no certificate volume: {}",
+        pod_spec(base)["volumes"]
+    );
+    assert!(
+        mounts(c).iter().all(|m| m["name"] != "tls"),
+        "base: no certificate mount: {}",
+        c["volumeMounts"]
+    );
+    let (_, config) = process_config(base);
+    for key in ["tls_cert", "tls_key", "self_managed_certs"] {
+        assert!(
+            config.get(key).is_none(),
+            "base: {key} is the certificate component's: {config}"
+        );
+    }
+    assert!(try_find(base, "Role", CERTS_RBAC).is_none());
+    assert!(try_find(base, "ClusterRole", CERTS_RBAC).is_none());
+    assert_eq!(cert_manager_objects(base), Vec::<String>::new());
+    let config = find(base, "MutatingWebhookConfiguration", "secure-defaults");
+    assert!(config["metadata"].get("annotations").is_none(), "{config}");
+}
+
+fn check_webhook(mode: &str, hook: &Value) {
+    assert_eq!(hook["name"], "pods.secure-defaults.io");
+    assert_eq!(
+        hook["clientConfig"],
+        json!({"service": {"namespace": "secure-defaults", "name": "secure-defaults", "path": "/mutate", "port": 443}}),
+        "{mode}"
+    );
+    assert_eq!(
+        hook["rules"],
+        json!([
+            {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"},
+            {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}
+        ]),
+        "{mode}"
+    );
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+    assert_eq!(hook["timeoutSeconds"], 3);
+    assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(hook["failurePolicy"], "Ignore");
+    assert!(
+        hook["namespaceSelector"]["matchExpressions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": SYSTEM_NAMESPACES})),
+        "{mode}: system namespaces not excluded: {}",
+        hook["namespaceSelector"]
+    );
+    let conditions: Vec<&str> = hook["matchConditions"]
+        .as_array()
+        .expect("matchConditions")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(conditions, ["not-a-mirror-pod", "not-a-windows-pod"]);
+}
+
+fn check_deployment(mode: &str, docs: &[Value]) {
+    let deploy = deployment(docs);
+    let spec = &deploy["spec"];
+    let pod = &spec["template"]["spec"];
+    let c = container(docs);
+    assert_eq!(spec["replicas"], 2, "{mode}");
+
+    // It passes the backstop it ships, were its namespace served.
+    assert_eq!(backstop_violations(pod), Vec::<String>::new(), "{mode}");
+    assert_eq!(
+        pod["securityContext"],
+        json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}}),
+        "{mode}"
+    );
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"], json!({"drop": ["ALL"]}));
+    assert_eq!(
+        c["resources"],
+        json!({"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}),
+        "{mode}: no CPU limit, memory bounded"
+    );
+
+    // No service links (the server ignores SECURE_DEFAULTS_SERVICE_HOST & co., see
+    // manifests_process_config_starts_the_server, but the environment stays what the manifests write), and no
+    // configuration in the environment either: the process config is the ConfigMap's, plus the args.
+    assert_eq!(pod["enableServiceLinks"], false, "{mode}");
+    for var in c["env"].as_array().into_iter().flatten() {
+        assert!(
+            !var["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("SECURE_DEFAULTS_"),
+            "{var}"
+        );
+    }
+
+    // Scheduling: its own priority class, spread over nodes.
+    assert_eq!(pod["priorityClassName"], "secure-defaults-critical");
+    let class = find(docs, "PriorityClass", "secure-defaults-critical");
+    assert_eq!(class["value"], 1_000_000_000);
+    assert_eq!(class["globalDefault"], false);
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(
+        pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+            ["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    let labels = &spec["template"]["metadata"]["labels"];
+    assert_eq!(&spec["selector"]["matchLabels"], labels);
+    assert_eq!(
+        &find(docs, "PodDisruptionBudget", "secure-defaults")["spec"],
+        &json!({"minAvailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow", "selector": {"matchLabels": labels}})
+    );
+    let service = find(docs, "Service", "secure-defaults");
+    assert_eq!(&service["spec"]["selector"], labels);
+    assert_eq!(
+        service["spec"]["ports"],
+        json!([{"name": "https", "port": 443, "protocol": "TCP", "targetPort": "https"}])
+    );
+
+    // Ports, probes, and the process config they must agree with.
+    let port = |name: &str| {
+        c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no container port {name}"))["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!((port("https"), port("admin")), (8443, 8080));
+    assert_eq!(
+        c["livenessProbe"]["httpGet"],
+        json!({"path": "/healthz", "port": "admin", "scheme": "HTTP"})
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"],
+        json!({"path": "/readyz", "port": "admin", "scheme": "HTTP"})
+    );
+    let (_, config) = process_config(docs);
+    assert_eq!(config["listen"], "0.0.0.0:8443");
+    assert_eq!(config["admin_listen"], "0.0.0.0:8080");
+    assert_eq!(config["log_format"], "json");
+
+    // Shutdown fits the grace period: preStop sleep, then the server's drain and in-flight deadline.
+    let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .expect("a preStop sleep action (no shell in the image)");
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let drain = config["drain_seconds"].as_u64().unwrap();
+    let in_flight = config["shutdown_timeout_seconds"].as_u64().unwrap();
+    assert_eq!((pre_stop, grace, in_flight), (5, 30, 10));
+    assert!(
+        pre_stop + drain + in_flight + 5 <= grace,
+        "{mode}: shutdown takes up to {}s of a {grace}s grace period",
+        pre_stop + drain + in_flight
+    );
+
+    // The args point at the mounted config (the certificate component's flags follow). Every mount is a
+    // read-only whole-directory mount: the kubelet never updates subPath mounts, and the server reloads the
+    // policy (and, from files, the certificate) live.
+    assert_eq!(
+        args(c)[..BASE_ARGS.len()],
+        BASE_ARGS,
+        "{mode}: {}",
+        c["args"]
+    );
+    for m in mounts(c) {
+        assert!(m.get("subPath").is_none(), "{mode}: {m}");
+        assert_eq!(m["readOnly"], true, "{mode}: {m}");
+    }
+    assert_eq!(
+        mount_path(c, "config"),
+        Some(CONFIG_FILE.rsplit_once('/').unwrap().0)
+    );
+    assert_eq!(mount_path(c, "policy"), Some("/etc/secure-defaults/policy"));
+    assert_eq!(config["policy"], "/etc/secure-defaults/policy/policy.yaml");
+    assert_eq!(
+        volume(pod, "policy"),
+        Some(&json!({"name": "policy", "configMap": {"name": "secure-defaults-policy"}}))
+    );
+}
+
+fn mount_path<'a>(c: &'a Value, volume: &str) -> Option<&'a str> {
+    mounts(c)
+        .iter()
+        .find(|m| m["name"] == volume)
+        .map(|m| m["mountPath"].as_str().unwrap())
+}
+
+fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+    volumes(pod).iter().find(|v| v["name"] == name)
+}
+
+/// No wildcard anywhere; only the ServiceAccount secure-defaults is bound; nothing cluster-wide beyond reading
+/// namespaces and, in self-managed mode, the one webhook configuration; Secrets and Leases only in the
+/// webhook's own namespace.
+fn check_rbac_is_least_privilege(overlay: &str, docs: &[Value]) {
+    let base_rules = json!([{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]);
+    assert_eq!(
+        find(docs, "ClusterRole", "secure-defaults")["rules"],
+        base_rules,
+        "{overlay}: the base only reads namespaces"
+    );
+    for object in rbac_objects(docs) {
+        let what = format!(
+            "{overlay}: {} {}",
+            object["kind"], object["metadata"]["name"]
+        );
+        match object["kind"].as_str().unwrap() {
+            "Role" | "ClusterRole" => {
+                for rule in object["rules"].as_array().unwrap() {
+                    for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                        assert!(
+                            rule[field]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .all(|v| v.as_str().is_some_and(|v| !v.contains('*'))),
+                            "{what}: wildcard in {rule}"
+                        );
+                    }
+                    if object["kind"] == "ClusterRole" {
+                        assert!(
+                            !rule["resources"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .any(|r| r == "secrets" || r == "leases"),
+                            "{what}: Secrets or Leases cluster-wide: {rule}"
+                        );
+                    }
+                }
+                if object["kind"] == "Role" {
+                    assert_eq!(object["metadata"]["namespace"], "secure-defaults", "{what}");
+                }
+            }
+            "RoleBinding" | "ClusterRoleBinding" => {
+                assert_eq!(
+                    object["subjects"],
+                    json!([{"kind": "ServiceAccount", "name": "secure-defaults", "namespace": "secure-defaults"}]),
+                    "{what}"
+                );
+                let role_kind = object["roleRef"]["kind"].as_str().unwrap();
+                let role = object["roleRef"]["name"].as_str().unwrap();
+                assert!(
+                    try_find(docs, role_kind, role).is_some(),
+                    "{what}: binds the missing {role_kind} {role}"
+                );
+            }
+            kind => panic!("{what}: unexpected RBAC kind {kind}"),
+        }
+    }
+    assert_eq!(pod_spec(docs)["serviceAccountName"], "secure-defaults");
+    find(docs, "ServiceAccount", "secure-defaults");
+}
+
+/// The default overlays: the server issues its certificate into a Secret it reads through the API. The
+/// Deployment passes --self-managed-certs and the pod's namespace and name, mounts no Secret at all (it would
+/// hold the CA's private key), keeps its service account token (the server needs it), and the RBAC grants
+/// exactly the calls the server makes on exactly the objects its process config names.
+fn check_self_managed(overlay: &str, docs: &[Value]) {
+    let c = container(docs);
+    let pod = pod_spec(docs);
+    assert_eq!(
+        args(c)[BASE_ARGS.len()..],
+        ["--self-managed-certs"],
+        "{overlay}: {}",
+        c["args"]
+    );
+    let env: Vec<&Value> = c["env"].as_array().unwrap().iter().collect();
+    for (var, field) in [
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("POD_NAME", "metadata.name"),
+    ] {
+        assert!(
+            env.contains(&&json!({"name": var, "valueFrom": {"fieldRef": {"fieldPath": field}}})),
+            "{overlay}: {var}: {env:?}"
+        );
+    }
+    assert_ne!(
+        pod["automountServiceAccountToken"], false,
+        "{overlay}: the server calls the API with its token"
+    );
+    for v in volumes(pod) {
+        assert!(
+            v.get("secret").is_none() && v.get("projected").is_none(),
+            "{overlay}: a Secret on the pod's filesystem in self-managed mode: {v}"
+        );
+    }
+    assert!(volume(pod, "tls").is_none(), "{overlay}");
+    assert_eq!(mount_path(c, "tls"), None, "{overlay}");
+    assert!(
+        mounts(c).iter().all(|m| !m["mountPath"]
+            .as_str()
+            .unwrap()
+            .starts_with("/etc/secure-defaults/tls")),
+        "{overlay}: {}",
+        c["volumeMounts"]
+    );
+    assert_eq!(
+        cert_manager_objects(docs),
+        Vec::<String>::new(),
+        "{overlay}"
+    );
+    let hook_config = find(docs, "MutatingWebhookConfiguration", "secure-defaults");
+    assert!(
+        hook_config["metadata"].get("annotations").is_none(),
+        "{overlay}: no cert-manager injection in self-managed mode: {hook_config}"
+    );
+
+    // The names the server uses (process config or its defaults) are the names the RBAC grants.
+    let (_, config) = process_config(docs);
+    let secret = config_or_default(&config, "tls_secret", "secure-defaults-tls");
+    let service = config_or_default(&config, "service", "secure-defaults");
+    let lease = format!("{service}-certificates");
+    let webhook_configuration =
+        config_or_default(&config, "webhook_configuration", "secure-defaults");
+    find(docs, "Service", service);
+    find(docs, "MutatingWebhookConfiguration", webhook_configuration);
+    let role = find(docs, "Role", CERTS_RBAC);
+    assert_eq!(role["metadata"]["namespace"], "secure-defaults");
+    assert_eq!(
+        role["rules"],
+        json!([
+            // create cannot be restricted by name; everything else is.
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get", "update"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease], "verbs": ["get", "update"]}
+        ]),
+        "{overlay}"
+    );
+    assert_eq!(
+        find(docs, "ClusterRole", CERTS_RBAC)["rules"],
+        json!([{"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": [webhook_configuration], "verbs": ["get", "update"]}]),
+        "{overlay}"
+    );
+    for (binding, kind) in [
+        ("RoleBinding", "Role"),
+        ("ClusterRoleBinding", "ClusterRole"),
+    ] {
+        assert_eq!(
+            find(docs, binding, CERTS_RBAC)["roleRef"],
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": CERTS_RBAC}),
+            "{overlay}"
+        );
+    }
+}
+
+/// The cert-manager overlay: self-signed Issuer -> CA Certificate -> CA Issuer -> serving Certificate for the
+/// Service's name, its CA injected by cert-manager, its Secret (never the CA's) mounted whole, and the server
+/// pointed at the files in that mount. Nothing of the self-managed mode.
+fn check_cert_manager(overlay: &str, docs: &[Value]) {
+    let hook_config = find(docs, "MutatingWebhookConfiguration", "secure-defaults");
+    let from = hook_config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        .as_str()
+        .expect("cert-manager CA injection annotation");
+    let (namespace, name) = from.split_once('/').unwrap();
+    let serving = find(docs, "Certificate", name);
+    assert_eq!(serving["metadata"]["namespace"], namespace, "{overlay}");
+    assert!(
+        serving["spec"]["dnsNames"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("secure-defaults.secure-defaults.svc")),
+        "{serving}"
+    );
+    let issuer = find(
+        docs,
+        "Issuer",
+        serving["spec"]["issuerRef"]["name"].as_str().unwrap(),
+    );
+    let ca = find(docs, "Certificate", "secure-defaults-ca");
+    assert_eq!(ca["spec"]["isCA"], true);
+    assert_eq!(issuer["spec"]["ca"]["secretName"], ca["spec"]["secretName"]);
+    assert_eq!(
+        find(
+            docs,
+            "Issuer",
+            ca["spec"]["issuerRef"]["name"].as_str().unwrap()
+        )["spec"],
+        json!({"selfSigned": {}})
+    );
+
+    // The serving certificate's Secret, mounted whole; never optional (a pod waits for cert-manager rather
+    // than starting without a certificate); the CA's Secret, with its private key, is not mounted.
+    let c = container(docs);
+    let pod = pod_spec(docs);
+    let secret = serving["spec"]["secretName"].as_str().unwrap();
+    assert_eq!(secret, "secure-defaults-tls");
+    assert_eq!(
+        volume(pod, "tls"),
+        Some(&json!({"name": "tls", "secret": {"secretName": secret}})),
+        "{overlay}"
+    );
+    let secret_volumes: Vec<&Value> = volumes(pod)
+        .iter()
+        .filter(|v| v.get("secret").is_some() || v.get("projected").is_some())
+        .collect();
+    assert_eq!(secret_volumes.len(), 1, "{overlay}: {secret_volumes:?}");
+    assert_ne!(ca["spec"]["secretName"], secret);
+    let dir = mount_path(c, "tls").expect("the tls volume mounted");
+    // tls.crt and tls.key are the key names of cert-manager's Secrets. The process config names no
+    // certificate, so the flags are the only setting.
+    let (cert, key) = (format!("{dir}/tls.crt"), format!("{dir}/tls.key"));
+    assert_eq!(
+        args(c)[BASE_ARGS.len()..],
+        ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()],
+        "{overlay}: {}",
+        c["args"]
+    );
+    let (_, config) = process_config(docs);
+    assert!(config.get("tls_cert").is_none() && config.get("tls_key").is_none());
+
+    assert!(
+        c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|e| e["name"] != "POD_NAMESPACE" && e["name"] != "POD_NAME"),
+        "{overlay}: {}",
+        c["env"]
+    );
+    for kind in ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"] {
+        assert!(
+            try_find(docs, kind, CERTS_RBAC).is_none(),
+            "{overlay}: the server needs no access to Secrets with cert-manager ({kind})"
+        );
+    }
+}
+
+/// The rendering with either certificate source's additions taken out: cert-manager's objects and
+/// annotation, the self-managed RBAC, the certificate flags, the downward-API variables, the tls volume.
+fn without_certificates(docs: &[Value]) -> Vec<Value> {
+    let mut out: Vec<Value> = docs
+        .iter()
+        .filter(|d| !is_cert_manager(d))
+        .filter(|d| d["metadata"]["name"] != CERTS_RBAC)
+        .cloned()
+        .collect();
+    let metadata =
+        &mut find_mut(&mut out, "MutatingWebhookConfiguration", "secure-defaults")["metadata"];
+    if let Some(annotations) = metadata
+        .get_mut("annotations")
+        .and_then(Value::as_object_mut)
+    {
+        annotations.remove("cert-manager.io/inject-ca-from");
+        if annotations.is_empty() {
+            metadata.as_object_mut().unwrap().remove("annotations");
+        }
+    }
+    let pod = &mut find_mut(&mut out, "Deployment", "secure-defaults")["spec"]["template"]["spec"];
+    if let Some(volumes) = pod.get_mut("volumes").and_then(Value::as_array_mut) {
+        volumes.retain(|v| v["name"] != "tls");
+    }
+    let c = &mut pod["containers"][0];
+    c["args"].as_array_mut().unwrap().truncate(BASE_ARGS.len());
+    if let Some(env) = c.get_mut("env").and_then(Value::as_array_mut) {
+        env.retain(|e| e["name"] != "POD_NAMESPACE" && e["name"] != "POD_NAME");
+    }
+    if let Some(mounts) = c.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+        mounts.retain(|m| m["name"] != "tls");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The process config
+
+/// The variables Kubernetes gives a pod for a Service in its namespace when service links are on: for the
+/// Service `secure-defaults` they share the server's SECURE_DEFAULTS_ prefix.
+fn service_links(service: &Value, cluster_ip: &str) -> Vec<(String, String)> {
+    let name = service["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_uppercase()
+        .replace('-', "_");
+    let ports = service["spec"]["ports"].as_array().unwrap();
+    let mut vars = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let number = port["port"].as_u64().unwrap();
+        let proto = port["protocol"].as_str().unwrap_or("TCP");
+        let url = format!("{}://{cluster_ip}:{number}", proto.to_lowercase());
+        if i == 0 {
+            vars.push((format!("{name}_SERVICE_HOST"), cluster_ip.to_owned()));
+            vars.push((format!("{name}_SERVICE_PORT"), number.to_string()));
+            vars.push((format!("{name}_PORT"), url.clone()));
+        }
+        if let Some(port_name) = port["name"].as_str() {
+            vars.push((
+                format!(
+                    "{name}_SERVICE_PORT_{}",
+                    port_name.to_uppercase().replace('-', "_")
+                ),
+                number.to_string(),
+            ));
+        }
+        let prefix = format!("{name}_PORT_{number}_{proto}");
+        vars.push((prefix.clone(), url));
+        vars.push((format!("{prefix}_PROTO"), proto.to_lowercase()));
+        vars.push((format!("{prefix}_PORT"), number.to_string()));
+        vars.push((format!("{prefix}_ADDR"), cluster_ip.to_owned()));
+    }
+    vars
+}
+
+/// Starts `cmd` (standard error to `log`) and waits for /readyz on `admin_port`; panics with the log if the
+/// server exits first or is not ready in time.
+async fn start_ready(mut cmd: Command, admin_port: u16, log: &Path, what: &str) -> KillOnDrop {
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    let mut server = KillOnDrop(cmd.spawn().unwrap());
+    let read_log = || std::fs::read_to_string(log).unwrap_or_default();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            panic!("the server exited ({status}) {what}:\n{}", read_log());
+        }
+        if http_get(&format!("127.0.0.1:{admin_port}"), "/readyz")
+            .await
+            .is_some_and(|(code, _)| code == 200)
+        {
+            return server;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "not ready {what}:\n{}",
+            read_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The process config in the ConfigMap is one the real server starts with (only addresses and file paths,
+/// which differ on this machine, are overridden by flags), also with the service-link variables Kubernetes
+/// would inject for the `secure-defaults` Service were service links on: they are not configuration. A
+/// genuinely unknown SECURE_DEFAULTS_ variable still stops the server, with a one-line error naming it.
+#[tokio::test]
+async fn manifests_process_config_starts_the_server() {
+    let env = cluster_env();
+    let dir = tmp_dir("manifests-config");
+    let docs = render(&env, &format!("manifests/overlays/{}", MODES[0]));
+    let (config, _) = process_config(&docs);
+    let config_path = dir.join("secure-defaults.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let policy_path = dir.join("policy.yaml");
+    std::fs::write(&policy_path, policy_text(&docs)).unwrap();
+    let certs = certs(&dir);
+
+    let serve = |admin_port: u16| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_secure-defaults"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .arg("--tls-cert")
+            .arg(&certs.cert)
+            .arg("--tls-key")
+            .arg(&certs.key)
+            .arg("--policy")
+            .arg(&policy_path)
+            .env("KUBECONFIG", &env.kubeconfig);
+        cmd
+    };
+
+    let port = free_port();
+    let server = start_ready(
+        serve(port),
+        port,
+        &dir.join("plain.log"),
+        "with the manifests' config",
+    )
+    .await;
+    drop(server);
+
+    let links = service_links(find(&docs, "Service", "secure-defaults"), "10.96.0.10");
+    let names: Vec<&str> = links.iter().map(|(k, _)| k.as_str()).collect();
+    for expected in [
+        "SECURE_DEFAULTS_SERVICE_HOST",
+        "SECURE_DEFAULTS_SERVICE_PORT",
+        "SECURE_DEFAULTS_SERVICE_PORT_HTTPS",
+        "SECURE_DEFAULTS_PORT",
+        "SECURE_DEFAULTS_PORT_443_TCP",
+        "SECURE_DEFAULTS_PORT_443_TCP_PROTO",
+        "SECURE_DEFAULTS_PORT_443_TCP_PORT",
+        "SECURE_DEFAULTS_PORT_443_TCP_ADDR",
+    ] {
+        assert!(names.contains(&expected), "{expected} not in {names:?}");
+    }
+    let port = free_port();
+    let mut cmd = serve(port);
+    cmd.envs(links.iter().map(|(k, v)| (k, v)));
+    let server = start_ready(
+        cmd,
+        port,
+        &dir.join("service-links.log"),
+        &format!("with the service-link variables {names:?}"),
+    )
+    .await;
+    drop(server);
+
+    // A typo is still configuration gone wrong: refused at once, in one line that names it.
+    let log = dir.join("unknown.log");
+    let mut cmd = serve(free_port());
+    cmd.env("SECURE_DEFAULTS_LISTN", "127.0.0.1:1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut server = KillOnDrop(cmd.spawn().unwrap());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "SECURE_DEFAULTS_LISTN did not stop the server:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{status}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].starts_with("error: invalid configuration")
+            && lines[0].contains("unknown field")
+            && lines[0].contains("LISTN")
+            && lines[0].contains("SECURE_DEFAULTS_"),
+        "{stderr}"
+    );
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Installed in the cluster
+
+/// Removes what the install test put in the cluster, also when it fails.
+struct Installed<'a> {
+    env: &'a ClusterEnv,
+    /// `v1/List`s applied, by role: deleted in reverse order.
+    applied: Vec<String>,
+}
+
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        for list in self.applied.iter().rev() {
+            let _ = run_kubectl(
+                self.env,
+                &["delete", "-f", "-", "--ignore-not-found", "--wait=false"],
+                Some(list),
+            );
+        }
+        let crds = repo().join("e2e/manifests/cert-manager-crds.yaml");
+        let _ = run_kubectl(
+            self.env,
+            &[
+                "delete",
+                "-f",
+                crds.to_str().unwrap(),
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+            None,
+        );
+        let selector = format!("{TEST_LABEL}={ISOLATION}");
+        let _ = run_kubectl(
+            self.env,
+            &[
+                "delete",
+                "pods",
+                "-n",
+                "kube-system",
+                "-l",
+                &selector,
+                "--wait=false",
+            ],
+            None,
+        );
+        let _ = run_kubectl(
+            self.env,
+            &[
+                "label",
+                "namespace",
+                "kube-system",
+                &format!("{TEST_LABEL}-"),
+                &format!("{INJECT}-"),
+            ],
+            None,
+        );
+    }
+}
+
+/// The rendering of `e2e/manifests/<mode>` with the test server's address filled in, after checking that it
+/// differs from the real overlay only in the webhook's address and the test's isolation expressions.
+fn test_rendering(env: &ClusterEnv, mode: &str, hook: &Webhook) -> Vec<Value> {
+    let real = render(env, &format!("manifests/overlays/{mode}"));
+    let mut test = render(env, &format!("e2e/manifests/{mode}"));
+    assert_eq!(real.len(), test.len());
+    let isolation = json!({"key": TEST_LABEL, "operator": "In", "values": [ISOLATION]});
+    for (r, t) in real.iter().zip(&test) {
+        let mut t = t.clone();
+        let without_isolation = |selector: &mut Value| {
+            let expressions = selector["matchExpressions"].as_array_mut().unwrap();
+            assert_eq!(expressions.last(), Some(&isolation), "{mode}");
+            expressions.pop();
+        };
+        match (t["kind"].as_str().unwrap(), t["metadata"]["name"].as_str()) {
+            ("MutatingWebhookConfiguration", Some("secure-defaults")) => {
+                let w = &mut t["webhooks"][0];
+                assert_eq!(
+                    w["clientConfig"],
+                    json!({"url": "https://127.0.0.1:PORT/mutate", "caBundle": "CA_BUNDLE"})
+                );
+                w["clientConfig"] = r["webhooks"][0]["clientConfig"].clone();
+                without_isolation(&mut w["namespaceSelector"]);
+            }
+            ("ValidatingAdmissionPolicyBinding", Some("secure-defaults-backstop")) => {
+                without_isolation(&mut t["spec"]["matchResources"]["namespaceSelector"]);
+            }
+            _ => {}
+        }
+        assert_eq!(
+            r, &t,
+            "{mode}: the test overlay changes more than the webhook's address"
+        );
+    }
+    let config = find_mut(&mut test, "MutatingWebhookConfiguration", "secure-defaults");
+    config["webhooks"][0]["clientConfig"] = json!({
+        "url": format!("https://127.0.0.1:{}/mutate", hook.port),
+        "caBundle": base64::engine::general_purpose::STANDARD.encode(&hook.certs.ca_pem),
+    });
+    test
+}
+
+fn annotation(pod: &Value) -> Option<&str> {
+    pod.pointer("/metadata/annotations/secure-defaults.io~1defaulted")
+        .and_then(Value::as_str)
+}
+
+async fn create(client: &Client, ns: &str, pod: &Value, dry_run: bool) -> Result<Value, String> {
+    let pod: Pod = serde_json::from_value(pod.clone()).expect("pod JSON");
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.create(
+        &PostParams {
+            dry_run,
+            ..Default::default()
+        },
+        &pod,
+    )
+    .await
+    .map(|p| serde_json::to_value(p).unwrap())
+    .map_err(|e| e.to_string())
+}
+
+/// Admission requests the server has answered so far (it counts before it replies, so a pod creation that
+/// returned has been counted).
+async fn requests(hook: &Webhook) -> u64 {
+    hook.metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("secure_defaults_admission_requests_total{"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn pod(name: &str, spec: Value) -> Value {
+    json!({"metadata": {"name": name, "labels": {TEST_LABEL: ISOLATION}}, "spec": spec})
+}
+
+fn bare(name: &str) -> Value {
+    pod(
+        name,
+        json!({"containers": [{"name": "app", "image": IMAGE}]}),
+    )
+}
+/// For each default overlay (both with self-managed certificates): apply it (webhook pointed at a test server
+/// started with the overlay's own policy) to an API server without cert-manager, check every object is
+/// stored, that pods in the mode's namespaces are defaulted and all others (kube-system included, whatever its
+/// labels) never reach the server, that matchConditions keep Windows and mirror pods away from it; then stop
+/// the server and check the backstop: with failurePolicy Ignore the webhook is skipped, and the
+/// ValidatingAdmissionPolicy rejects undefaulted pods (and only those) in served namespaces. The second mode is
+/// applied over the first, as a mode switch would be. Then: the installed RBAC lets the real server, run with
+/// the Deployment's args and environment as its ServiceAccount, issue its certificate; and the cert-manager
+/// overlay is refused without cert-manager and accepted with (stand-ins for) its CRDs.
+#[tokio::test]
+async fn manifests_install_route_pods_and_backstop() {
+    let env = cluster_env();
+    let client = client(&env).await;
+    let mut installed = Installed {
+        env: &env,
+        applied: Vec::new(),
+    };
+    // The default overlays need nothing from cert-manager: its kinds are unknown here until the end.
+    assert!(
+        !run_kubectl(&env, &["get", "crd", "certificates.cert-manager.io"], None)
+            .status
+            .success(),
+        "cert-manager's CRDs already installed"
+    );
+    // kube-system carries every label the selectors could want: only the exclusion by name keeps it out.
+    kubectl_ok(
+        &env,
+        &[
+            "label",
+            "--overwrite",
+            "namespace",
+            "kube-system",
+            &format!("{TEST_LABEL}={ISOLATION}"),
+            &format!("{INJECT}=enabled"),
+        ],
+        None,
+    );
+    let enabled = TestNamespace::create(
+        &client,
+        &env,
+        ISOLATION,
+        "e2e-manifests-enabled",
+        &[(INJECT, "enabled")],
+    )
+    .await;
+    let plain = TestNamespace::create(&client, &env, ISOLATION, "e2e-manifests-plain", &[]).await;
+    let disabled = TestNamespace::create(
+        &client,
+        &env,
+        ISOLATION,
+        "e2e-manifests-disabled",
+        &[(INJECT, "disabled")],
+    )
+    .await;
+
+    let mut applied = Vec::new();
+    for (index, mode) in MODES.into_iter().enumerate() {
+        let (served, unserved): (Vec<&TestNamespace>, Vec<&TestNamespace>) = match mode {
+            "opt-in" => (vec![&enabled], vec![&plain, &disabled]),
+            _ => (vec![&plain, &enabled], vec![&disabled]),
+        };
+        let policy = policy_text(&render(&env, &format!("manifests/overlays/{mode}")));
+        let mut hook = Webhook::start(
+            &client,
+            &env,
+            &format!("manifests-{mode}"),
+            &policy,
+            FailurePolicy::Ignore,
+        )
+        .await;
+
+        // 1. Every object is accepted and stored, at the first attempt, without cert-manager.
+        let docs = test_rendering(&env, mode, &hook);
+        let list = as_list(&docs);
+        installed.applied = vec![list.clone()];
+        kubectl_ok(&env, &["apply", "-f", "-"], Some(&list));
+        let stored = kubectl_ok(&env, &["get", "-f", "-", "-o", "name"], Some(&list));
+        assert_eq!(stored.lines().count(), docs.len(), "{stored}");
+        if index == 0 {
+            deployment_pods_are_created(&client, &docs).await;
+        }
+
+        // 2. Routing: the mode's namespaces are defaulted, the others never reach the server.
+        for ns in &served {
+            eventually(
+                &format!("{mode}: the manifests' webhook serving {}", ns.name),
+                DEADLINE,
+                || async {
+                    let probe = create(&client, &ns.name, &bare("probe"), true).await.ok()?;
+                    annotation(&probe).map(|_| ())
+                },
+            )
+            .await;
+            let stored = create(&client, &ns.name, &bare(&format!("{mode}-bare")), false)
+                .await
+                .unwrap();
+            assert_eq!(
+                annotation(&stored),
+                Some(
+                    "runAsUser=65532,runAsGroup=65532,fsGroup=65532,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(app)"
+                ),
+                "{mode} {}: {stored}",
+                ns.name
+            );
+        }
+        let served_ns = served[0].name.clone();
+        // Not sent: the server's request count stays put, and a served pod right after adds exactly one.
+        let not_sent = |ns: String, pod: Value, what: String| {
+            let (client, hook, served_ns) = (&client, &hook, &served_ns);
+            async move {
+                let before = requests(hook).await;
+                let created = create(client, &ns, &pod, true)
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(annotation(&created), None, "{what}: {created}");
+                assert_eq!(requests(hook).await, before, "{what} reached the server");
+                let probe = create(client, served_ns, &bare("probe"), true)
+                    .await
+                    .unwrap();
+                assert!(annotation(&probe).is_some(), "{probe}");
+                assert_eq!(requests(hook).await, before + 1, "{what}");
+            }
+        };
+        for ns in &unserved {
+            not_sent(
+                ns.name.clone(),
+                bare("bare"),
+                format!("{mode}: a pod in {}", ns.name),
+            )
+            .await;
+        }
+        not_sent(
+            "kube-system".into(),
+            bare("bare"),
+            format!("{mode}: a pod in kube-system"),
+        )
+        .await;
+        not_sent(
+            served_ns.clone(),
+            windows("windows"),
+            format!("{mode}: a Windows pod"),
+        )
+        .await;
+        not_sent(
+            served_ns.clone(),
+            mirror("mirror"),
+            format!("{mode}: a mirror pod"),
+        )
+        .await;
+
+        // 3. The backstop, with the webhook down (failurePolicy Ignore: the API server skips it).
+        hook.kill();
+        for ns in &served {
+            eventually(
+                &format!("{mode}: the backstop rejecting in {}", ns.name),
+                DEADLINE,
+                || async {
+                    match create(&client, &ns.name, &bare("bare"), true).await {
+                        Err(e) if e.contains(BACKSTOP) => Some(()),
+                        _ => None,
+                    }
+                },
+            )
+            .await;
+        }
+        backstop_cases(&client, mode, &served_ns, &docs).await;
+        for ns in &unserved {
+            create(&client, &ns.name, &bare("bare"), true)
+                .await
+                .unwrap_or_else(|e| panic!("{mode}: {} is not served: {e}", ns.name));
+        }
+        let stored = create(
+            &client,
+            "kube-system",
+            &bare(&format!("e2e-manifests-{mode}")),
+            false,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{mode}: kube-system is never served: {e}"));
+        assert_eq!(annotation(&stored), None);
+        drop(hook);
+        applied = docs;
+    }
+
+    self_managed_rbac_suffices(&env, &client, &applied).await;
+    cert_manager_overlay_needs_cert_manager(&env).await;
+    drop(installed);
+}
+
+fn windows(name: &str) -> Value {
+    pod(
+        name,
+        json!({"os": {"name": "windows"}, "containers": [{"name": "app", "image": IMAGE}]}),
+    )
+}
+
+fn mirror(name: &str) -> Value {
+    let mut pod = bare(name);
+    pod["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "e2e"});
+    pod["spec"]["nodeName"] = json!("e2e-node");
+    pod
+}
+
+/// The Deployment's ReplicaSet creates its 2 pods: the namespace's restricted Pod Security level admits them
+/// and the PriorityClass resolves (no kubelet runs them). As stored, they carry the service account token the
+/// self-managed server calls the API with, and no Secret volume.
+async fn deployment_pods_are_created(client: &Client, docs: &[Value]) {
+    let selector = deployment(docs)["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "secure-defaults");
+    let list = eventually("the Deployment's 2 pods", DEADLINE, || async {
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?;
+        (list.items.len() == 2).then_some(list)
+    })
+    .await;
+    for p in list.items {
+        let spec = serde_json::to_value(p.spec.unwrap()).unwrap();
+        assert_eq!(spec["priority"], 1_000_000_000);
+        assert_eq!(spec["enableServiceLinks"], false);
+        let volumes = volumes(&spec);
+        assert!(
+            volumes.iter().all(|v| v.get("secret").is_none()),
+            "a Secret volume: {volumes:?}"
+        );
+        assert!(
+            volumes.iter().any(|v| v["projected"]["sources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s.get("serviceAccountToken").is_some())),
+            "no service account token: {volumes:?}"
+        );
+    }
+}
+
+/// With the webhook down, in a served namespace: what the backstop rejects (saying why and naming the
+/// container) and what it admits.
+async fn backstop_cases(client: &Client, mode: &str, ns: &str, docs: &[Value]) {
+    let app = |sc: Value| json!({"name": "app", "image": IMAGE, "securityContext": sc});
+    let rejected = [
+        (
+            "bare pod",
+            json!({"containers": [{"name": "app", "image": IMAGE}]}),
+            &["no runAsUser for container(s) \"app\""][..],
+        ),
+        (
+            "runAsUser on one container only",
+            json!({"containers": [
+                app(json!({"runAsUser": 1000, "allowPrivilegeEscalation": false})),
+                {"name": "sidecar", "image": IMAGE, "securityContext": {"allowPrivilegeEscalation": false}}]}),
+            &["no runAsUser for container(s) \"sidecar\""][..],
+        ),
+        (
+            "init container without allowPrivilegeEscalation",
+            json!({"securityContext": {"runAsUser": 1000},
+                "initContainers": [{"name": "init-db", "image": IMAGE}],
+                "containers": [app(json!({"allowPrivilegeEscalation": false}))]}),
+            &["allowPrivilegeEscalation unset on container(s) \"init-db\""][..],
+        ),
+    ];
+    for (what, spec, words) in rejected {
+        let err = create(client, ns, &pod("p", spec), true)
+            .await
+            .expect_err(&format!("{mode}: {what} admitted with the webhook down"));
+        assert!(err.contains(BACKSTOP), "{mode}: {what}: {err}");
+        for w in words {
+            assert!(err.contains(w), "{mode}: {what}: {w:?} not in {err}");
+        }
+    }
+
+    let mut own = deployment(docs)["spec"]["template"]["spec"].clone();
+    // Only what would not resolve in a test namespace: its service account.
+    own.as_object_mut().unwrap().remove("serviceAccountName");
+    let admitted = [
+        (
+            "runAsUser and allowPrivilegeEscalation set by the pod",
+            pod(
+                "p",
+                json!({"securityContext": {"runAsUser": 1000}, "containers": [app(json!({"allowPrivilegeEscalation": false}))]}),
+            ),
+        ),
+        (
+            "explicit falsy values",
+            pod(
+                "p",
+                json!({"securityContext": {"runAsUser": 0}, "containers": [app(json!({"allowPrivilegeEscalation": true}))]}),
+            ),
+        ),
+        (
+            "privileged and SYS_ADMIN containers with runAsUser",
+            pod(
+                "p",
+                json!({"securityContext": {"runAsUser": 1000}, "containers": [
+                    {"name": "vpn", "image": IMAGE, "securityContext": {"privileged": true}},
+                    {"name": "fuse", "image": IMAGE, "securityContext": {"capabilities": {"add": ["sys_admin"]}}}]}),
+            ),
+        ),
+        ("Windows pod", windows("p")),
+        ("mirror pod", mirror("p")),
+        ("the Deployment's own pod template", pod("p", own)),
+    ];
+    for (what, pod) in admitted {
+        create(client, ns, &pod, true)
+            .await
+            .unwrap_or_else(|e| panic!("{mode}: {what} rejected: {e}"));
+    }
+}
+
+/// The default overlay's RBAC, as installed with it, is what the real server needs in self-managed mode, and
+/// not more: the ServiceAccount may do exactly the named things, and the server run with the Deployment's own
+/// args, environment (downward API resolved as the kubelet would) and process config, with that
+/// ServiceAccount's own token and no certificate file anywhere, turns ready, writes its Secret and Lease and
+/// injects the caBundle into the manifests' webhook configuration.
+async fn self_managed_rbac_suffices(env: &ClusterEnv, client: &Client, docs: &[Value]) {
+    let rbac: Vec<Value> = docs
+        .iter()
+        .filter(|d| {
+            d["apiVersion"] == "rbac.authorization.k8s.io/v1" && d["metadata"]["name"] == CERTS_RBAC
+        })
+        .cloned()
+        .collect();
+    assert_eq!(
+        rbac.len(),
+        4,
+        "Role, RoleBinding, ClusterRole, ClusterRoleBinding"
+    );
+    let stored = kubectl_ok(
+        env,
+        &["get", "-f", "-", "-o", "name"],
+        Some(&as_list(&rbac)),
+    );
+    assert_eq!(
+        stored.lines().count(),
+        4,
+        "installed with the overlay: {stored}"
+    );
+
+    let can = |args: &[&str]| {
+        let mut all = vec![
+            "auth",
+            "can-i",
+            "--as",
+            SERVICE_ACCOUNT,
+            "-n",
+            "secure-defaults",
+        ];
+        all.extend_from_slice(args);
+        run_kubectl(env, &all, None).status.success()
+    };
+    let allowed: [&[&str]; 9] = [
+        &["watch", "namespaces"],
+        &["get", "namespaces/anything"],
+        &["create", "secrets"],
+        &["get", "secrets/secure-defaults-tls"],
+        &["update", "secrets/secure-defaults-tls"],
+        &["create", "leases.coordination.k8s.io"],
+        &[
+            "update",
+            "leases.coordination.k8s.io/secure-defaults-certificates",
+        ],
+        &[
+            "update",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io/secure-defaults",
+        ],
+        &[
+            "get",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io/secure-defaults",
+        ],
+    ];
+    for args in allowed {
+        eventually(&format!("RBAC allowing {args:?}"), DEADLINE, || async {
+            can(args).then_some(())
+        })
+        .await;
+    }
+    let denied: [&[&str]; 14] = [
+        &["get", "secrets/other"],
+        &["list", "secrets"],
+        &["watch", "secrets/secure-defaults-tls"],
+        &["patch", "secrets/secure-defaults-tls"],
+        &["delete", "secrets/secure-defaults-tls"],
+        &["get", "secrets/secure-defaults-tls", "-n", "default"],
+        &["update", "leases.coordination.k8s.io/other"],
+        &[
+            "delete",
+            "leases.coordination.k8s.io/secure-defaults-certificates",
+        ],
+        &[
+            "update",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io/other",
+        ],
+        &[
+            "delete",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io/secure-defaults",
+        ],
+        &[
+            "update",
+            "validatingadmissionpolicies.admissionregistration.k8s.io/secure-defaults-backstop",
+        ],
+        &[
+            "update",
+            "validatingadmissionpolicybindings.admissionregistration.k8s.io/secure-defaults-backstop",
+        ],
+        &["update", "namespaces/secure-defaults"],
+        &["create", "pods"],
+    ];
+    for args in denied {
+        assert!(!can(args), "the ServiceAccount may {args:?}");
+    }
+
+    // The server, as the ServiceAccount, as the Deployment starts it.
+    let dir = tmp_dir("manifests-self-managed");
+    let token = kubectl_ok(
+        env,
+        &[
+            "create",
+            "token",
+            "secure-defaults",
+            "-n",
+            "secure-defaults",
+            "--duration=1h",
+        ],
+        None,
+    );
+    let cluster = std::fs::read_to_string(env.dir.join("env")).unwrap();
+    let var = |name: &str| {
+        cluster
+            .lines()
+            .filter_map(|l| l.trim_start_matches("export ").split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.trim_matches('"').trim_matches('\'').to_owned())
+            .unwrap_or_else(|| panic!("{name} in the cluster env"))
+    };
+    let kubeconfig = dir.join("kubeconfig");
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": {"server": var("APISERVER_URL"), "certificate-authority": var("CA_CERT")}}],
+        "users": [{"name": "secure-defaults", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": "secure-defaults", "namespace": "secure-defaults"}}],
+        "current-context": "sa"
+    });
+    std::fs::write(&kubeconfig, config.to_string()).unwrap();
+    let config_path = dir.join("secure-defaults.yaml");
+    std::fs::write(&config_path, process_config(docs).0).unwrap();
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, policy_text(docs)).unwrap();
+
+    let c = container(docs);
+    let deploy = deployment(docs);
+    let pod_name = "e2e-manifests-self-managed";
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_secure-defaults"));
+    // The Deployment's args, with the config file at its path on this machine; then only what differs here:
+    // addresses, and the policy's path.
+    for arg in args(c) {
+        if arg == CONFIG_FILE {
+            cmd.arg(&config_path);
+        } else {
+            cmd.arg(arg);
+        }
+    }
+    let admin_port = free_port();
+    cmd.arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .arg("--policy")
+        .arg(&policy)
+        .env("KUBECONFIG", &kubeconfig);
+    for var in c["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap();
+        let value = match (
+            &var["value"],
+            var["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        ) {
+            (Value::String(v), _) => v.clone(),
+            (_, Some("metadata.namespace")) => {
+                deploy["metadata"]["namespace"].as_str().unwrap().to_owned()
+            }
+            (_, Some("metadata.name")) => pod_name.to_owned(),
+            _ => panic!("cannot resolve the Deployment's variable {var}"),
+        };
+        cmd.env(name, value);
+    }
+    let log = dir.join("server.log");
+    let server = start_ready(
+        cmd,
+        admin_port,
+        &log,
+        "in self-managed mode as the ServiceAccount",
+    )
+    .await;
+
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "secure-defaults");
+    let ca = eventually("the Secret secure-defaults-tls", DEADLINE, || async {
+        let data = secrets.get_opt("secure-defaults-tls").await.ok()??.data?;
+        data.contains_key("tls.crt").then_some(())?;
+        Some(String::from_utf8(data.get("ca.crt")?.0.clone()).unwrap())
+    })
+    .await;
+    let configs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    eventually(
+        "the caBundle injected into secure-defaults",
+        DEADLINE,
+        || async {
+            let config = configs.get("secure-defaults").await.ok()?;
+            let bundle = config.webhooks?.first()?.client_config.ca_bundle.clone()?;
+            String::from_utf8_lossy(&bundle.0)
+                .contains(ca.trim())
+                .then_some(())
+        },
+    )
+    .await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "secure-defaults");
+    let lease = leases.get("secure-defaults-certificates").await.unwrap();
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some(pod_name)
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.to_lowercase().contains("forbidden"), "{text}");
+    drop(server);
+}
+
+/// The cert-manager overlay needs cert-manager: an API server without its CRDs refuses it (which is why the
+/// default overlays do without), and with them (schema-less stand-ins here) accepts every object (server-side
+/// dry run: nothing of it is stored, the default overlay stays installed).
+async fn cert_manager_overlay_needs_cert_manager(env: &ClusterEnv) {
+    let list = as_list(&render(env, &format!("manifests/overlays/{CERT_MANAGER}")));
+    let apply = ["apply", "--dry-run=server", "-f", "-"];
+    let out = run_kubectl(env, &apply, Some(&list));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("cert-manager.io"),
+        "the cert-manager overlay applied without cert-manager: {stderr}"
+    );
+
+    let crds = repo().join("e2e/manifests/cert-manager-crds.yaml");
+    kubectl_ok(env, &["apply", "-f", crds.to_str().unwrap()], None);
+    kubectl_ok(
+        env,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/issuers.cert-manager.io",
+            "crd/certificates.cert-manager.io",
+        ],
+        None,
+    );
+    eventually(
+        "kubectl apply --dry-run=server of the cert-manager overlay",
+        DEADLINE,
+        || async {
+            // Retried: kubectl may not have discovered the cert-manager kinds yet.
+            let out = run_kubectl(env, &apply, Some(&list));
+            if out.status.success() {
+                Some(())
+            } else {
+                eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+                None
+            }
+        },
+    )
+    .await;
+}
