@@ -175,32 +175,44 @@ impl CertStore {
         let mut files = FileSet::new(vec![self.cert_path.clone(), self.key_path.clone()], loaded);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A pair that fails to load is only reported once the same bytes are seen on a second poll: the two
+        // files are read one after the other, and a volume update between the reads is not a bad certificate.
+        let mut refused: Option<TlsError> = None;
+        let mut unreadable_reported = false;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 () = stop.cancelled() => return,
             }
             match files.poll() {
-                Change::Unchanged => {}
-                // While a Secret volume is being rewritten one of the pair can be briefly missing: try again next tick.
+                Change::Unchanged => {
+                    unreadable_reported = false;
+                    if let Some(error) = refused.take() {
+                        Metrics::count_reload(&metrics.certificate_reloads, false);
+                        tracing::error!(error = %crate::error_chain(&error), "new certificate refused; keeping the one in use");
+                    }
+                }
                 Change::Unreadable(path, error) => {
-                    tracing::debug!(path = %path.display(), %error, "certificate file unreadable; will retry");
+                    refused = None;
+                    if !unreadable_reported {
+                        unreadable_reported = true;
+                        Metrics::count_reload(&metrics.certificate_reloads, false);
+                        tracing::warn!(path = %path.display(), %error, "certificate file unreadable; keeping the certificate in use");
+                    }
                 }
                 Change::Changed(contents) => {
-                    let (cert_pem, key_pem) = match contents.as_slice() {
-                        [c, k] => (c, k),
-                        _ => continue,
+                    unreadable_reported = false;
+                    let [cert_pem, key_pem] = contents.as_slice() else {
+                        continue;
                     };
                     match certified_key(&self.cert_path, cert_pem, &self.key_path, key_pem) {
                         Ok(key) => {
+                            refused = None;
                             self.replace(key);
                             Metrics::count_reload(&metrics.certificate_reloads, true);
                             tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
                         }
-                        Err(error) => {
-                            Metrics::count_reload(&metrics.certificate_reloads, false);
-                            tracing::error!(error = %crate::error_chain(&error), "new certificate refused; keeping the one in use");
-                        }
+                        Err(error) => refused = Some(error),
                     }
                 }
             }
