@@ -106,20 +106,12 @@ async fn cluster_wide_mode_honours_opt_out_and_exempt_namespaces() {
 
 #[tokio::test]
 async fn explicit_values_survive_and_every_pod_stays_valid() {
-    let env = cluster_env();
-    let client = client(&env).await;
-    let test = "explicit";
-    let hook = Webhook::start(
-        &client,
-        &env,
-        test,
-        &policy_yaml("opt-in", ""),
-        FailurePolicy::Fail,
-    )
-    .await;
-    let ns =
-        TestNamespace::create(&client, &env, test, "e2e-explicit", &[(INJECT, "enabled")]).await;
-    hook.wait_effective(&ns).await;
+    let Served {
+        client: _client,
+        hook: _hook,
+        ns,
+        ..
+    } = served("explicit", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
     let image = "registry.k8s.io/pause:3.10";
 
     // Falsy explicit values at pod and container level.
@@ -238,26 +230,17 @@ async fn explicit_values_survive_and_every_pod_stays_valid() {
 
 #[tokio::test]
 async fn deployment_pods_are_defaulted() {
-    let env = cluster_env();
-    let client = client(&env).await;
-    let test = "deployment";
-    let hook = Webhook::start(
-        &client,
-        &env,
-        test,
+    let Served {
+        client,
+        hook: _hook,
+        ns,
+        ..
+    } = served(
+        "deployment",
         &policy_yaml("opt-in", ""),
         FailurePolicy::Fail,
     )
     .await;
-    let ns = TestNamespace::create(
-        &client,
-        &env,
-        test,
-        "e2e-deployment",
-        &[(INJECT, "enabled")],
-    )
-    .await;
-    hook.wait_effective(&ns).await;
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "web"},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
@@ -293,20 +276,12 @@ async fn deployment_pods_are_defaulted() {
 
 #[tokio::test]
 async fn ephemeral_debug_container_gets_only_allow_privilege_escalation() {
-    let env = cluster_env();
-    let client = client(&env).await;
-    let test = "ephemeral";
-    let hook = Webhook::start(
-        &client,
-        &env,
-        test,
-        &policy_yaml("opt-in", ""),
-        FailurePolicy::Fail,
-    )
-    .await;
-    let ns =
-        TestNamespace::create(&client, &env, test, "e2e-ephemeral", &[(INJECT, "enabled")]).await;
-    hook.wait_effective(&ns).await;
+    let Served {
+        client: _client,
+        hook,
+        ns,
+        ..
+    } = served("ephemeral", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
     let before = ns.create_pod(bare_pod("target")).await;
 
     let out = ns.kubectl(
@@ -356,20 +331,12 @@ async fn ephemeral_debug_container_gets_only_allow_privilege_escalation() {
 
 #[tokio::test]
 async fn server_side_dry_run_shows_the_defaulted_pod() {
-    let env = cluster_env();
-    let client = client(&env).await;
-    let test = "dry-run";
-    let hook = Webhook::start(
-        &client,
-        &env,
-        test,
-        &policy_yaml("opt-in", ""),
-        FailurePolicy::Fail,
-    )
-    .await;
-    let ns =
-        TestNamespace::create(&client, &env, test, "e2e-dry-run", &[(INJECT, "enabled")]).await;
-    hook.wait_effective(&ns).await;
+    let Served {
+        client: _client,
+        hook: _hook,
+        ns,
+        ..
+    } = served("dry-run", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
     let manifest = bare_pod("preview").to_string();
     let out = ns.kubectl(
         &[
@@ -399,19 +366,12 @@ async fn server_side_dry_run_shows_the_defaulted_pod() {
 
 #[tokio::test]
 async fn policy_changes_apply_to_the_next_pods_and_invalid_ones_are_refused() {
-    let env = cluster_env();
-    let client = client(&env).await;
-    let test = "reload";
-    let hook = Webhook::start(
-        &client,
-        &env,
-        test,
-        &policy_yaml("opt-in", ""),
-        FailurePolicy::Fail,
-    )
-    .await;
-    let ns = TestNamespace::create(&client, &env, test, "e2e-reload", &[(INJECT, "enabled")]).await;
-    hook.wait_effective(&ns).await;
+    let Served {
+        client: _client,
+        hook,
+        ns,
+        ..
+    } = served("reload", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
     assert_eq!(
         sc(&ns.create_pod(bare_pod("first")).await)["runAsUser"],
         65532

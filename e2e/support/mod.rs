@@ -520,3 +520,33 @@ pub fn bare_pod(name: &str) -> Value {
         "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}
     })
 }
+
+/// The common start of a test: the real server running `policy` and registered with `failure`, and one
+/// namespace `e2e-TEST` opted in by label for which the API server already calls the webhook.
+pub struct Served {
+    pub env: ClusterEnv,
+    pub client: Client,
+    pub hook: Webhook,
+    pub ns: TestNamespace,
+}
+
+pub async fn served(test: &str, policy: &str, failure: FailurePolicy) -> Served {
+    let env = cluster_env();
+    let client = client(&env).await;
+    let hook = Webhook::start(&client, &env, test, policy, failure).await;
+    let ns = TestNamespace::create(
+        &client,
+        &env,
+        test,
+        &format!("e2e-{test}"),
+        &[(INJECT, "enabled")],
+    )
+    .await;
+    hook.wait_effective(&ns).await;
+    Served {
+        env,
+        client,
+        hook,
+        ns,
+    }
+}
