@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::certs;
+use crate::certs as self_managed;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
@@ -53,13 +53,13 @@ pub struct Server {
     admin: TcpListener,
     app: Arc<serve::App>,
     health: Arc<admin::Health>,
-    certs: Arc<tls::CertStore>,
+    cert_store: Arc<tls::CertStore>,
     acceptor: tokio_rustls::TlsAcceptor,
     loaded_policy: Vec<u8>,
     loaded_certs: Vec<Vec<u8>>,
     background: CancellationToken,
     client: Option<kube::Client>,
-    cert_target: Option<certs::cluster::Target>,
+    cert_target: Option<self_managed::cluster::Target>,
 }
 
 impl Server {
@@ -75,14 +75,16 @@ impl Server {
         let policy =
             policy::parse(&loaded_policy, &config.policy).map_err(ServeError::LoadPolicy)?;
         metrics.policy_generation.set(1);
-        let (certs, loaded_certs) = if config.self_managed.is_some() {
+        let (cert_store, loaded_certs) = if config.self_managed.is_some() {
             (tls::CertStore::empty(), Vec::new())
         } else {
             tls::CertStore::load(&config.tls_cert, &config.tls_key)
                 .map_err(ServeError::LoadCertificate)?
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(
-            certs.server_config().map_err(ServeError::LoadCertificate)?,
+            cert_store
+                .server_config()
+                .map_err(ServeError::LoadCertificate)?,
         );
 
         let background = CancellationToken::new();
@@ -133,7 +135,7 @@ impl Server {
         });
         let health = Arc::new(admin::Health {
             namespaces,
-            certs: certs.clone(),
+            certs: cert_store.clone(),
             shutting_down: false.into(),
         });
         Ok(Self {
@@ -142,7 +144,7 @@ impl Server {
             admin,
             app,
             health,
-            certs,
+            cert_store,
             acceptor,
             loaded_policy,
             loaded_certs,
@@ -174,7 +176,7 @@ impl Server {
             admin,
             app,
             health,
-            certs,
+            cert_store,
             acceptor,
             loaded_policy,
             loaded_certs,
@@ -194,14 +196,14 @@ impl Server {
         match (&config.self_managed, client, cert_target) {
             (Some(managed), Some(client), Some(target)) => {
                 let settings = cert_settings(managed, &target);
-                tokio::spawn(certs::cluster::follow(
+                tokio::spawn(self_managed::cluster::follow(
                     client.clone(),
                     target.clone(),
-                    certs.clone(),
+                    cert_store.clone(),
                     app.metrics.clone(),
                     background.clone(),
                 ));
-                tokio::spawn(certs::cluster::manage(
+                tokio::spawn(self_managed::cluster::manage(
                     client,
                     target,
                     settings,
@@ -209,7 +211,7 @@ impl Server {
                 ));
             }
             _ => {
-                tokio::spawn(certs.reload(
+                tokio::spawn(cert_store.reload(
                     loaded_certs,
                     app.metrics.clone(),
                     interval,
@@ -254,7 +256,9 @@ impl Server {
 
 /// Where the self-managed certificate lives: the pod's namespace (POD_NAMESPACE, else the service account's),
 /// and who this replica is (POD_NAME, else the host name).
-fn cert_target(managed: &crate::config::SelfManaged) -> Result<certs::cluster::Target, ServeError> {
+fn cert_target(
+    managed: &crate::config::SelfManaged,
+) -> Result<self_managed::cluster::Target, ServeError> {
     let namespace = std::env::var("POD_NAMESPACE")
         .ok()
         .or_else(|| {
@@ -268,7 +272,7 @@ fn cert_target(managed: &crate::config::SelfManaged) -> Result<certs::cluster::T
         .ok()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| format!("{}-{}", host.trim(), std::process::id()));
-    Ok(certs::cluster::Target {
+    Ok(self_managed::cluster::Target {
         secret: managed.tls_secret.clone(),
         lease: format!("{}-certificates", managed.service),
         webhook_configuration: managed.webhook_configuration.clone(),
@@ -281,8 +285,8 @@ fn cert_target(managed: &crate::config::SelfManaged) -> Result<certs::cluster::T
 
 fn cert_settings(
     managed: &crate::config::SelfManaged,
-    target: &certs::cluster::Target,
-) -> certs::Settings {
+    target: &self_managed::cluster::Target,
+) -> self_managed::Settings {
     let (svc, ns) = (&managed.service, &target.namespace);
     let mut dns_names = vec![
         format!("{svc}.{ns}.svc"),
@@ -297,7 +301,7 @@ fn cert_settings(
             Err(_) => dns_names.push(name.clone()),
         }
     }
-    certs::Settings {
+    self_managed::Settings {
         ca_validity: managed.ca_validity,
         cert_validity: managed.cert_validity,
         overlap: managed.ca_overlap,
