@@ -1,0 +1,316 @@
+#!/usr/bin/env bash
+# `make bench`: the engine, the server and the end-to-end benchmarks in one run, then ONE table (markdown) with
+# each figure, its target and pass/miss; figures as JSON in target/bench/results.json.
+#
+#   1. engine  criterion (benches/engine.rs): parse + respond per review for 1/5/20-container pods, against
+#              serde_json::Value and kube's typed AdmissionReview on the same bytes; callgrind instruction counts
+#              when valgrind is installed.
+#   2. server  `secure-defaults serve` (release, --no-namespace-lookups) and the "floor" (bench/loadgen: the same
+#              TLS + HTTP stack answering a fixed review) pinned to CPU 0, the load generator to CPU 1: closed-loop
+#              throughput, latency at fixed rates, CPU per request, peak RSS with 512 connections, time to ready.
+#   3. e2e     a local control plane (e2e/cluster.sh): pod creations through kube-apiserver with no mutation, with
+#              the webhook, and with a MutatingAdmissionPolicy doing the same defaulting; then time to ready with
+#              10,000 namespaces. Torn down at the end.
+#
+# Benchmarks report; they do not fail on a missed target. They do fail on a broken measurement (a refused or
+# non-2xx request, a configuration that does not mutate as it should, a server that does not start).
+#
+# Environment: BENCH_PHASES (default "engine server e2e"), BENCH_MEASUREMENT_TIME (criterion seconds, default 3),
+# BENCH_SECONDS (seconds per server load phase, default 5), BENCH_NAMESPACES (default 10000).
+# Everything listens on and connects to 127.0.0.1 only.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PHASES="${BENCH_PHASES:-engine server e2e}"
+MEASUREMENT_TIME="${BENCH_MEASUREMENT_TIME:-3}"
+SECONDS_PER_PHASE="${BENCH_SECONDS:-5}"
+NAMESPACES="${BENCH_NAMESPACES:-10000}"
+CALLGRIND_ITERATIONS=200
+OUT="$ROOT/target/bench"
+LOADGEN="$ROOT/target/loadgen/release/loadgen"
+SERVER="$ROOT/target/release/secure-defaults"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/secure-defaults-bench.XXXXXX")"
+CLUSTER="$WORK/cluster"
+PIDS=()
+
+log() { printf '\n[bench] %s\n' "$*" >&2; }
+has_phase() { [[ " $PHASES " == *" $1 "* ]]; }
+
+cleanup() {
+  local status=$?
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ -d "$CLUSTER" ]]; then "$ROOT/e2e/cluster.sh" down "$CLUSTER" || true; fi
+  if [[ $status -ne 0 ]]; then
+    for f in "$WORK"/*.log; do
+      [[ -f "$f" ]] || continue
+      echo "---- last lines of $f ----" >&2
+      tail -n 20 "$f" >&2 || true
+    done
+    [[ -d "$CLUSTER/logs" ]] && tail -n 20 "$CLUSTER"/logs/kube-apiserver.log >&2 || true
+  fi
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A loopback port nothing listens on, below the ephemeral range (see e2e/cluster.sh).
+declare -A TAKEN=()
+free_port() { # <var>
+  local port tries
+  for ((tries = 0; tries < 200; tries++)); do
+    port=$((20000 + RANDOM % 12000))
+    [[ -z "${TAKEN[$port]:-}" ]] || continue
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      TAKEN[$port]=1
+      printf -v "$1" '%s' "$port"
+      return 0
+    fi
+  done
+  echo "no free port" >&2
+  return 1
+}
+
+# A CA and a serving certificate for 127.0.0.1 (ECDSA P-256, like the e2e cluster's).
+make_certs() { # <dir>
+  local d="$1"
+  mkdir -p "$d"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$d/ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$d/ca.key" -subj "/CN=secure-defaults-bench-ca" -days 2 -sha256 -out "$d/ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  openssl ecparam -name prime256v1 -genkey -noout -out "$d/tls.ec.key" 2>/dev/null
+  openssl pkcs8 -topk8 -nocrypt -in "$d/tls.ec.key" -out "$d/tls.key"
+  openssl req -new -key "$d/tls.key" -subj "/CN=127.0.0.1" -out "$d/tls.csr" 2>/dev/null
+  printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$d/tls.ext"
+  openssl x509 -req -in "$d/tls.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -set_serial "0x$(openssl rand -hex 16)" \
+    -days 2 -sha256 -extfile "$d/tls.ext" -out "$d/tls.crt" 2>/dev/null
+}
+
+policy() { # <mode>
+  printf 'apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: %s\ndefaults:\n  runAsUser: 65532\n  runAsGroup: 65532\n  fsGroup: 65532\n  fsGroupChangePolicy: OnRootMismatch\n  allowPrivilegeEscalation: false\n' "$1"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+log "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+mkdir -p "$OUT"
+rm -f "$OUT"/results.json "$OUT"/results.md
+has_phase engine && rm -f "$OUT"/callgrind-*.out
+has_phase server && rm -f "$OUT"/server-*.json
+has_phase e2e && rm -f "$OUT"/e2e-*.json "$OUT"/ready-*.json "$OUT"/webhook-*
+
+log "building (release): secure-defaults, the engine benchmark, the load generator"
+cargo build --locked --release --bin secure-defaults
+BENCH_EXE="$(cargo bench --locked --bench engine --no-run --message-format=json 2>/dev/null |
+  sed -n 's/.*"executable":"\([^"]*engine[^"]*\)".*/\1/p' | tail -n 1)"
+[[ -x "$BENCH_EXE" ]] || { echo "cannot find the engine benchmark executable" >&2; exit 1; }
+cargo build --locked --release --manifest-path bench/loadgen/Cargo.toml --target-dir "$ROOT/target/loadgen"
+
+# ---------------------------------------------------------------------------------------------------------------
+if has_phase engine; then
+  log "1/3 engine: criterion, warm-up 1 s, measurement ${MEASUREMENT_TIME} s per benchmark (pinned to CPU 0)"
+  taskset -c 0 cargo bench --locked --bench engine -- --warm-up-time 1 --measurement-time "$MEASUREMENT_TIME" 2>&1 |
+    grep -E '^(fixture|engine/|baseline/)|time:' || true
+  [[ -f target/criterion/engine/review/1/new/estimates.json ]] || { echo "criterion wrote no estimates" >&2; exit 1; }
+  if command -v valgrind >/dev/null 2>&1; then
+    log "1/3 engine: callgrind, $CALLGRIND_ITERATIONS reviews per size (instructions counted inside review_once only)"
+    for n in 1 5 20; do
+      ENGINE_PROFILE="$n:$CALLGRIND_ITERATIONS" valgrind --tool=callgrind --toggle-collect='*review_once*' \
+        --callgrind-out-file="$OUT/callgrind-review-$n.out" "$BENCH_EXE" 2>"$WORK/callgrind-$n.log" >/dev/null
+      grep -E '^(totals|summary):' "$OUT/callgrind-review-$n.out" | tail -n 1 | sed "s/^/  $n container(s): /" >&2
+    done
+  else
+    log "valgrind not installed: no instruction counts (apt-get install valgrind)"
+  fi
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+if has_phase server; then
+  log "2/3 server: secure-defaults and the floor on CPU 0, the load generator on CPU 1"
+  make_certs "$WORK/certs"
+  policy cluster-wide >"$WORK/policy.yaml"
+  free_port PORT
+  free_port ADMIN
+  free_port FLOOR_PORT
+  free_port PORT2
+  free_port ADMIN2
+  COMMON=(--ca "$WORK/certs/ca.crt" --containers 1 --connections 32 --closed-seconds "$SECONDS_PER_PHASE"
+    --rate-seconds "$SECONDS_PER_PHASE")
+  serve() { # <port> <admin port> <extra args...>
+    local port="$1" admin="$2"
+    shift 2
+    echo taskset -c 0 "$SERVER" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+      --tls-cert "$WORK/certs/tls.crt" --tls-key "$WORK/certs/tls.key" --policy "$WORK/policy.yaml" \
+      --no-namespace-lookups --drain-seconds 0 --shutdown-timeout-seconds 1 --log-format json "$@"
+  }
+  # shellcheck disable=SC2046 # word splitting of the command is intended (paths have no spaces)
+  taskset -c 1 "$LOADGEN" server --name secure-defaults --addr "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" \
+    "${COMMON[@]}" --rates 1000,5000 --idle-connections 512 --expect-patch true \
+    --save-response "$WORK/response.json" --log "$WORK/secure-defaults.log" --out "$OUT/server-secure-defaults.json" \
+    -- $(serve "$PORT" "$ADMIN")
+  taskset -c 1 "$LOADGEN" server --name floor --addr "127.0.0.1:$FLOOR_PORT" \
+    "${COMMON[@]}" --rates 1000,5000 --idle-connections 512 --log "$WORK/floor.log" --out "$OUT/server-floor.json" \
+    -- taskset -c 0 "$LOADGEN" floor --listen "127.0.0.1:$FLOOR_PORT" --cert "$WORK/certs/tls.crt" \
+    --key "$WORK/certs/tls.key" --response "$WORK/response.json"
+  # The same server without its per-request info log line: what the log costs.
+  # shellcheck disable=SC2046
+  taskset -c 1 "$LOADGEN" server --name secure-defaults-warn --addr "127.0.0.1:$PORT2" --admin "127.0.0.1:$ADMIN2" \
+    "${COMMON[@]}" --rates "" --idle-connections 0 --expect-patch true --log "$WORK/secure-defaults-warn.log" \
+    --out "$OUT/server-secure-defaults-warn.json" -- $(serve "$PORT2" "$ADMIN2" --log-level warn)
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+if has_phase e2e; then
+  log "3/3 e2e: starting a local control plane (e2e/cluster.sh)"
+  "$ROOT/e2e/cluster.sh" up "$CLUSTER" >/dev/null
+  # shellcheck disable=SC1091
+  source "$CLUSTER/env"
+  export KUBECONFIG
+  kc() { "$BIN/kubectl" --request-timeout=30s "$@"; }
+  [[ -f "$WORK/certs/tls.crt" ]] || make_certs "$WORK/certs"
+  policy opt-in >"$WORK/policy-e2e.yaml"
+
+  kc apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench-none}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench-webhook, labels: {secure-defaults.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench-map, labels: {bench.secure-defaults.io/map: enabled}}
+EOF
+  for ns in bench-none bench-webhook bench-map; do
+    until kc -n "$ns" get serviceaccount default >/dev/null 2>&1; do sleep 0.2; done
+  done
+
+  free_port WH_PORT
+  free_port WH_ADMIN
+  "$SERVER" serve --listen "127.0.0.1:$WH_PORT" --admin-listen "127.0.0.1:$WH_ADMIN" \
+    --tls-cert "$WORK/certs/tls.crt" --tls-key "$WORK/certs/tls.key" --policy "$WORK/policy-e2e.yaml" \
+    --drain-seconds 0 --shutdown-timeout-seconds 1 --log-format json >"$WORK/webhook.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 300); do
+    [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$WH_ADMIN/readyz")" == 200 ]] && break
+    kill -0 "${PIDS[-1]}" || { echo "the webhook server exited" >&2; exit 1; }
+    sleep 0.1
+  done
+
+  CA_BUNDLE="$(base64 -w0 <"$WORK/certs/ca.crt")"
+  kc apply -f - >/dev/null <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: bench.secure-defaults.io}
+webhooks:
+- name: pods.secure-defaults.io
+  clientConfig: {url: "https://127.0.0.1:$WH_PORT/mutate", caBundle: "$CA_BUNDLE"}
+  rules:
+  - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods], scope: Namespaced}
+  - {apiGroups: [""], apiVersions: [v1], operations: [UPDATE], resources: [pods/ephemeralcontainers], scope: Namespaced}
+  namespaceSelector:
+    matchExpressions:
+    - {key: secure-defaults.io/inject, operator: In, values: [enabled]}
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  timeoutSeconds: 5
+  failurePolicy: Fail
+  reinvocationPolicy: IfNeeded
+---
+# The same defaulting as a MutatingAdmissionPolicy: pod-level IDs where absent, allowPrivilegeEscalation=false
+# on every container and init container that leaves it out.
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingAdmissionPolicy
+metadata: {name: bench-secure-defaults}
+spec:
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}
+  failurePolicy: Fail
+  reinvocationPolicy: IfNeeded
+  mutations:
+  - patchType: JSONPatch
+    jsonPatch:
+      expression: >
+        (has(object.spec.securityContext) ? [] :
+          [JSONPatch{op: "add", path: "/spec/securityContext", value: Object.spec.securityContext{}}]) +
+        (has(object.spec.securityContext) && has(object.spec.securityContext.runAsUser) ? [] :
+          [JSONPatch{op: "add", path: "/spec/securityContext/runAsUser", value: 65532}]) +
+        (has(object.spec.securityContext) && has(object.spec.securityContext.runAsGroup) ? [] :
+          [JSONPatch{op: "add", path: "/spec/securityContext/runAsGroup", value: 65532}]) +
+        (has(object.spec.securityContext) && has(object.spec.securityContext.fsGroup) ? [] :
+          [JSONPatch{op: "add", path: "/spec/securityContext/fsGroup", value: 65532}]) +
+        (has(object.spec.securityContext) && has(object.spec.securityContext.fsGroupChangePolicy) ? [] :
+          [JSONPatch{op: "add", path: "/spec/securityContext/fsGroupChangePolicy", value: "OnRootMismatch"}]) +
+        object.spec.containers.filter(c, !has(c.securityContext) || !has(c.securityContext.allowPrivilegeEscalation)).map(c,
+          has(c.securityContext) ?
+            JSONPatch{op: "add",
+              path: "/spec/containers/" + string(object.spec.containers.indexOf(c)) + "/securityContext/allowPrivilegeEscalation",
+              value: false} :
+            JSONPatch{op: "add",
+              path: "/spec/containers/" + string(object.spec.containers.indexOf(c)) + "/securityContext",
+              value: Object.spec.containers.securityContext{allowPrivilegeEscalation: false}}) +
+        (!has(object.spec.initContainers) ? [] :
+          object.spec.initContainers.filter(c, !has(c.securityContext) || !has(c.securityContext.allowPrivilegeEscalation)).map(c,
+          has(c.securityContext) ?
+            JSONPatch{op: "add",
+              path: "/spec/initContainers/" + string(object.spec.initContainers.indexOf(c)) + "/securityContext/allowPrivilegeEscalation",
+              value: false} :
+            JSONPatch{op: "add",
+              path: "/spec/initContainers/" + string(object.spec.initContainers.indexOf(c)) + "/securityContext",
+              value: Object.spec.initContainers.securityContext{allowPrivilegeEscalation: false}}))
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingAdmissionPolicyBinding
+metadata: {name: bench-secure-defaults}
+spec:
+  policyName: bench-secure-defaults
+  matchResources:
+    namespaceSelector:
+      matchLabels: {bench.secure-defaults.io/map: enabled}
+EOF
+
+  # Latency with one creator (no queueing in the API server, so the difference is the admission step's own
+  # time), then throughput with 8 concurrent creators; rounds interleave the three configurations.
+  TARGETS=(--target none=bench-none:none --target webhook=bench-webhook:webhook --target map=bench-map:map)
+  log "3/3 e2e: pod creations, 1 creator (checks each configuration mutates as it should first)"
+  "$LOADGEN" create-pods --env "$CLUSTER" --connections 1 --rounds 3 --round-seconds 3 --containers 1 \
+    "${TARGETS[@]}" --out "$OUT/e2e-latency.json"
+  log "3/3 e2e: pod creations, 8 concurrent creators"
+  "$LOADGEN" create-pods --env "$CLUSTER" --connections 8 --rounds 3 --round-seconds 3 --containers 1 \
+    "${TARGETS[@]}" --out "$OUT/e2e-throughput.json"
+  # Did the API server keep its connections to the webhook (or pay a TLS handshake per call)?
+  printf '{"open": %s, "time_wait": %s}\n' \
+    "$(ss -Htan state established "( sport = :$WH_PORT )" | wc -l)" \
+    "$(ss -Htan state time-wait "( sport = :$WH_PORT or dport = :$WH_PORT )" | wc -l)" >"$OUT/webhook-connections.json"
+  kill -TERM "${PIDS[-1]}" && wait "${PIDS[-1]}" 2>/dev/null || true
+  # The webhook's own time per review of the timed creations, as it logged it.
+  grep -E '"pod":"webhook-[0-9]+-r[0-9]-' "$WORK/webhook.log" | sed -n 's/.*"duration_us":\([0-9]*\).*/\1/p' \
+    >"$OUT/webhook-durations.txt" || true
+  kc delete mutatingwebhookconfiguration bench.secure-defaults.io >/dev/null
+
+  log "3/3 e2e: $NAMESPACES namespaces, then secure-defaults (namespace lookups on) from start to /readyz 200"
+  "$LOADGEN" create-namespaces --env "$CLUSTER" --count "$NAMESPACES" --prefix bulk --connections 32
+  total="$(kc get namespaces --no-headers 2>/dev/null | wc -l)"
+  echo "  the API server lists $total namespaces" >&2
+  free_port R_PORT
+  free_port R_ADMIN
+  "$LOADGEN" ready --admin "127.0.0.1:$R_ADMIN" --timeout 60 --namespaces "$total" --log "$WORK/ready.log" \
+    --out "$OUT/ready-namespaces.json" -- "$SERVER" serve --listen "127.0.0.1:$R_PORT" \
+    --admin-listen "127.0.0.1:$R_ADMIN" --tls-cert "$WORK/certs/tls.crt" --tls-key "$WORK/certs/tls.key" \
+    --policy "$WORK/policy-e2e.yaml" --drain-seconds 0 --shutdown-timeout-seconds 1 --log-format json
+  grep -o '"namespaces":[0-9]*' "$WORK/ready.log" | head -n 1 | sed 's/^/  cache synced: /' >&2 || true
+
+  log "3/3 e2e: tearing the control plane down"
+  "$ROOT/e2e/cluster.sh" down "$CLUSTER"
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+log "report"
+"$LOADGEN" report --dir "$OUT" --criterion "$ROOT/target/criterion" --callgrind-iterations "$CALLGRIND_ITERATIONS"
