@@ -5,13 +5,12 @@
 //! something to fill in.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 
-use crate::defaults::{self, Applied, Outcome};
+use crate::defaults::{self, Outcome};
 use crate::patch;
 use crate::pod::Pod;
 use crate::policy::{Decision, Exemption, NamespaceLabels, Policy};
@@ -34,13 +33,14 @@ pub enum AdmissionError {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReviewIn<'a> {
+#[serde(bound(deserialize = "O: Deserialize<'de>"))]
+struct ReviewIn<'a, O> {
     #[serde(borrow, default)]
     api_version: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    request: Option<Request<'a>>,
+    #[serde(borrow, default = "Option::default")]
+    request: Option<RequestIn<'a, O>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,28 +53,54 @@ pub struct GroupVersionResource<'a> {
     pub resource: Cow<'a, str>,
 }
 
-/// The parts of an admission request this webhook reads. The objects stay raw until a route needs them.
+/// The request as read off the wire; `O` is the pod view, or `IgnoredAny` when the objects do not read as pods.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Request<'a> {
+#[serde(bound(deserialize = "O: Deserialize<'de>"))]
+struct RequestIn<'a, O> {
     #[serde(borrow)]
-    pub uid: Cow<'a, str>,
+    uid: Cow<'a, str>,
     #[serde(borrow, default)]
-    pub resource: GroupVersionResource<'a>,
+    resource: GroupVersionResource<'a>,
     #[serde(borrow, default)]
-    pub sub_resource: Option<Cow<'a, str>>,
+    sub_resource: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    pub namespace: Option<Cow<'a, str>>,
+    namespace: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    pub name: Option<Cow<'a, str>>,
+    name: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    pub operation: Cow<'a, str>,
+    operation: Cow<'a, str>,
     #[serde(default)]
+    dry_run: Option<bool>,
+    #[serde(default = "Option::default")]
+    object: Option<O>,
+    #[serde(default = "Option::default")]
+    old_object: Option<O>,
+}
+
+/// The objects of a request, read as pods in the same pass as the rest of the review.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // `Pods` is the common case; boxing it would allocate on every request.
+pub enum Objects<'a> {
+    Pods {
+        object: Pod<'a>,
+        old_object: Pod<'a>,
+    },
+    /// Not pod-shaped (a kind this webhook does not act on, or a malformed pod): why.
+    Unreadable(String),
+}
+
+/// The parts of an admission request this webhook reads.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub uid: Cow<'a, str>,
+    pub resource: GroupVersionResource<'a>,
+    pub sub_resource: Option<Cow<'a, str>>,
+    pub namespace: Option<Cow<'a, str>>,
+    pub name: Option<Cow<'a, str>>,
+    pub operation: Cow<'a, str>,
     pub dry_run: Option<bool>,
-    #[serde(borrow, default)]
-    pub object: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub old_object: Option<&'a RawValue>,
+    pub objects: Objects<'a>,
 }
 
 /// What a request asks of this webhook.
@@ -106,9 +132,27 @@ pub struct Review<'a> {
     pub request: Request<'a>,
 }
 
-/// Parses and checks an AdmissionReview body.
+/// Parses and checks an AdmissionReview body, reading the objects as pods in the same pass.
 pub fn parse(body: &[u8]) -> Result<Review<'_>, AdmissionError> {
-    let review: ReviewIn<'_> = serde_json::from_slice(body).map_err(AdmissionError::ParseReview)?;
+    match serde_json::from_slice::<ReviewIn<'_, Pod<'_>>>(body) {
+        Ok(review) => check(review, |object, old_object| Objects::Pods {
+            object: object.unwrap_or_default(),
+            old_object: old_object.unwrap_or_default(),
+        }),
+        // Rare: either the body is not a review at all, or its objects are not pod-shaped. A second pass
+        // that skips the objects tells which.
+        Err(pod_error) => {
+            let review: ReviewIn<'_, IgnoredAny> =
+                serde_json::from_slice(body).map_err(AdmissionError::ParseReview)?;
+            check(review, |_, _| Objects::Unreadable(pod_error.to_string()))
+        }
+    }
+}
+
+fn check<'a, O>(
+    review: ReviewIn<'a, O>,
+    objects: impl FnOnce(Option<O>, Option<O>) -> Objects<'a>,
+) -> Result<Review<'a>, AdmissionError> {
     let api_version = review.api_version.unwrap_or(Cow::Borrowed(""));
     if api_version != API_VERSION {
         return Err(AdmissionError::UnsupportedVersion(api_version.into_owned()));
@@ -117,7 +161,17 @@ pub fn parse(body: &[u8]) -> Result<Review<'_>, AdmissionError> {
     if kind != "AdmissionReview" {
         return Err(AdmissionError::UnsupportedKind(kind.into_owned()));
     }
-    let request = review.request.ok_or(AdmissionError::MissingRequest)?;
+    let r = review.request.ok_or(AdmissionError::MissingRequest)?;
+    let request = Request {
+        uid: r.uid,
+        resource: r.resource,
+        sub_resource: r.sub_resource,
+        namespace: r.namespace,
+        name: r.name,
+        operation: r.operation,
+        dry_run: r.dry_run,
+        objects: objects(r.object, r.old_object),
+    };
     Ok(Review {
         api_version,
         request,
@@ -206,19 +260,13 @@ fn decide(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> 
         Decision::Exempt(why) => return (Verdict::Exempt(why), Outcome::default()),
         Decision::Apply(defaults) => defaults,
     };
-    let pod = match read_pod(review.request.object) {
-        Ok(pod) => pod,
-        Err(e) => return unreadable("object", &e),
+    let (pod, old) = match &review.request.objects {
+        Objects::Pods { object, old_object } => (object, old_object),
+        Objects::Unreadable(error) => return unreadable(error),
     };
     let outcome = match route {
-        Route::CreatePod => defaults::default_pod(&pod, &defaults),
-        Route::AddEphemeral => {
-            let old = match read_pod(review.request.old_object) {
-                Ok(old) => old,
-                Err(e) => return unreadable("oldObject", &e),
-            };
-            defaults::default_new_ephemeral(&pod, &old, &defaults)
-        }
+        Route::CreatePod => defaults::default_pod(pod, &defaults),
+        Route::AddEphemeral => defaults::default_new_ephemeral(pod, old, &defaults),
         Route::Ignore => Outcome::default(),
     };
     let verdict = if outcome.patch.is_empty() {
@@ -229,80 +277,74 @@ fn decide(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> 
     (verdict, outcome)
 }
 
-fn read_pod<'a>(raw: Option<&'a RawValue>) -> Result<Pod<'a>, serde_json::Error> {
-    match raw {
-        Some(raw) => serde_json::from_str(raw.get()),
-        None => Ok(Pod::default()),
-    }
-}
-
-fn unreadable(what: &str, error: &serde_json::Error) -> (Verdict, Outcome) {
+fn unreadable(error: &str) -> (Verdict, Outcome) {
     let outcome = Outcome {
         warnings: vec![format!(
-            "secure-defaults: pod left unchanged: cannot read {what}: {error}"
+            "secure-defaults: pod left unchanged: cannot read the pod: {error}"
         )],
         ..Outcome::default()
     };
     (Verdict::Unreadable, outcome)
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewOut<'a> {
-    api_version: &'a str,
-    kind: &'static str,
-    response: ResponseOut<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResponseOut<'a> {
-    uid: &'a str,
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    warnings: &'a [String],
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    audit_annotations: BTreeMap<&'static str, String>,
-}
-
+/// Writes the response review. Hand-written rather than derived: this runs for every pod, and the base64
+/// patch, the largest part, needs no escaping.
 fn encode(review: &Review<'_>, outcome: &Outcome) -> Vec<u8> {
-    let patch = (!outcome.patch.is_empty())
-        .then(|| base64::engine::general_purpose::STANDARD.encode(patch::to_json(&outcome.patch)));
-    let mut audit_annotations = BTreeMap::new();
-    if !outcome.applied.is_empty() {
-        audit_annotations.insert(AUDIT_KEY, outcome.applied.to_string());
+    let patch = (!outcome.patch.is_empty()).then(|| patch::to_json(&outcome.patch));
+    let mut out = Vec::with_capacity(
+        256 + patch.as_ref().map_or(0, |p| p.len() * 4 / 3) + outcome.summary.len(),
+    );
+    out.extend_from_slice(b"{\"apiVersion\":");
+    json_string(&mut out, &review.api_version);
+    out.extend_from_slice(b",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
+    json_string(&mut out, &review.request.uid);
+    out.extend_from_slice(b",\"allowed\":true");
+    if let Some(patch) = patch {
+        out.extend_from_slice(b",\"patchType\":\"JSONPatch\",\"patch\":\"");
+        let start = out.len();
+        out.resize(
+            start + base64::encoded_len(patch.len(), true).unwrap_or(0),
+            0,
+        );
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(&patch, &mut out[start..])
+            .unwrap_or(0);
+        out.truncate(start + written);
+        out.push(b'"');
     }
-    let out = ReviewOut {
-        api_version: &review.api_version,
-        kind: "AdmissionReview",
-        response: ResponseOut {
-            uid: &review.request.uid,
-            allowed: true,
-            patch_type: patch.as_ref().map(|_| "JSONPatch"),
-            patch,
-            warnings: &outcome.warnings,
-            audit_annotations,
-        },
-    };
-    // Only strings, bools and maps with string keys: serialising into memory cannot fail.
-    serde_json::to_vec(&out).unwrap_or_default()
+    if !outcome.warnings.is_empty() {
+        out.extend_from_slice(b",\"warnings\":");
+        // A list of strings into memory: cannot fail.
+        let _ = serde_json::to_writer(&mut out, &outcome.warnings);
+    }
+    if !outcome.summary.is_empty() {
+        out.extend_from_slice(b",\"auditAnnotations\":{\"");
+        out.extend_from_slice(AUDIT_KEY.as_bytes());
+        out.extend_from_slice(b"\":");
+        json_string(&mut out, &outcome.summary);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"}}");
+    out
 }
 
-/// Summary of what was set, for logs.
-pub fn describe(applied: &Applied) -> String {
-    if applied.is_empty() {
-        "nothing".to_owned()
+fn json_string(out: &mut Vec<u8>, value: &str) {
+    // A string into memory: cannot fail.
+    let _ = serde_json::to_writer(out, value);
+}
+
+/// What was set, for logs.
+pub fn describe(outcome: &Outcome) -> &str {
+    if outcome.summary.is_empty() {
+        "nothing"
     } else {
-        applied.to_string()
+        &outcome.summary
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::path::Path;
 
     use kube::core::DynamicObject;
@@ -524,7 +566,7 @@ mod tests {
             out["response"]["warnings"][0]
                 .as_str()
                 .unwrap()
-                .contains("cannot read object")
+                .contains("cannot read the pod")
         );
         assert!(out["response"].get("patch").is_none());
     }

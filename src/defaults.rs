@@ -17,6 +17,8 @@ use crate::policy::{Defaults, Field, FsGroupChangePolicy, Id};
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Outcome {
     pub patch: Vec<Add>,
+    /// What was set, as recorded in the pod's annotation (`runAsUser=65532,...`); empty when nothing was.
+    pub summary: String,
     /// One line per skipped default, naming the container (where there is one) and the reason.
     pub warnings: Vec<String>,
     pub applied: Applied,
@@ -109,7 +111,8 @@ pub fn default_pod(pod: &Pod<'_>, defaults: &Defaults) -> Outcome {
         }
     }
     if !out.applied.is_empty() {
-        annotate(pod, &out.applied, &mut out.patch);
+        out.summary = out.applied.to_string();
+        annotate(pod, &out.summary, &mut out.patch);
     }
     out
 }
@@ -154,6 +157,9 @@ pub fn default_new_ephemeral(pod: &Pod<'_>, old: &Pod<'_>, defaults: &Defaults) 
                 &mut out,
             );
         }
+    }
+    if !out.applied.is_empty() {
+        out.summary = out.applied.to_string();
     }
     out
 }
@@ -286,8 +292,8 @@ fn no_escalation(list: ContainerList, index: usize, container: &Container<'_>, o
 
 /// Records what was defaulted in the pod's annotation, unless the pod already carries one: the engine only
 /// adds, so an earlier record (from a first invocation, or copied from another pod) is left as it is.
-fn annotate(pod: &Pod<'_>, applied: &Applied, patch: &mut Vec<Add>) {
-    let value = applied.to_string();
+fn annotate(pod: &Pod<'_>, summary: &str, patch: &mut Vec<Add>) {
+    let value = summary;
     let meta = Pointer::root().key("metadata");
     let op = match (&pod.metadata, pod.annotations()) {
         (_, Some(a)) if a.defaulted => return,

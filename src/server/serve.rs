@@ -163,7 +163,7 @@ async fn mutate(app: &App, request: Request<Incoming>, started: Instant) -> Resp
             tracing::info!(
                 pod,
                 result = response.verdict.as_str(),
-                defaulted = %admission::describe(&response.outcome.applied),
+                defaulted = %admission::describe(&response.outcome),
                 warnings = response.outcome.warnings.len(),
                 exempt,
                 policy_generation = current.generation,
