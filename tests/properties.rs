@@ -4,10 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+use secure_defaults::admission;
 use secure_defaults::defaults::default_pod;
 use secure_defaults::patch;
 use secure_defaults::pod::Pod;
 use secure_defaults::policy::{Defaults, FsGroupChangePolicy, Id};
+use secure_defaults::policy::{NamespaceLabels, Policy};
 use serde_json::{Map, Value, json};
 
 /// Absent, null, or a value.
@@ -242,9 +246,58 @@ proptest! {
             prop_assert!(outcome.patch.is_empty());
         }
 
+        // The server's path (the review parser, then the response encoder) yields the very same patch.
+        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u", "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE", "namespace": "app", "object": input}});
+        let body = serde_json::to_vec(&review).unwrap();
+        let parsed = admission::parse(&body).unwrap();
+        let labels = BTreeMap::from([("secure-defaults.io/inject".to_owned(), "enabled".to_owned())]);
+        let policy = policy_with(&defaults);
+        let response = admission::respond(&parsed, &policy, NamespaceLabels::Known(&labels));
+        prop_assert_eq!(&response.outcome.patch, &outcome.patch);
+        let answer: Value = serde_json::from_slice(&response.body).unwrap();
+        prop_assert_eq!(&answer["response"]["allowed"], &json!(true));
+        if let Some(b64) = answer["response"]["patch"].as_str() {
+            use base64::Engine as _;
+            let decoded = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+            prop_assert_eq!(serde_json::from_slice::<Value>(&decoded).unwrap(), ops);
+        } else {
+            prop_assert!(outcome.patch.is_empty());
+        }
+
         // A second run adds nothing.
         let again_text = output.to_string();
         let again: Pod = serde_json::from_str(&again_text).unwrap();
         prop_assert_eq!(default_pod(&again, &defaults).patch, vec![]);
     }
+}
+
+/// A policy whose defaults are exactly `defaults`, through the real file parser.
+fn policy_with(d: &Defaults) -> Policy {
+    let mut text = String::from(
+        "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\ndefaults:\n",
+    );
+    if let Some(id) = d.run_as_user {
+        text += &format!("  runAsUser: {id}\n");
+    }
+    if let Some(id) = d.run_as_group {
+        text += &format!("  runAsGroup: {id}\n");
+    }
+    if let Some(id) = d.fs_group {
+        text += &format!("  fsGroup: {id}\n");
+    }
+    if let Some(p) = d.fs_group_change_policy {
+        text += &format!("  fsGroupChangePolicy: {}\n", p.as_str());
+    }
+    if d.disallow_privilege_escalation {
+        text += "  allowPrivilegeEscalation: false\n";
+    }
+    if text.ends_with("defaults:\n") {
+        text += "  {}\n";
+    }
+    let policy =
+        secure_defaults::policy::parse(text.as_bytes(), std::path::Path::new("p.yaml")).unwrap();
+    assert_eq!(&policy.defaults, d);
+    policy
 }
