@@ -120,7 +120,9 @@ async fn mutate(app: &App, request: Request<Incoming>, started: Instant) -> Resp
     };
     let route = review.route();
     let request = &review.request;
-    let span = tracing::info_span!(
+    // A debug-level span: its context reaches the debug events below it; the one info line per admission
+    // carries the same fields itself, which costs far less than a span on every request.
+    let span = tracing::debug_span!(
         "admission",
         uid = %request.uid,
         namespace = request.namespace.as_deref().unwrap_or(""),
@@ -134,7 +136,13 @@ async fn mutate(app: &App, request: Request<Incoming>, started: Instant) -> Resp
                     // Let the webhook's failurePolicy decide, rather than guess a policy without the labels.
                     let reason = crate::error_chain(&e);
                     app.metrics.count_request(route.as_str(), "error");
-                    tracing::error!(%reason, "cannot decide without the namespace's labels");
+                    tracing::error!(
+                        uid = %request.uid,
+                        namespace,
+                        operation = route.as_str(),
+                        %reason,
+                        "cannot decide without the namespace's labels"
+                    );
                     return error(StatusCode::INTERNAL_SERVER_ERROR, reason);
                 }
             },
@@ -161,6 +169,9 @@ async fn mutate(app: &App, request: Request<Incoming>, started: Instant) -> Resp
                 _ => String::new(),
             };
             tracing::info!(
+                uid = %request.uid,
+                namespace = request.namespace.as_deref().unwrap_or(""),
+                operation = route.as_str(),
                 pod,
                 result = response.verdict.as_str(),
                 defaulted = %admission::describe(&response.outcome),
