@@ -907,7 +907,7 @@ async fn start_ready(mut cmd: Command, admin_port: u16, log: &Path, what: &str) 
             "not ready {what}:\n{}",
             read_log()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval, bounded by the deadline above
     }
 }
 
@@ -999,7 +999,7 @@ async fn manifests_process_config_starts_the_server() {
             "SECURE_DEFAULTS_LISTN did not stop the server:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval, bounded by the deadline above
     };
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success(), "{status}: {stderr}");

@@ -208,7 +208,7 @@ async fn self_managed_certificates_issue_inject_and_rotate_while_admitting() {
             failures.push(e);
         }
         // Pacing the pod stream (not waiting for an event); the loop is bounded by its 80 s deadline.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await; // pacing; the loop has an 80 s deadline
     }
     assert!(
         failures.is_empty(),

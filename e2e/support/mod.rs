@@ -70,7 +70,7 @@ where
             start.elapsed() < deadline,
             "timed out after {deadline:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval, bounded by the deadline
     }
 }
 
@@ -365,7 +365,7 @@ impl Webhook {
                 "secure-defaults not ready:\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await; // poll interval, bounded by DEADLINE
         }
     }
 
