@@ -202,6 +202,9 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // Bodies stream through; the buffer only has to hold a request head. Keeping it at the minimum stops
+        // every keep-alive connection from holding a grown buffer after its first review.
+        .max_buf_size(8192)
         .keep_alive(true);
     builder
         .http2()
