@@ -1,10 +1,36 @@
-//! Change detection for files the server reloads (policy, certificate, key), by content.
+//! Polling: a cancellable ticker for the server's periodic work, and change detection by content for the
+//! files it reloads (policy, certificate, key).
 //!
 //! A ConfigMap or Secret volume is updated by the kubelet swapping a `..data` symlink, so neither the inode nor
 //! the mtime of the path is a reliable signal. Re-reading a few kilobytes every interval and comparing bytes is,
 //! and it costs nothing next to the rest of the server.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Ticks every `period` until `stop` is cancelled; a slow round delays the next tick rather than bunching them.
+pub struct Every {
+    ticker: tokio::time::Interval,
+    stop: CancellationToken,
+}
+
+impl Every {
+    pub fn new(period: Duration, stop: CancellationToken) -> Self {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { ticker, stop }
+    }
+
+    /// Waits for the next tick; false once stopped.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = self.ticker.tick() => true,
+            () = self.stop.cancelled() => false,
+        }
+    }
+}
 
 /// A set of files read together (a certificate and its key must change as a pair).
 pub struct FileSet {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Authority, CertError, Material, Plan, Settings};
 use crate::metrics::Metrics;
 use crate::server::tls::{CertStore, certified_key};
+use crate::watch::Every;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterCertError {
@@ -112,13 +113,8 @@ pub async fn follow(
 ) {
     let api: Api<Secret> = Api::namespaced(client, &target.namespace);
     let mut served: Option<(Vec<u8>, Vec<u8>)> = None;
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = stop.cancelled() => return,
-        }
+    let mut every = Every::new(Duration::from_secs(1), stop);
+    while every.tick().await {
         let secret = match api.get_opt(&target.secret).await {
             Ok(Some(secret)) => secret,
             Ok(None) => continue,
@@ -163,13 +159,8 @@ pub async fn manage(
     settings: Settings,
     stop: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(target.check_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = stop.cancelled() => return,
-        }
+    let mut every = Every::new(target.check_interval, stop);
+    while every.tick().await {
         if let Err(error) = round(&client, &target, &settings).await {
             tracing::warn!(error = %crate::error_chain(&error), "certificate management round failed; retrying");
         }

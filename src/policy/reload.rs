@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::PolicyStore;
 use crate::metrics::Metrics;
-use crate::watch::{Change, FileSet};
+use crate::watch::{Change, Every, FileSet};
 
 pub async fn run(
     path: PathBuf,
@@ -19,14 +19,9 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut files = FileSet::new(vec![path.clone()], vec![loaded]);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut every = Every::new(interval, stop);
     let mut unreadable_reported = false;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = stop.cancelled() => return,
-        }
+    while every.tick().await {
         match files.poll() {
             Change::Unchanged => unreadable_reported = false,
             Change::Unreadable(file, error) => {

@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::watch::{Change, FileSet};
+use crate::watch::{Change, Every, FileSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -173,17 +173,12 @@ impl CertStore {
         stop: CancellationToken,
     ) {
         let mut files = FileSet::new(vec![self.cert_path.clone(), self.key_path.clone()], loaded);
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut every = Every::new(interval, stop);
         // A pair that fails to load is only reported once the same bytes are seen on a second poll: the two
         // files are read one after the other, and a volume update between the reads is not a bad certificate.
         let mut refused: Option<TlsError> = None;
         let mut unreadable_reported = false;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                () = stop.cancelled() => return,
-            }
+        while every.tick().await {
             match files.poll() {
                 Change::Unchanged => {
                     unreadable_reported = false;
