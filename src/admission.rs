@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::defaults::{self, Outcome};
+use crate::json;
 use crate::patch;
 use crate::pod::Pod;
 use crate::policy::{Decision, Exemption, NamespaceLabels, Policy};
@@ -22,7 +23,7 @@ pub const AUDIT_KEY: &str = "defaulted";
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
     #[error("body is not an AdmissionReview")]
-    ParseReview(#[source] serde_json::Error),
+    ParseReview(#[source] crate::json::Error),
     #[error("unsupported AdmissionReview apiVersion {0:?}; only {API_VERSION} is served")]
     UnsupportedVersion(String),
     #[error("unsupported kind {0:?}; expected AdmissionReview")]
@@ -134,9 +135,7 @@ pub struct Review<'a> {
 
 /// Parses and checks an AdmissionReview body, reading the objects as pods in the same pass.
 pub fn parse(body: &[u8]) -> Result<Review<'_>, AdmissionError> {
-    // sonic-rs skips the parts of the pod the engine never reads (managedFields, env, probes) with SIMD,
-    // several times faster than serde_json; both speak serde, so the types are the same.
-    match sonic_rs::from_slice::<ReviewIn<'_, Pod<'_>>>(body) {
+    match json::from_slice::<ReviewIn<'_, Pod<'_>>>(body) {
         Ok(review) => check(review, |object, old_object| Objects::Pods {
             object: object.unwrap_or_default(),
             old_object: old_object.unwrap_or_default(),
@@ -145,7 +144,7 @@ pub fn parse(body: &[u8]) -> Result<Review<'_>, AdmissionError> {
         // that skips the objects tells which.
         Err(pod_error) => {
             let review: ReviewIn<'_, IgnoredAny> =
-                serde_json::from_slice(body).map_err(AdmissionError::ParseReview)?;
+                json::from_slice(body).map_err(AdmissionError::ParseReview)?;
             check(review, |_, _| Objects::Unreadable(pod_error.to_string()))
         }
     }

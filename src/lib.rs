@@ -20,6 +20,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod defaults;
+pub mod json;
 pub mod metrics;
 pub mod namespaces;
 pub mod patch;
