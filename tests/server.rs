@@ -728,6 +728,125 @@ async fn mutate_over_http1_and_http2_with_tls12_and_tls13() {
     server.shutdown().await;
 }
 
+/// HTTP/1.1 requests written by hand, so tests control how the bytes arrive.
+fn raw_request(path: &str, body: &[u8]) -> Vec<u8> {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    [head.as_bytes(), body].concat()
+}
+
+/// Reads `n` HTTP/1.1 responses (each with a content-length) off a TLS stream: their status and body.
+async fn read_responses(stream: &mut TlsStream, n: usize) -> Vec<(u16, Vec<u8>)> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let parsed = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .and_then(|end| {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let status: u16 = head.get(9..12)?.parse().ok()?;
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                (buf.len() >= end + 4 + length).then_some((status, end + 4, length))
+            });
+        if let Some((status, start, length)) = parsed {
+            out.push((status, buf[start..start + length].to_vec()));
+            buf.drain(..start + length);
+            continue;
+        }
+        let mut chunk = [0_u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(
+            read > 0,
+            "connection closed after {} of {n} responses",
+            out.len()
+        );
+        buf.extend_from_slice(&chunk[..read]);
+    }
+    assert!(
+        buf.is_empty(),
+        "unexpected bytes: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    out
+}
+
+/// An idle HTTP/1.1 connection gives up hyper's buffers between requests and takes them back when bytes come;
+/// nothing the client can do on the wire (pauses, pipelining, a split head, an unread body) loses a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_keep_alive_survives_pauses_pipelining_and_unread_bodies() {
+    use tokio::io::AsyncWriteExt as _;
+    let f = Fixture::new("http1_keep_alive");
+    let server = start(f.config()).await;
+    let tls = tls_client(&[&f.ca.cert], ALL_VERSIONS, Proto::H1);
+    let (mut stream, ..) = tls_connect(server.webhook, tls).await.unwrap();
+    let admitted_uid = |(status, body): &(u16, Vec<u8>), uid: &str| {
+        assert_eq!(*status, 200, "{}", String::from_utf8_lossy(body));
+        let out: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(out["response"]["uid"], uid, "{out}");
+        assert!(out["response"]["patch"].is_string(), "{out}");
+    };
+    // Pacing, not waiting for a condition: long enough that the server has parked the connection.
+    let pause = || tokio::time::sleep(Duration::from_millis(200));
+
+    // One request, a pause (parked), another on the same connection.
+    for uid in ["first", "after-a-pause"] {
+        stream
+            .write_all(&raw_request("/mutate", &review(uid)))
+            .await
+            .unwrap();
+        admitted_uid(&read_responses(&mut stream, 1).await[0], uid);
+        pause().await;
+    }
+    // Two requests in one write: both answered, in order.
+    let two = [
+        raw_request("/mutate", &review("piped-1")),
+        raw_request("/mutate", &review("piped-2")),
+    ]
+    .concat();
+    stream.write_all(&two).await.unwrap();
+    let replies = read_responses(&mut stream, 2).await;
+    admitted_uid(&replies[0], "piped-1");
+    admitted_uid(&replies[1], "piped-2");
+    pause().await;
+    // A request head cut in two with a pause between: the bytes read before the pause are not lost.
+    let split = raw_request("/mutate", &review("split-head"));
+    stream.write_all(&split[..20]).await.unwrap();
+    stream.flush().await.unwrap();
+    pause().await;
+    stream.write_all(&split[20..]).await.unwrap();
+    admitted_uid(&read_responses(&mut stream, 1).await[0], "split-head");
+    // A body the server never reads (wrong path), then a review: hyper reads past the body, and both answer.
+    stream
+        .write_all(&raw_request("/nowhere", &review("unread")))
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut stream, 1).await[0].0, 404);
+    stream
+        .write_all(&raw_request("/mutate", &review("after-404")))
+        .await
+        .unwrap();
+    admitted_uid(&read_responses(&mut stream, 1).await[0], "after-404");
+    pause().await;
+    stream
+        .write_all(&raw_request("/mutate", &review("last")))
+        .await
+        .unwrap();
+    admitted_uid(&read_responses(&mut stream, 1).await[0], "last");
+    server.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // 2. Bad requests and bad clients
 
