@@ -33,7 +33,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => (std::path::PathBuf::from(config::DEFAULT_CONFIG), false),
     };
     let config = config::load(&file, required, &args)?;
-    init_tracing(&config)?;
+    // Held until serve returns: dropping it flushes the log lines still queued.
+    let _log_flush = init_tracing(&config)?;
     // kube's client and the server both use rustls with ring; make it the process default.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -61,7 +62,9 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn init_tracing(config: &Config) -> anyhow::Result<()> {
+/// Logs go to standard error through a writer thread that batches lines into few writes. The queue is bounded
+/// and not lossy: under a flood of log lines requests wait for the queue rather than lines being dropped.
+fn init_tracing(config: &Config) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("invalid log_level {:?}", config.log_level))?;
@@ -70,10 +73,15 @@ fn init_tracing(config: &Config) -> anyhow::Result<()> {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_writer(writer)
+        .with_ansi(ansi);
     if json {
         builder
             .json()
@@ -84,7 +92,7 @@ fn init_tracing(config: &Config) -> anyhow::Result<()> {
     } else {
         builder.init();
     }
-    Ok(())
+    Ok(guard)
 }
 
 fn mutate(args: MutateArgs) -> anyhow::Result<()> {
