@@ -76,6 +76,9 @@ fn init_tracing(config: &Config) -> anyhow::Result<tracing_appender::non_blockin
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        // The queue's slots are allocated up front: 4096 lines (about 160 KiB) rather than the default 128,000
+        // (5 MiB), still far more than arrive between two batches.
+        .buffered_lines_limit(4096)
         .thread_name("log-writer")
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let builder = tracing_subscriber::fmt()
