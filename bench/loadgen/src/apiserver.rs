@@ -58,8 +58,8 @@ fn parse_target(spec: &str) -> anyhow::Result<PodTarget> {
     let (namespace, expect) = rest
         .split_once(':')
         .context("--target NAME=NAMESPACE:EXPECT")?;
-    if !["none", "webhook", "map"].contains(&expect) {
-        bail!("EXPECT must be none, webhook or map, not {expect:?}");
+    if !["none", "null", "webhook", "map"].contains(&expect) {
+        bail!("EXPECT must be none, null, webhook or map, not {expect:?}");
     }
     Ok(PodTarget {
         name: name.to_owned(),
@@ -86,7 +86,8 @@ fn mutated_as_expected(expect: &str, pod: &Value) -> bool {
         .pointer("/metadata/annotations/secure-defaults.io~1defaulted")
         .is_some();
     match expect {
-        "none" => !id("runAsUser") && !no_escalation && !annotated,
+        // "null": a webhook is called and answers without a patch.
+        "none" | "null" => !id("runAsUser") && !no_escalation && !annotated,
         "webhook" => pod_level && no_escalation && annotated,
         "map" => pod_level && no_escalation && !annotated,
         _ => false,

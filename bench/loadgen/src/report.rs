@@ -364,11 +364,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .find(|t| t["name"] == name)
             .cloned()
     };
-    let names = ["none", "webhook", "map"];
+    let names = ["none", "webhook", "map", "null"];
     let labels = [
         "(a) no mutation",
         "(b) secure-defaults webhook",
         "(c) MutatingAdmissionPolicy",
+        "(d) null webhook (called, answers without a patch)",
     ];
     for (name, label) in names.iter().zip(labels) {
         let (l, th) = (find(&latency, name), find(&throughput, name));
@@ -398,6 +399,29 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 format!("{} / {}", us(h.value_at_quantile(0.5) as f64), us(h.value_at_quantile(0.99) as f64)), "", None);
         }
     }
+    let own_mean = std::fs::read_to_string(dir.join("webhook-durations.txt"))
+        .ok()
+        .map(|text| {
+            let v: Vec<f64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            v.iter().sum::<f64>() / v.len().max(1) as f64
+        });
+    let calls = |name: &str, from: &str, to: &str| webhook_calls(&dir, name, from, to);
+    let before = "webhook-calls-before.txt";
+    let mid = "webhook-calls-latency.txt";
+    let after = "webhook-calls-after.txt";
+    if let Some((n, mean)) = calls("pods", before, mid) {
+        let busy = calls("pods", mid, after).map_or("-".into(), |(_, m)| us(m * 1e6));
+        t.row("e2e", format!("… the API server's mean time per secure-defaults call, from encoding the review to applying the patch (apiserver_admission_webhook_admission_duration_seconds; 1 creator, {n:.0} calls / 8 creators); the webhook's own mean in brackets"),
+            format!("{} / {busy} ({})", us(mean * 1e6), own_mean.map_or("-".into(), us)), "", None);
+    }
+    if find(&latency, "null").is_some() {
+        let Some((n, mean)) = calls("null", before, mid) else {
+            anyhow::bail!("the null webhook target ran but the API server counted no calls to it");
+        };
+        let busy = calls("null", mid, after).map_or("-".into(), |(_, m)| us(m * 1e6));
+        t.row("e2e", format!("… the same for the null webhook (the same server, answering without a patch; 1 creator, {n:.0} calls / 8 creators)"),
+            format!("{} / {busy}", us(mean * 1e6)), "", None);
+    }
     if let Some(c) = read_json(&dir.join("webhook-connections.json")) {
         t.row("e2e", "… API server's TCP connections to the webhook after the timed creations: open / in TIME_WAIT (≈0 TIME_WAIT: kept alive, no handshake per call)".into(),
             format!("{} / {}", c["open"], c["time_wait"]), "", None);
@@ -408,6 +432,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 - f(&find(&latency, "none")?["latency_us"][q]),
         )
     };
+    if let Some(null) = over("null", "p50") {
+        t.row(
+            "e2e",
+            format!(
+                "null webhook overhead over no mutation, p50, 1 creator (p99: {}): a webhook call alone",
+                over("null", "p99").map_or("-".into(), us)
+            ),
+            us(null),
+            "",
+            None,
+        );
+    }
     match (over("webhook", "p50"), over("map", "p50")) {
         (Some(wh), map) => {
             t.row(
@@ -482,4 +518,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::write(dir.join("results.md"), &table)?;
     println!("\n(figures: {})", out.display());
     Ok(())
+}
+
+/// Calls and mean seconds per call of one webhook (`<name>.secure-defaults.io`) between two scrapes of the API
+/// server's webhook duration histogram.
+fn webhook_calls(dir: &Path, name: &str, from: &str, to: &str) -> Option<(f64, f64)> {
+    let label = format!("name=\"{name}.secure-defaults.io\"");
+    let totals = |file: &str| -> Option<(f64, f64)> {
+        let text = std::fs::read_to_string(dir.join(file)).ok()?;
+        let (mut sum, mut count) = (0.0, 0.0);
+        for line in text.lines().filter(|l| l.contains(&label)) {
+            let value: f64 = line.rsplit(' ').next()?.parse().ok()?;
+            if line.contains("_sum{") {
+                sum += value;
+            } else if line.contains("_count{") {
+                count += value;
+            }
+        }
+        Some((sum, count))
+    };
+    let (before, after) = (totals(from)?, totals(to)?);
+    let calls = after.1 - before.1;
+    (calls > 0.0).then(|| (calls, (after.0 - before.0) / calls))
 }
