@@ -80,7 +80,10 @@ fn init_tracing(config: &Config) -> anyhow::Result<tracing_appender::non_blockin
         // (5 MiB), still far more than arrive between two batches.
         .buffered_lines_limit(4096)
         .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
