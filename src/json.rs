@@ -855,6 +855,21 @@ mod tests {
         }
 
         #[test]
+        fn never_panics_on_damaged_documents(
+            v in value(),
+            damage in prop::collection::vec((any::<prop::sample::Index>(), prop::sample::select(b"\"\\{}[]:, x".to_vec())), 1..4),
+        ) {
+            let mut text = [b"{\"skip\":".as_slice(), &serde_json::to_vec(&v).unwrap(), b",\"name\":\"x\"}"].concat();
+            for (at, byte) in damage {
+                let at = at.index(text.len());
+                text[at] = byte;
+            }
+            let _ = from_slice::<Value>(&text);
+            let _ = from_slice::<Picked>(&text);
+            let _ = from_slice::<IgnoredAny>(&text);
+        }
+
+        #[test]
         fn never_panics_on_cut_documents(v in value(), cut in any::<prop::sample::Index>()) {
             let text = serde_json::to_vec(&v).unwrap();
             let cut = cut.index(text.len() + 1);
