@@ -56,6 +56,7 @@ pub struct Metrics {
     pub certificate_reloads: Family<ResultLabels, Counter>,
     pub namespace_lookups: Family<LookupLabels, Counter>,
     pub open_connections: Gauge,
+    pub idle_connections: Gauge,
     pub tls_handshake_failures: Counter,
 }
 
@@ -125,6 +126,12 @@ impl Metrics {
             "Open webhook connections",
             open_connections.clone(),
         );
+        let idle_connections = Gauge::default();
+        registry.register(
+            "idle_connections",
+            "HTTP/1.1 connections waiting for a request with only their TLS state (no HTTP buffers)",
+            idle_connections.clone(),
+        );
         let tls_handshake_failures = Counter::default();
         registry.register(
             "tls_handshake_failures",
@@ -142,6 +149,7 @@ impl Metrics {
             certificate_reloads,
             namespace_lookups,
             open_connections,
+            idle_connections,
             tls_handshake_failures,
         }
     }

@@ -797,8 +797,16 @@ async fn http1_keep_alive_survives_pauses_pipelining_and_unread_bodies() {
         assert_eq!(out["response"]["uid"], uid, "{out}");
         assert!(out["response"]["patch"].is_string(), "{out}");
     };
-    // Pacing, not waiting for a condition: long enough that the server has parked the connection.
-    let pause = || tokio::time::sleep(Duration::from_millis(200));
+    // Waits until the server holds the connection without HTTP buffers (`parked`) or has taken it back.
+    let admin = server.admin;
+    let parked = |want: bool| async move {
+        eventually("the idle-connections gauge", async || {
+            let idle = metric(&scrape(admin).await, "secure_defaults_idle_connections");
+            (idle == Some(if want { 1.0 } else { 0.0 })).then_some(())
+        })
+        .await
+    };
+    parked(true).await;
 
     // One request, a pause (parked), another on the same connection.
     for uid in ["first", "after-a-pause"] {
@@ -807,7 +815,7 @@ async fn http1_keep_alive_survives_pauses_pipelining_and_unread_bodies() {
             .await
             .unwrap();
         admitted_uid(&read_responses(&mut stream, 1).await[0], uid);
-        pause().await;
+        parked(true).await;
     }
     // Two requests in one write: both answered, in order.
     let two = [
@@ -819,12 +827,12 @@ async fn http1_keep_alive_survives_pauses_pipelining_and_unread_bodies() {
     let replies = read_responses(&mut stream, 2).await;
     admitted_uid(&replies[0], "piped-1");
     admitted_uid(&replies[1], "piped-2");
-    pause().await;
+    parked(true).await;
     // A request head cut in two with a pause between: the bytes read before the pause are not lost.
     let split = raw_request("/mutate", &review("split-head"));
     stream.write_all(&split[..20]).await.unwrap();
     stream.flush().await.unwrap();
-    pause().await;
+    parked(false).await;
     stream.write_all(&split[20..]).await.unwrap();
     admitted_uid(&read_responses(&mut stream, 1).await[0], "split-head");
     // A body the server never reads (wrong path), then a review: hyper reads past the body, and both answer.
@@ -838,7 +846,9 @@ async fn http1_keep_alive_survives_pauses_pipelining_and_unread_bodies() {
         .await
         .unwrap();
     admitted_uid(&read_responses(&mut stream, 1).await[0], "after-404");
-    pause().await;
+    // After a body left unread, hyper keeps the connection to its end: it is never parked again.
+    let idle = metric(&scrape(admin).await, "secure_defaults_idle_connections");
+    assert_eq!(idle, Some(0.0));
     stream
         .write_all(&raw_request("/mutate", &review("last")))
         .await

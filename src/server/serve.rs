@@ -341,6 +341,7 @@ async fn serve_http1(
         let mut timeout_left = header_timeout;
         if unparsed.is_empty() {
             let idle_since = Instant::now();
+            let _idle = Held::new(&app.metrics.idle_connections);
             tokio::select! {
                 ready = std::future::poll_fn(|cx| {
                     Pin::new(&mut tls).poll_fill_buf(cx).map_ok(|buffered| buffered.is_empty())
@@ -404,6 +405,22 @@ async fn serve_http1(
             (true, false) => prefix,
             (false, false) => [parts.read_buf, prefix].concat().into(),
         };
+    }
+}
+
+/// One unit of a gauge, held until dropped, whichever way the holder leaves.
+struct Held(prometheus_client::metrics::gauge::Gauge);
+
+impl Held {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
