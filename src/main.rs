@@ -90,10 +90,8 @@ fn init_tracing(config: &Config) -> anyhow::Result<tracing_appender::non_blockin
         .with_ansi(ansi);
     if json {
         builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(secure_defaults::logs::JsonFields)
+            .event_format(secure_defaults::logs::JsonLines)
             .init();
     } else {
         builder.init();

@@ -1,0 +1,432 @@
+//! JSON log lines: one object per event, written straight into the line buffer.
+//!
+//! The same shape as tracing-subscriber's flattened JSON (`timestamp`, `level`, the event's fields, `span`,
+//! `target`), written without serde: an info line per admission is on the request path, and going through a
+//! serializer per field cost more than deciding the pod.
+
+use std::fmt::{self, Write as _};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent as _;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The event format: `{"timestamp":…,"level":…,<fields>,"span":{<fields>,"name":…},"target":…}`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JsonLines;
+
+/// The span field format to go with [`JsonLines`]: `"key":value` pairs joined by commas, without braces, so an
+/// event can splice them into its `span` object as they are.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JsonFields;
+
+impl<S> FormatEvent<S, JsonFields> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, JsonFields>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        // Events bridged from the `log` crate carry their real target in `log.*` fields.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        let mut line = String::with_capacity(384);
+        line.push_str("{\"timestamp\":\"");
+        timestamp(&mut line, SystemTime::now());
+        line.push_str("\",\"level\":\"");
+        line.push_str(meta.level().as_str());
+        line.push('"');
+        event.record(&mut Fields::after_others(&mut line));
+        let span = event
+            .parent()
+            .and_then(|id| ctx.span(id))
+            .or_else(|| ctx.lookup_current());
+        if let Some(span) = span {
+            line.push_str(",\"span\":{");
+            if let Some(fields) = span.extensions().get::<FormattedFields<JsonFields>>()
+                && !fields.is_empty()
+            {
+                line.push_str(fields);
+                line.push(',');
+            }
+            line.push_str("\"name\":");
+            string(&mut line, span.metadata().name());
+            line.push('}');
+        }
+        line.push_str(",\"target\":");
+        string(&mut line, meta.target());
+        line.push_str("}\n");
+        writer.write_str(&line)
+    }
+}
+
+impl<'writer> FormatFields<'writer> for JsonFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut out = String::new();
+        fields.record(&mut Fields::first(&mut out));
+        writer.write_str(&out)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        let mut out = String::new();
+        let mut visitor = if current.is_empty() {
+            Fields::first(&mut out)
+        } else {
+            Fields::after_others(&mut out)
+        };
+        fields.record(&mut visitor);
+        current.fields.push_str(&out);
+        Ok(())
+    }
+}
+
+/// Writes each field as `"name":value`, with a comma before all but a first one.
+struct Fields<'a> {
+    out: &'a mut String,
+    comma: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn first(out: &'a mut String) -> Self {
+        Self { out, comma: false }
+    }
+
+    fn after_others(out: &'a mut String) -> Self {
+        Self { out, comma: true }
+    }
+
+    fn key(&mut self, field: &Field) -> bool {
+        // The `log` bridge's bookkeeping, already used for the target.
+        if field.name().starts_with("log.") {
+            return false;
+        }
+        if self.comma {
+            self.out.push(',');
+        }
+        self.comma = true;
+        string(self.out, field.name());
+        self.out.push(':');
+        true
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.key(field) {
+            string(self.out, value);
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.key(field) {
+            self.out.push_str(if value { "true" } else { "false" });
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.key(field) {
+            let _ = write!(self.out, "{value}");
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.key(field) {
+            let _ = write!(self.out, "{value}");
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.key(field) {
+            if value.is_finite() {
+                let _ = write!(self.out, "{value}");
+            } else {
+                // JSON has no NaN or infinity.
+                self.out.push_str("null");
+            }
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if self.key(field) {
+            self.out.push('"');
+            let _ = write!(Escaped(self.out), "{value}");
+            self.out.push('"');
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.key(field) {
+            self.out.push('"');
+            let _ = write!(Escaped(self.out), "{value:?}");
+            self.out.push('"');
+        }
+    }
+}
+
+/// A JSON string: quotes around `value` escaped.
+pub fn string(out: &mut String, value: &str) {
+    out.push('"');
+    escape(out, value);
+    out.push('"');
+}
+
+/// `value` escaped for the inside of a JSON string: quotes, backslashes and control characters.
+fn escape(out: &mut String, value: &str) {
+    let mut rest = value;
+    while let Some(i) = rest
+        .bytes()
+        .position(|b| b == b'"' || b == b'\\' || b < 0x20)
+    {
+        // `i` is an ASCII byte, so a character boundary on both sides.
+        let (clean, tail) = rest.split_at(i);
+        out.push_str(clean);
+        let mut chars = tail.chars();
+        match chars.next() {
+            Some('"') => out.push_str("\\\""),
+            Some('\\') => out.push_str("\\\\"),
+            Some('\n') => out.push_str("\\n"),
+            Some('\r') => out.push_str("\\r"),
+            Some('\t') => out.push_str("\\t"),
+            Some(c) => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            None => {}
+        }
+        rest = chars.as_str();
+    }
+    out.push_str(rest);
+}
+
+/// Escapes what a `Display` or `Debug` implementation writes, as it writes it.
+struct Escaped<'a>(&'a mut String);
+
+impl fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        escape(self.0, s);
+        Ok(())
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, `2026-11-27T02:56:01.084856Z`: the format tracing-subscriber writes.
+fn timestamp(out: &mut String, now: SystemTime) {
+    let (seconds, micros) = match now.duration_since(UNIX_EPOCH) {
+        Ok(since) => (since.as_secs(), since.subsec_micros()),
+        // A clock before 1970 is broken; the epoch is as good a stand-in as any.
+        Err(_) => (0, 0),
+    };
+    let (year, month, day) = civil_from_days(seconds / 86_400);
+    let of_day = seconds % 86_400;
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    );
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`, for days ≥ 0).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    /// The lines `emit` logs at debug level, each parsed as JSON.
+    fn lines(emit: impl FnOnce()) -> Vec<Value> {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(captured.clone())
+            .fmt_fields(JsonFields)
+            .event_format(JsonLines)
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = captured.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}"))
+            })
+            .collect()
+    }
+
+    #[derive(Debug)]
+    struct Failure;
+
+    impl fmt::Display for Failure {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("disk \"full\"\nretry")
+        }
+    }
+
+    impl std::error::Error for Failure {}
+
+    #[test]
+    fn every_field_kind_becomes_json_of_the_same_value() {
+        let got = lines(|| {
+            tracing::info!(
+                text = "quote \" backslash \\ newline \n tab \t bell \u{7} é 🚀",
+                count = 42u64,
+                delta = -7i64,
+                ratio = 0.5f64,
+                nan = f64::NAN,
+                flag = true,
+                shown = %"a \"display\" value",
+                debugged = ?vec!["x"],
+                error = &Failure as &(dyn std::error::Error + 'static),
+                "hello {}",
+                "world"
+            );
+        });
+        assert_eq!(got.len(), 1);
+        let line = &got[0];
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["message"], "hello world");
+        assert_eq!(
+            line["text"],
+            "quote \" backslash \\ newline \n tab \t bell \u{7} é 🚀"
+        );
+        assert_eq!(line["count"], 42);
+        assert_eq!(line["delta"], -7);
+        assert_eq!(line["ratio"], 0.5);
+        assert_eq!(line["nan"], Value::Null);
+        assert_eq!(line["flag"], true);
+        assert_eq!(line["shown"], "a \"display\" value");
+        assert_eq!(line["debugged"], "[\"x\"]");
+        assert_eq!(line["error"], "disk \"full\"\nretry");
+        assert_eq!(line["target"], module_path!());
+        assert!(line.get("span").is_none(), "{line}");
+        let stamp = line["timestamp"].as_str().unwrap();
+        assert!(
+            time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+                .is_ok(),
+            "{stamp}"
+        );
+    }
+
+    #[test]
+    fn fields_keep_their_order_after_timestamp_and_level() {
+        let got = lines(|| tracing::warn!(b = 1u64, a = 2u64, "m"));
+        let keys: Vec<&str> = got[0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["timestamp", "level", "message", "b", "a", "target"]);
+    }
+
+    #[test]
+    fn the_current_span_and_fields_recorded_later_appear_under_span() {
+        let got = lines(|| {
+            let span = tracing::debug_span!(
+                "admission",
+                uid = "u-1",
+                namespace = "shop",
+                late = tracing::field::Empty
+            );
+            let _entered = span.enter();
+            span.record("late", 3u64);
+            tracing::debug!(step = "decide", "inside");
+            let empty = tracing::debug_span!("bare");
+            let _inner = empty.enter();
+            tracing::debug!("deeper");
+        });
+        assert_eq!(
+            got[0]["span"],
+            json!({"uid": "u-1", "namespace": "shop", "late": 3, "name": "admission"})
+        );
+        assert_eq!(got[0]["step"], "decide");
+        assert_eq!(got[1]["span"], json!({"name": "bare"}));
+    }
+
+    #[test]
+    fn timestamps_match_a_calendar_library() {
+        for (seconds, want) in [
+            (0, "1970-01-01T00:00:00.000000Z"),
+            (951_782_400, "2000-02-29T00:00:00.000000Z"),
+            (4_107_542_399, "2100-02-28T23:59:59.000000Z"),
+            (1_795_747_201, "2026-11-27T02:40:01.000000Z"),
+        ] {
+            let mut out = String::new();
+            timestamp(&mut out, UNIX_EPOCH + Duration::from_secs(seconds));
+            assert_eq!(out, want, "{seconds}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_instant_formats_as_the_calendar_says(seconds in 0u64..253_402_300_799, micros in 0u32..1_000_000) {
+            let mut out = String::new();
+            timestamp(&mut out, UNIX_EPOCH + Duration::new(seconds, micros * 1000));
+            let want = time::OffsetDateTime::from_unix_timestamp(seconds as i64).unwrap()
+                .replace_microsecond(micros).unwrap();
+            let parsed = time::OffsetDateTime::parse(&out, &time::format_description::well_known::Rfc3339).unwrap();
+            prop_assert_eq!(parsed, want);
+        }
+
+        #[test]
+        fn any_string_survives_escaping(value in any::<String>()) {
+            let mut out = String::new();
+            string(&mut out, &value);
+            prop_assert_eq!(serde_json::from_str::<String>(&out).unwrap(), value);
+        }
+    }
+}
