@@ -330,8 +330,9 @@ fn encode(review: &Review<'_>, outcome: &Outcome) -> Vec<u8> {
 }
 
 fn json_string(out: &mut Vec<u8>, value: &str) {
-    // A string into memory: cannot fail.
-    let _ = serde_json::to_writer(out, value);
+    out.push(b'"');
+    crate::json::escape(value, |piece| out.extend_from_slice(piece.as_bytes()));
+    out.push(b'"');
 }
 
 /// What was set, for logs.

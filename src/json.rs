@@ -502,6 +502,32 @@ fn string_stop(input: &[u8], mut at: usize) -> Option<usize> {
         .map(|i| at + i)
 }
 
+/// Writes `value` as the inside of a JSON string, in pieces: the runs that need no escaping as they are, and an
+/// escape for each quote, backslash and control character. Shared by the response and the log lines.
+pub fn escape(value: &str, mut push: impl FnMut(&str)) {
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    while let Some(stop) = string_stop(bytes, start) {
+        // `stop` is at an ASCII byte, so both slices fall on character boundaries.
+        push(&value[start..stop]);
+        push(match bytes[stop] {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            control => CONTROL_ESCAPES[usize::from(control & 0x1f)],
+        });
+        start = stop + 1;
+    }
+    push(&value[start..]);
+}
+
+/// The escape for each control character, in the short form where JSON has one, as serde_json writes them.
+static CONTROL_ESCAPES: [&str; 32] = [
+    "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007", "\\b",
+    "\\t", "\\n", "\\u000b", "\\f", "\\r", "\\u000e", "\\u000f", "\\u0010", "\\u0011", "\\u0012",
+    "\\u0013", "\\u0014", "\\u0015", "\\u0016", "\\u0017", "\\u0018", "\\u0019", "\\u001a",
+    "\\u001b", "\\u001c", "\\u001d", "\\u001e", "\\u001f",
+];
+
 const fn byte_set(bytes: &[u8]) -> [bool; 256] {
     let mut set = [false; 256];
     let mut i = 0;
@@ -834,6 +860,18 @@ mod tests {
                     .prop_map(|entries| Value::Object(entries.into_iter().collect())),
             ]
         })
+    }
+
+    proptest! {
+        #[test]
+        fn escaping_writes_what_serde_json_writes(value in any::<String>(), pad in "[a-z\"\\\\\\n\\u{1}]{0,40}") {
+            for value in [value.clone(), format!("{pad}{value}{pad}")] {
+                let mut out = String::from("\"");
+                escape(&value, |piece| out.push_str(piece));
+                out.push('"');
+                prop_assert_eq!(&out, &serde_json::to_string(&value).unwrap());
+            }
+        }
     }
 
     proptest! {

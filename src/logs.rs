@@ -37,7 +37,7 @@ where
         // Events bridged from the `log` crate carry their real target in `log.*` fields.
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        let mut line = String::with_capacity(384);
+        let mut line = String::with_capacity(512);
         line.push_str("{\"timestamp\":\"");
         timestamp(&mut line, SystemTime::now());
         line.push_str("\",\"level\":\"");
@@ -140,13 +140,16 @@ impl Visit for Fields<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         if self.key(field) {
-            let _ = write!(self.out, "{value}");
+            digits(self.out, value, 1);
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         if self.key(field) {
-            let _ = write!(self.out, "{value}");
+            if value < 0 {
+                self.out.push('-');
+            }
+            digits(self.out, value.unsigned_abs(), 1);
         }
     }
 
@@ -185,31 +188,9 @@ pub fn string(out: &mut String, value: &str) {
     out.push('"');
 }
 
-/// `value` escaped for the inside of a JSON string: quotes, backslashes and control characters.
+/// `value` escaped for the inside of a JSON string.
 fn escape(out: &mut String, value: &str) {
-    let mut rest = value;
-    while let Some(i) = rest
-        .bytes()
-        .position(|b| b == b'"' || b == b'\\' || b < 0x20)
-    {
-        // `i` is an ASCII byte, so a character boundary on both sides.
-        let (clean, tail) = rest.split_at(i);
-        out.push_str(clean);
-        let mut chars = tail.chars();
-        match chars.next() {
-            Some('"') => out.push_str("\\\""),
-            Some('\\') => out.push_str("\\\\"),
-            Some('\n') => out.push_str("\\n"),
-            Some('\r') => out.push_str("\\r"),
-            Some('\t') => out.push_str("\\t"),
-            Some(c) => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            None => {}
-        }
-        rest = chars.as_str();
-    }
-    out.push_str(rest);
+    crate::json::escape(value, |piece| out.push_str(piece));
 }
 
 /// Escapes what a `Display` or `Debug` implementation writes, as it writes it.
@@ -231,13 +212,35 @@ fn timestamp(out: &mut String, now: SystemTime) {
     };
     let (year, month, day) = civil_from_days(seconds / 86_400);
     let of_day = seconds % 86_400;
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60
-    );
+    digits(out, year, 4);
+    out.push('-');
+    digits(out, month, 2);
+    out.push('-');
+    digits(out, day, 2);
+    out.push('T');
+    digits(out, of_day / 3600, 2);
+    out.push(':');
+    digits(out, of_day / 60 % 60, 2);
+    out.push(':');
+    digits(out, of_day % 60, 2);
+    out.push('.');
+    digits(out, u64::from(micros), 6);
+    out.push('Z');
+}
+
+/// `value` in decimal, zero-padded to `width` digits; without the formatting machinery, which costs more than
+/// the rest of a log line.
+fn digits(out: &mut String, mut value: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut at = buf.len();
+    while value > 0 || buf.len() - at < width.max(1) {
+        at -= 1;
+        buf[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    for &digit in &buf[at..] {
+        out.push(char::from(digit));
+    }
 }
 
 /// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`, for days ≥ 0).
@@ -411,7 +414,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn integers_at_their_limits() {
+        let got = lines(|| {
+            tracing::info!(
+                zero = 0u64,
+                max = u64::MAX,
+                min = i64::MIN,
+                minus_one = -1i64,
+                "limits"
+            )
+        });
+        assert_eq!(got[0]["zero"], 0);
+        assert_eq!(got[0]["max"], u64::MAX);
+        assert_eq!(got[0]["min"], i64::MIN);
+        assert_eq!(got[0]["minus_one"], -1);
+    }
+
     proptest! {
+        #[test]
+        fn any_integer_is_written_as_rust_writes_it(value in any::<i64>(), unsigned in any::<u64>()) {
+            let got = lines(|| tracing::info!(value, unsigned, "n"));
+            prop_assert_eq!(&got[0]["value"], &json!(value));
+            prop_assert_eq!(&got[0]["unsigned"], &json!(unsigned));
+        }
+
         #[test]
         fn any_instant_formats_as_the_calendar_says(seconds in 0u64..253_402_300_799, micros in 0u32..1_000_000) {
             let mut out = String::new();
