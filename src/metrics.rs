@@ -7,6 +7,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use std::sync::OnceLock;
+
+use crate::admission::{Route, Verdict};
 use crate::policy::Field;
 
 /// Latency buckets in seconds, fine below a millisecond where this webhook should live.
@@ -58,6 +61,34 @@ pub struct Metrics {
     pub open_connections: Gauge,
     pub idle_connections: Gauge,
     pub tls_handshake_failures: Counter,
+    answers: Answers,
+}
+
+/// The series every admission touches, looked up in their families on first use and then kept: answering a
+/// review then neither hashes a label set nor takes a family's lock. A series still appears only once used.
+#[derive(Default)]
+struct Answers {
+    requests: [[OnceLock<Counter>; 5]; 3],
+    duration: [OnceLock<Histogram>; 3],
+    fields: [OnceLock<Counter>; Field::ALL.len()],
+}
+
+fn route_slot(route: Route) -> usize {
+    match route {
+        Route::CreatePod => 0,
+        Route::AddEphemeral => 1,
+        Route::Ignore => 2,
+    }
+}
+
+fn verdict_slot(verdict: Verdict) -> usize {
+    match verdict {
+        Verdict::Patched => 0,
+        Verdict::Unchanged => 1,
+        Verdict::Exempt(_) => 2,
+        Verdict::Ignored => 3,
+        Verdict::Unreadable => 4,
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -151,7 +182,31 @@ impl Metrics {
             open_connections,
             idle_connections,
             tls_handshake_failures,
+            answers: Answers::default(),
         }
+    }
+
+    /// Counts an answered review and its time: [`Self::count_request`] and [`Self::observe_duration`] for the
+    /// labels of `route` and `verdict`, without the lookups.
+    pub fn count_answer(&self, route: Route, verdict: Verdict, seconds: f64) {
+        let operation = route.as_str();
+        self.answers.requests[route_slot(route)][verdict_slot(verdict)]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        operation,
+                        result: verdict.as_str(),
+                    })
+                    .clone()
+            })
+            .inc();
+        self.answers.duration[route_slot(route)]
+            .get_or_init(|| {
+                self.duration
+                    .get_or_create(&OperationLabels { operation })
+                    .clone()
+            })
+            .observe(seconds);
     }
 
     pub fn count_request(&self, operation: &'static str, result: &'static str) {
@@ -168,9 +223,13 @@ impl Metrics {
 
     pub fn count_fields(&self, fields: impl Iterator<Item = Field>) {
         for field in fields {
-            self.fields_defaulted
-                .get_or_create(&FieldLabels {
-                    field: field.as_str(),
+            self.answers.fields[field as usize]
+                .get_or_init(|| {
+                    self.fields_defaulted
+                        .get_or_create(&FieldLabels {
+                            field: field.as_str(),
+                        })
+                        .clone()
                 })
                 .inc();
         }
@@ -203,11 +262,32 @@ mod tests {
         m.count_request("create", "patched");
         m.observe_duration("create", 0.000_07);
         m.count_fields([Field::RunAsUser].into_iter());
+        m.count_answer(Route::CreatePod, Verdict::Patched, 0.000_07);
+        m.count_answer(Route::CreatePod, Verdict::Patched, 0.002);
+        m.count_answer(Route::Ignore, Verdict::Ignored, 0.000_01);
+        m.count_fields([Field::RunAsUser, Field::AllowPrivilegeEscalation].into_iter());
         let text = m.encode();
-        assert!(text.contains("secure_defaults_admission_requests_total{operation=\"create\",result=\"patched\"} 1"), "{text}");
-        assert!(text.contains("secure_defaults_admission_duration_seconds_bucket{le=\"0.0001\",operation=\"create\"} 1"), "{text}");
+        // The kept handles and the family lookups count into the same series.
+        assert!(text.contains("secure_defaults_admission_requests_total{operation=\"create\",result=\"patched\"} 3"), "{text}");
         assert!(
-            text.contains("secure_defaults_fields_defaulted_total{field=\"runAsUser\"} 1"),
+            text.contains(
+                "secure_defaults_admission_requests_total{operation=\"other\",result=\"ignored\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("result=\"unchanged\""),
+            "unused series appear: {text}"
+        );
+        assert!(
+            text.contains(
+                "secure_defaults_admission_duration_seconds_count{operation=\"create\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("secure_defaults_admission_duration_seconds_bucket{le=\"0.0001\",operation=\"create\"} 2"), "{text}");
+        assert!(
+            text.contains("secure_defaults_fields_defaulted_total{field=\"runAsUser\"} 2"),
             "{text}"
         );
     }

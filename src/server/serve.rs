@@ -170,8 +170,7 @@ where
         let elapsed = started.elapsed();
 
         let m = &app.metrics;
-        m.count_request(route.as_str(), response.verdict.as_str());
-        m.observe_duration(route.as_str(), elapsed.as_secs_f64());
+        m.count_answer(route, response.verdict, elapsed.as_secs_f64());
         m.count_fields(response.outcome.applied.fields());
         m.warnings.inc_by(response.outcome.warnings.len() as u64);
         if route != Route::Ignore {
@@ -180,13 +179,14 @@ where
                 Verdict::Exempt(why) => why.to_string(),
                 _ => String::new(),
             };
+            // Plain `&str` fields: a `%` field would go through the formatting machinery.
             tracing::info!(
-                uid = %request.uid,
+                uid = &*request.uid,
                 namespace = request.namespace.as_deref().unwrap_or(""),
                 operation = route.as_str(),
                 pod,
                 result = response.verdict.as_str(),
-                defaulted = %admission::describe(&response.outcome),
+                defaulted = admission::describe(&response.outcome),
                 warnings = response.outcome.warnings.len(),
                 exempt,
                 policy_generation = current.generation,
