@@ -90,10 +90,12 @@ pub fn to_json(ops: &[Add]) -> Vec<u8> {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(b"{\"op\":\"add\",\"path\":");
-        // Strings, numbers, bools and maps with string keys into memory: cannot fail.
-        let _ = serde_json::to_writer(&mut out, op.path.as_str());
-        out.extend_from_slice(b",\"value\":");
+        out.extend_from_slice(b"{\"op\":\"add\",\"path\":\"");
+        crate::json::escape(op.path.as_str(), |piece| {
+            out.extend_from_slice(piece.as_bytes())
+        });
+        out.extend_from_slice(b"\",\"value\":");
+        // Numbers, bools and maps with string keys into memory: cannot fail.
         let _ = serde_json::to_writer(&mut out, &op.value);
         out.push(b'}');
     }
