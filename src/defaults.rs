@@ -52,37 +52,50 @@ impl Applied {
     }
 }
 
-impl fmt::Display for Applied {
-    /// `runAsUser=65532,fsGroup=65532,allowPrivilegeEscalation=false(app,init-db)`
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut sep = "";
-        let mut item = |f: &mut fmt::Formatter<'_>, args: fmt::Arguments<'_>| {
-            let r = write!(f, "{sep}{args}");
-            sep = ",";
-            r
+impl Applied {
+    /// `runAsUser=65532,fsGroup=65532,allowPrivilegeEscalation=false(app,init-db)`; written by hand, as it is
+    /// for every patched pod.
+    pub fn summary(&self) -> String {
+        let mut out = String::with_capacity(128);
+        let item = |out: &mut String, name: &str| {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(name);
+            out.push('=');
         };
-        if let Some(id) = self.run_as_user {
-            item(f, format_args!("runAsUser={id}"))?;
-        }
-        if let Some(id) = self.run_as_group {
-            item(f, format_args!("runAsGroup={id}"))?;
-        }
-        if let Some(id) = self.fs_group {
-            item(f, format_args!("fsGroup={id}"))?;
+        for (name, id) in [
+            ("runAsUser", self.run_as_user),
+            ("runAsGroup", self.run_as_group),
+            ("fsGroup", self.fs_group),
+        ] {
+            if let Some(id) = id {
+                item(&mut out, name);
+                crate::json::push_decimal(&mut out, id.get().unsigned_abs(), 1);
+            }
         }
         if let Some(p) = self.fs_group_change_policy {
-            item(f, format_args!("fsGroupChangePolicy={}", p.as_str()))?;
+            item(&mut out, "fsGroupChangePolicy");
+            out.push_str(p.as_str());
         }
         if !self.no_escalation.is_empty() {
-            item(
-                f,
-                format_args!(
-                    "allowPrivilegeEscalation=false({})",
-                    self.no_escalation.join(",")
-                ),
-            )?;
+            item(&mut out, "allowPrivilegeEscalation");
+            out.push_str("false(");
+            for (i, name) in self.no_escalation.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(name);
+            }
+            out.push(')');
         }
-        Ok(())
+        out
+    }
+}
+
+impl fmt::Display for Applied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary())
     }
 }
 
@@ -111,7 +124,7 @@ pub fn default_pod(pod: &Pod<'_>, defaults: &Defaults) -> Outcome {
         }
     }
     if !out.applied.is_empty() {
-        out.summary = out.applied.to_string();
+        out.summary = out.applied.summary();
         annotate(pod, &out.summary, &mut out.patch);
     }
     out
@@ -159,7 +172,7 @@ pub fn default_new_ephemeral(pod: &Pod<'_>, old: &Pod<'_>, defaults: &Defaults) 
         }
     }
     if !out.applied.is_empty() {
-        out.summary = out.applied.to_string();
+        out.summary = out.applied.summary();
     }
     out
 }
@@ -225,7 +238,7 @@ fn pod_level(spec: &pod::Spec<'_>, defaults: &Defaults, out: &mut Outcome) {
         applied.fs_group_change_policy = defaults.fs_group_change_policy;
     }
 
-    let mut fields = Map::new();
+    let mut fields = Map::with_capacity(4);
     if let Some(id) = applied.run_as_user {
         fields.insert("runAsUser".into(), id.get().into());
     }
@@ -699,6 +712,30 @@ mod tests {
                 Field::FsGroup,
                 Field::AllowPrivilegeEscalation
             ]
+        );
+    }
+
+    #[test]
+    fn summary_covers_every_field_and_the_edges_of_ids() {
+        let applied = Applied {
+            run_as_user: Id::new(0),
+            run_as_group: Id::new(Id::MAX),
+            fs_group: Id::new(10),
+            fs_group_change_policy: Some(FsGroupChangePolicy::OnRootMismatch),
+            no_escalation: vec!["one".into()],
+        };
+        assert_eq!(
+            applied.summary(),
+            "runAsUser=0,runAsGroup=2147483647,fsGroup=10,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(one)"
+        );
+        assert_eq!(Applied::default().summary(), "");
+        let only_escalation = Applied {
+            no_escalation: vec!["a".into(), "b".into()],
+            ..Applied::default()
+        };
+        assert_eq!(
+            only_escalation.summary(),
+            "allowPrivilegeEscalation=false(a,b)"
         );
     }
 }

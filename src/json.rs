@@ -520,6 +520,21 @@ pub fn escape(value: &str, mut push: impl FnMut(&str)) {
     push(&value[start..]);
 }
 
+/// `value` in decimal, zero-padded to `width` digits, without the formatting machinery: numbers in the patch
+/// paths, the pod annotation and the log lines are written on every admission.
+pub fn push_decimal(out: &mut String, mut value: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut at = buf.len();
+    while value > 0 || buf.len() - at < width.max(1) {
+        at -= 1;
+        buf[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    for &digit in &buf[at..] {
+        out.push(char::from(digit));
+    }
+}
+
 /// The escape for each control character, in the short form where JSON has one, as serde_json writes them.
 static CONTROL_ESCAPES: [&str; 32] = [
     "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007", "\\b",

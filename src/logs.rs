@@ -15,6 +15,8 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::json::push_decimal;
+
 /// The event format: `{"timestamp":…,"level":…,<fields>,"span":{<fields>,"name":…},"target":…}`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct JsonLines;
@@ -140,7 +142,7 @@ impl Visit for Fields<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         if self.key(field) {
-            digits(self.out, value, 1);
+            push_decimal(self.out, value, 1);
         }
     }
 
@@ -149,7 +151,7 @@ impl Visit for Fields<'_> {
             if value < 0 {
                 self.out.push('-');
             }
-            digits(self.out, value.unsigned_abs(), 1);
+            push_decimal(self.out, value.unsigned_abs(), 1);
         }
     }
 
@@ -212,35 +214,20 @@ fn timestamp(out: &mut String, now: SystemTime) {
     };
     let (year, month, day) = civil_from_days(seconds / 86_400);
     let of_day = seconds % 86_400;
-    digits(out, year, 4);
+    push_decimal(out, year, 4);
     out.push('-');
-    digits(out, month, 2);
+    push_decimal(out, month, 2);
     out.push('-');
-    digits(out, day, 2);
+    push_decimal(out, day, 2);
     out.push('T');
-    digits(out, of_day / 3600, 2);
+    push_decimal(out, of_day / 3600, 2);
     out.push(':');
-    digits(out, of_day / 60 % 60, 2);
+    push_decimal(out, of_day / 60 % 60, 2);
     out.push(':');
-    digits(out, of_day % 60, 2);
+    push_decimal(out, of_day % 60, 2);
     out.push('.');
-    digits(out, u64::from(micros), 6);
+    push_decimal(out, u64::from(micros), 6);
     out.push('Z');
-}
-
-/// `value` in decimal, zero-padded to `width` digits; without the formatting machinery, which costs more than
-/// the rest of a log line.
-fn digits(out: &mut String, mut value: u64, width: usize) {
-    let mut buf = [b'0'; 20];
-    let mut at = buf.len();
-    while value > 0 || buf.len() - at < width.max(1) {
-        at -= 1;
-        buf[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
-    for &digit in &buf[at..] {
-        out.push(char::from(digit));
-    }
 }
 
 /// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`, for days ≥ 0).

@@ -1,7 +1,5 @@
 //! JSON Pointers (RFC 6901) built from escaped tokens, and the `add`-only JSON Patch (RFC 6902) operations the engine emits.
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 use serde::ser::SerializeStruct;
 use serde_json::Value;
@@ -13,7 +11,9 @@ pub struct Pointer(String);
 impl Pointer {
     /// The pointer to the whole document.
     pub fn root() -> Self {
-        Self(String::new())
+        // Room for the deepest path the engine writes, `/spec/initContainers/N/securityContext/...`, so a
+        // pointer is allocated once.
+        Self(String::with_capacity(72))
     }
 
     /// Appends an object member name, escaping `~` as `~0` and `/` as `~1`.
@@ -38,8 +38,8 @@ impl Pointer {
     /// Appends an array index.
     #[must_use]
     pub fn index(mut self, index: usize) -> Self {
-        // Writing into a String cannot fail.
-        let _ = write!(self.0, "/{index}");
+        self.0.push('/');
+        crate::json::push_decimal(&mut self.0, index as u64, 1);
         self
     }
 
