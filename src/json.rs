@@ -372,6 +372,23 @@ impl<'de> Reader<'de> {
             let strings = prefix_xor(masks.quote & !escaped) ^ in_string;
             in_string = ((strings as i64) >> 63) as u64;
             let mut brackets = (masks.open | masks.close) & !strings;
+            // An open bracket directly followed by its own close (`{}`, `[]`: the leaves of managedFields) leaves
+            // the depth as it was, so such pairs are dropped before the walk below. Not the skip's own opening
+            // bracket, which must be seen, and not near the nesting limit, which a pair could cross.
+            let mut pairs = masks.open & brackets & ((masks.close & brackets) >> 1);
+            if start == self.pos {
+                pairs &= !1;
+            }
+            if self.depth + depth + 64 < MAX_DEPTH {
+                while pairs != 0 {
+                    let i = pairs.trailing_zeros() as usize;
+                    // `{` `}` and `[` `]` differ in bits 1 and 2 alone; a mismatched pair stays, to be reported.
+                    if block[i] ^ block[i + 1] == 0b110 {
+                        brackets &= !(0b11 << i);
+                    }
+                    pairs &= pairs - 1;
+                }
+            }
             while brackets != 0 {
                 let i = brackets.trailing_zeros() as usize;
                 let bit = 1u64 << i;
@@ -770,6 +787,19 @@ mod tests {
     }
 
     #[test]
+    fn skips_empty_containers_wherever_they_fall() {
+        // Placed at every offset within a 64-byte block, so pairs split across blocks are covered too.
+        for pad in 0..70 {
+            let text = format!(
+                r#"{{"skip":{{"{}":{{}},"a":[[],{{}},[{{}}]],"b":{{}}}},"e":{{}},"f":[],"name":"n","n":3}}"#,
+                "p".repeat(pad)
+            );
+            let picked: Picked = from_slice(text.as_bytes()).unwrap();
+            assert_eq!((picked.name.as_ref(), picked.n), ("n", Some(3)), "{text}");
+        }
+    }
+
+    #[test]
     fn rejects_malformed_input_with_a_position() {
         let cases: &[(&[u8], &str)] = &[
             (b"", "unexpected end of input at line 1 column 1"),
@@ -784,6 +814,18 @@ mod tests {
             (
                 b"{\"name\":\"a\",\n\"skip\":[1,2}}",
                 "mismatched closing bracket at line 2 column 12",
+            ),
+            (
+                b"{\"name\":\"a\",\"skip\":{\"x\":[}]}}",
+                "mismatched closing bracket at line 1 column 26",
+            ),
+            (
+                b"{\"name\":\"a\",\"skip\":{\"x\":{]}}",
+                "mismatched closing bracket at line 1 column 26",
+            ),
+            (
+                b"{\"name\":\"a\",\"skip\":{\"x\":{}}",
+                "unexpected end of input at line 1 column 28",
             ),
             (
                 b"{\"name\":\"a\",\"skip\":\"open}",

@@ -21,7 +21,8 @@ impl Pointer {
     pub fn key(mut self, token: &str) -> Self {
         self.0.reserve(token.len() + 1);
         self.0.push('/');
-        if !token.contains(['~', '/']) {
+        // A byte scan: the tokens are short, and `~` and `/` are ASCII.
+        if !token.bytes().any(|b| b == b'~' || b == b'/') {
             self.0.push_str(token);
             return self;
         }
