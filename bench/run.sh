@@ -16,7 +16,8 @@
 # non-2xx request, a configuration that does not mutate as it should, a server that does not start).
 #
 # Environment: BENCH_PHASES (default "engine server e2e"), BENCH_MEASUREMENT_TIME (criterion seconds, default 3),
-# BENCH_SECONDS (seconds per server load phase, default 5), BENCH_NAMESPACES (default 10000).
+# BENCH_SECONDS (seconds per round of a server load phase, default 3), BENCH_ROUNDS (rounds per server load phase,
+# default 3; the median round is reported), BENCH_NAMESPACES (default 10000).
 # Everything listens on and connects to 127.0.0.1 only.
 set -euo pipefail
 
@@ -24,7 +25,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PHASES="${BENCH_PHASES:-engine server e2e}"
 MEASUREMENT_TIME="${BENCH_MEASUREMENT_TIME:-3}"
-SECONDS_PER_PHASE="${BENCH_SECONDS:-5}"
+SECONDS_PER_PHASE="${BENCH_SECONDS:-3}"
+ROUNDS="${BENCH_ROUNDS:-3}"
 NAMESPACES="${BENCH_NAMESPACES:-10000}"
 CALLGRIND_ITERATIONS=200
 OUT="$ROOT/target/bench"
@@ -139,7 +141,7 @@ if has_phase server; then
   free_port PORT2
   free_port ADMIN2
   COMMON=(--ca "$WORK/certs/ca.crt" --containers 1 --connections 32 --closed-seconds "$SECONDS_PER_PHASE"
-    --rate-seconds "$SECONDS_PER_PHASE")
+    --rate-seconds "$SECONDS_PER_PHASE" --rounds "$ROUNDS")
   serve() { # <port> <admin port> <extra args...>
     local port="$1" admin="$2"
     shift 2

@@ -98,6 +98,21 @@ fn us(v: f64) -> String {
     }
 }
 
+/// "; median of N rounds by WHAT: k1, k2, k3" when a phase ran in rounds (see `loadgen server --rounds`).
+fn rounds_note(phase: &Value, what: &str, show: impl Fn(f64) -> String) -> String {
+    match phase["rounds"].as_array() {
+        Some(keys) if keys.len() > 1 => format!(
+            "; median of {} rounds by {what}: {}",
+            keys.len(),
+            keys.iter()
+                .map(|k| show(k.as_f64().unwrap_or(f64::NAN)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => String::new(),
+    }
+}
+
 fn lat3(l: &Value) -> String {
     format!(
         "{} / {} / {}",
@@ -221,14 +236,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             );
             let note = |s: &Value| {
                 format!(
-                    "server {:.0}% / client {:.0}% of a core{}",
+                    "server {:.0}% / client {:.0}% of a core{}{}",
                     f(&s["closed_loop"]["server_cpu_utilisation"]) * 100.0,
                     f(&s["closed_loop"]["client_cpu_utilisation"]) * 100.0,
                     if client_bound(s) {
                         ", CLIENT-BOUND"
                     } else {
                         ""
-                    }
+                    },
+                    rounds_note(&s["closed_loop"], "req/s", |r| format!("{r:.0}"))
                 )
             };
             t.row(
@@ -314,11 +330,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             t.row(
                 "server",
                 format!(
-                    "latency p50 / p99 / p99.9 at {rate:.0}/s (achieved {:.0}/s; server CPU {}/req; client send-lag p99 {}){}",
+                    "latency p50 / p99 / p99.9 at {rate:.0}/s (achieved {:.0}/s; server CPU {}/req; client send-lag p99 {}{}){}",
                     f(&phase["rate"]),
                     us(f(&phase["server_cpu_us_per_request"])),
                     us(f(&phase["client_send_lag_us"]["p99"])),
-                    floor_phase.map_or(String::new(), |p| format!("; floor {}", lat3(&p["latency_us"])))
+                    rounds_note(phase, "p99", us),
+                    floor_phase.map_or(String::new(), |p| format!(
+                        "; floor {}{}",
+                        lat3(&p["latency_us"]),
+                        rounds_note(&p, "p99", us)
+                    ))
                 ),
                 lat3(&phase["latency_us"]),
                 target,
