@@ -7,7 +7,8 @@
 #              when valgrind is installed.
 #   2. server  `secure-defaults serve` (release, --no-namespace-lookups) and the "floor" (bench/loadgen: the same
 #              TLS + HTTP stack answering a fixed review) pinned to CPU 0, the load generator to CPU 1: closed-loop
-#              throughput, latency at fixed rates, CPU per request, peak RSS with 512 connections, time to ready.
+#              throughput, latency at fixed rates, CPU per request, peak RSS with 512 connections, time to ready;
+#              then the closed loop again over HTTP/2 (32 streams on one connection, as kube-apiserver calls).
 #   3. e2e     a local control plane (e2e/cluster.sh): pod creations through kube-apiserver with no mutation, with
 #              the webhook, and with a MutatingAdmissionPolicy doing the same defaulting; then time to ready with
 #              10,000 namespaces. Torn down at the end.
@@ -140,6 +141,9 @@ if has_phase server; then
   free_port FLOOR_PORT
   free_port PORT2
   free_port ADMIN2
+  free_port PORT3
+  free_port ADMIN3
+  free_port FLOOR_PORT3
   COMMON=(--ca "$WORK/certs/ca.crt" --containers 1 --connections 32 --closed-seconds "$SECONDS_PER_PHASE"
     --rate-seconds "$SECONDS_PER_PHASE" --rounds "$ROUNDS")
   serve() { # <port> <admin port> <extra args...>
@@ -163,6 +167,15 @@ if has_phase server; then
   taskset -c 1 "$LOADGEN" server --name secure-defaults-warn --addr "127.0.0.1:$PORT2" --admin "127.0.0.1:$ADMIN2" \
     "${COMMON[@]}" --rates "" --idle-connections 0 --expect-patch true --log "$WORK/secure-defaults-warn.log" \
     --out "$OUT/server-secure-defaults-warn.json" -- $(serve "$PORT2" "$ADMIN2" --log-level warn)
+  # Both again over HTTP/2, 32 streams on one connection: how kube-apiserver calls a webhook.
+  # shellcheck disable=SC2046
+  taskset -c 1 "$LOADGEN" server --name secure-defaults-h2 --protocol http2 --addr "127.0.0.1:$PORT3" \
+    --admin "127.0.0.1:$ADMIN3" "${COMMON[@]}" --rates "" --idle-connections 0 --expect-patch true \
+    --log "$WORK/secure-defaults-h2.log" --out "$OUT/server-secure-defaults-h2.json" -- $(serve "$PORT3" "$ADMIN3")
+  taskset -c 1 "$LOADGEN" server --name floor-h2 --protocol http2 --addr "127.0.0.1:$FLOOR_PORT3" \
+    "${COMMON[@]}" --rates "" --idle-connections 0 --log "$WORK/floor-h2.log" --out "$OUT/server-floor-h2.json" \
+    -- taskset -c 0 "$LOADGEN" floor --listen "127.0.0.1:$FLOOR_PORT3" --cert "$WORK/certs/tls.crt" \
+    --key "$WORK/certs/tls.key" --response "$WORK/response.json"
 fi
 
 # ---------------------------------------------------------------------------------------------------------------

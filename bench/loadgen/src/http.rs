@@ -1,5 +1,6 @@
-//! HTTPS/1.1 with keep-alive over tokio-rustls and hyper's connection-level client: one request in flight per
-//! connection, as the API server's HTTP/1.1 webhook client and kubectl-like clients do.
+//! HTTPS over tokio-rustls and hyper's connection-level client. HTTP/1.1 with keep-alive, one request in flight per
+//! connection, as kubectl-like clients do; or HTTP/2, many streams over one connection, as kube-apiserver calls
+//! its webhooks.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,9 +9,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1, http2};
 use hyper::{Method, Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -23,6 +24,7 @@ pub struct Target {
     pub host: String,
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
+    http2: bool,
 }
 
 impl Target {
@@ -58,10 +60,24 @@ impl Target {
             host: addr.to_string(),
             config: Arc::new(config),
             server_name: ServerName::IpAddress(addr.ip().into()),
+            http2: false,
         })
     }
 
-    /// A TLS connection with a completed HTTP/1.1 handshake.
+    /// The same target over HTTP/2 (ALPN "h2"), where [`Conn::stream`] gives more streams on one connection.
+    pub fn http2(mut self) -> Self {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        self.config = Arc::new(config);
+        self.http2 = true;
+        self
+    }
+
+    pub fn is_http2(&self) -> bool {
+        self.http2
+    }
+
+    /// A TLS connection with a completed HTTP/1.1 (or, for [`Target::http2`], HTTP/2) handshake.
     pub async fn connect(&self) -> anyhow::Result<Conn> {
         let tcp = TcpStream::connect(self.addr)
             .await
@@ -71,19 +87,37 @@ impl Target {
             .connect(self.server_name.clone(), tcp)
             .await
             .context("TLS handshake")?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        if self.http2 {
+            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                bail!("the server did not agree to HTTP/2 (ALPN h2)");
+            }
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            return Ok(Conn {
+                sender: Sender::Http2(sender),
+                host: self.host.clone(),
+            });
+        }
+        let (sender, conn) = http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
         Ok(Conn {
-            sender,
+            sender: Sender::Http1(sender),
             host: self.host.clone(),
         })
     }
 }
 
+enum Sender {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
+}
+
 pub struct Conn {
-    sender: SendRequest<Full<Bytes>>,
+    sender: Sender,
     host: String,
 }
 
@@ -97,19 +131,46 @@ impl Conn {
     ) -> anyhow::Result<(StatusCode, Bytes)> {
         let request = Request::builder()
             .method(method)
-            .uri(path)
-            .header(header::HOST, &self.host)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json")
-            .body(Full::new(body))?;
-        self.sender
-            .ready()
-            .await
-            .context("connection closed by the server")?;
-        let response = self.sender.send_request(request).await?;
+            .header(header::ACCEPT, "application/json");
+        let response = match &mut self.sender {
+            Sender::Http1(sender) => {
+                let request = request
+                    .uri(path)
+                    .header(header::HOST, &self.host)
+                    .body(Full::new(body))?;
+                sender
+                    .ready()
+                    .await
+                    .context("connection closed by the server")?;
+                sender.send_request(request).await?
+            }
+            Sender::Http2(sender) => {
+                // HTTP/2 carries the scheme and authority as pseudo-headers, taken from an absolute URI.
+                let request = request
+                    .uri(format!("https://{}{path}", self.host))
+                    .body(Full::new(body))?;
+                sender
+                    .ready()
+                    .await
+                    .context("connection closed by the server")?;
+                sender.send_request(request).await?
+            }
+        };
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, body))
+    }
+
+    /// Another stream on the same HTTP/2 connection; `None` for HTTP/1.1, which has one request in flight.
+    pub fn stream(&self) -> Option<Conn> {
+        match &self.sender {
+            Sender::Http1(_) => None,
+            Sender::Http2(sender) => Some(Conn {
+                sender: Sender::Http2(sender.clone()),
+                host: self.host.clone(),
+            }),
+        }
     }
 
     /// As [`Conn::send`], failing on any status but `want`.

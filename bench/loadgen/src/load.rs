@@ -76,7 +76,15 @@ pub fn summary(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// `n` senders: `n` HTTP/1.1 connections, or `n` streams over one HTTP/2 connection, as kube-apiserver holds one
+/// connection to a webhook and multiplexes its calls.
 pub async fn open(target: &Target, n: usize) -> anyhow::Result<Vec<Conn>> {
+    if target.is_http2() {
+        let first = target.connect().await?;
+        let mut conns: Vec<Conn> = (1..n).filter_map(|_| first.stream()).collect();
+        conns.push(first);
+        return Ok(conns);
+    }
     let mut set = JoinSet::new();
     for _ in 0..n {
         let target = target.clone();

@@ -293,6 +293,44 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "≥ 0.8",
         ),
     }
+    match (
+        read_json(&dir.join("server-secure-defaults-h2.json")),
+        read_json(&dir.join("server-floor-h2.json")),
+    ) {
+        (Some(sd2), Some(floor2)) => {
+            let (a, b) = (
+                f(&sd2["closed_loop"]["rate"]),
+                f(&floor2["closed_loop"]["rate"]),
+            );
+            let rounds = |s: &Value| rounds_note(&s["closed_loop"], "req/s", |r| format!("{r:.0}"));
+            t.row(
+                "server",
+                format!(
+                    "closed loop over HTTP/2, {} streams on one connection as kube-apiserver calls a webhook: secure-defaults / floor (CPU per request {} / {}{}; floor{})",
+                    sd2["connections"],
+                    us(f(&sd2["closed_loop"]["server_cpu_us_per_request"])),
+                    us(f(&floor2["closed_loop"]["server_cpu_us_per_request"])),
+                    rounds(&sd2),
+                    rounds(&floor2),
+                ),
+                format!("{a:.0} / {b:.0} req/s"),
+                "",
+                None,
+            );
+            t.row(
+                "server",
+                "throughput secure-defaults / floor over HTTP/2".into(),
+                format!("{:.2}", a / b),
+                "≥ 0.8",
+                Some(a / b >= 0.8),
+            );
+        }
+        _ => t.missing(
+            "server",
+            "closed-loop throughput secure-defaults / floor over HTTP/2",
+            "≥ 0.8",
+        ),
+    }
     if let Some(q) = &quiet {
         let a = sd
             .as_ref()
@@ -372,8 +410,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             None,
         );
     }
-    raw["server"] =
-        json!({"secure_defaults": sd, "floor": floor, "secure_defaults_log_warn": quiet});
+    raw["server"] = json!({"secure_defaults": sd, "floor": floor, "secure_defaults_log_warn": quiet,
+            "secure_defaults_http2": read_json(&dir.join("server-secure-defaults-h2.json")),
+            "floor_http2": read_json(&dir.join("server-floor-h2.json"))});
 
     // End to end.
     let latency = read_json(&dir.join("e2e-latency.json"));

@@ -135,6 +135,11 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let addr: SocketAddr = args.req("addr")?.parse()?;
     let admin: Option<SocketAddr> = args.opt("admin").map(str::parse).transpose()?;
     let target = Target::new(addr, Path::new(args.req("ca")?), None)?;
+    let target = match args.opt("protocol") {
+        None | Some("http1") => target,
+        Some("http2") => target.http2(),
+        Some(other) => bail!("--protocol {other:?}: http1 or http2"),
+    };
     let containers = args.num("containers", 1usize)?;
     let connections = args.num("connections", 32usize)?;
     let idle_connections = args.num("idle-connections", 512usize)?;
@@ -220,7 +225,12 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         .await?;
         let v = phase_json(&outcome, cpu.stop()?, client.stop()?);
         eprintln!(
-            "[{name}] closed loop, {connections} connections: {:.0} req/s, p50 {} µs, p99 {} µs; server CPU {:.1} µs/req at {:.0}% of a core; client at {:.0}%",
+            "[{name}] closed loop, {connections} {}: {:.0} req/s, p50 {} µs, p99 {} µs; server CPU {:.1} µs/req at {:.0}% of a core; client at {:.0}%",
+            if target.is_http2() {
+                "HTTP/2 streams"
+            } else {
+                "connections"
+            },
             v["rate"].as_f64().unwrap_or(0.0),
             v["latency_us"]["p50"],
             v["latency_us"]["p99"],
@@ -318,6 +328,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         "request_bytes": body.len(),
         "response_bytes": response.len(),
         "connections": connections,
+        "protocol": if target.is_http2() { "http2" } else { "http1" },
         "ready_ms": ready_ms,
         "first_response_ms": first_ms,
         "closed_loop": closed,
