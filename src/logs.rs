@@ -1,18 +1,25 @@
-//! JSON log lines: one object per event, written straight into the line buffer.
+//! Log output: JSON lines written straight into the line buffer, and a writer thread that batches lines.
 //!
-//! The same shape as tracing-subscriber's flattened JSON (`timestamp`, `level`, the event's fields, `span`,
-//! `target`), written without serde: an info line per admission is on the request path, and going through a
-//! serializer per field cost more than deciding the pod.
+//! The JSON has the same shape as tracing-subscriber's flattened JSON (`timestamp`, `level`, the event's fields,
+//! `span`, `target`), written without serde: an info line per admission is on the request path, and going
+//! through a serializer per field cost more than deciding the pod.
+//!
+//! Lines are appended to a shared buffer that a writer thread empties every few milliseconds with one write.
+//! A line never wakes the thread on its own (only the first of a batch does), so a request does not pay for a
+//! context switch and a write on the core that serves it.
 
 use std::fmt::{self, Write as _};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_log::NormalizeEvent as _;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::json::push_decimal;
@@ -245,6 +252,155 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// How long the writer thread lets lines gather after the first one of a batch.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(10);
+
+/// Lines waiting beyond this wake the writer thread at once; beyond four times this, logging waits for it: no
+/// line is ever dropped, and memory stays bounded if the output stalls.
+pub const BATCH_BYTES: usize = 256 * 1024;
+
+/// A [`MakeWriter`] whose lines go to a writer thread in batches; see the module documentation.
+#[derive(Clone)]
+pub struct BatchWriter {
+    shared: Arc<Shared>,
+}
+
+/// Stops the writer thread when dropped, after it has written every line logged so far.
+pub struct BatchFlusher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The writer thread waits here for lines (or a full batch, or the end).
+    lines: Condvar,
+    /// Logging waits here while the batch is over its bound.
+    room: Condvar,
+    window: Duration,
+    high: usize,
+}
+
+#[derive(Default)]
+struct State {
+    pending: Vec<u8>,
+    closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves only bytes behind it; they are still worth writing.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Starts the writer thread that writes batches of lines to `out`.
+pub fn batch_writer<W: io::Write + Send + 'static>(
+    out: W,
+    window: Duration,
+    high: usize,
+) -> io::Result<(BatchWriter, BatchFlusher)> {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        lines: Condvar::new(),
+        room: Condvar::new(),
+        window,
+        high: high.max(1),
+    });
+    let thread = std::thread::Builder::new()
+        .name("log-writer".to_owned())
+        .spawn({
+            let shared = shared.clone();
+            move || write_batches(&shared, out)
+        })?;
+    Ok((
+        BatchWriter {
+            shared: shared.clone(),
+        },
+        BatchFlusher {
+            shared,
+            thread: Some(thread),
+        },
+    ))
+}
+
+fn write_batches<W: io::Write>(shared: &Shared, mut out: W) {
+    let mut batch = Vec::new();
+    loop {
+        {
+            let mut state = shared.lock();
+            while state.pending.is_empty() && !state.closed {
+                state = shared
+                    .lines
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.pending.is_empty() {
+                return; // closed, and everything written
+            }
+            if !state.closed {
+                state = shared
+                    .lines
+                    .wait_timeout_while(state, shared.window, |s| {
+                        s.pending.len() < shared.high && !s.closed
+                    })
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            std::mem::swap(&mut state.pending, &mut batch);
+        }
+        shared.room.notify_all();
+        // Nowhere to report a failing standard error; the lines are dropped rather than retried forever.
+        let _ = out.write_all(&batch).and_then(|()| out.flush());
+        batch.clear();
+    }
+}
+
+impl io::Write for BatchWriter {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        let shared = &self.shared;
+        let mut state = shared.lock();
+        while state.pending.len() >= shared.high * 4 && !state.closed {
+            shared.lines.notify_one();
+            state = shared
+                .room
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        let was_empty = state.pending.is_empty();
+        state.pending.extend_from_slice(line);
+        let full = state.pending.len() >= shared.high;
+        drop(state);
+        if was_empty || full {
+            shared.lines.notify_one();
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for BatchWriter {
+    type Writer = BatchWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Drop for BatchFlusher {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.lines.notify_all();
+        self.shared.room.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io;
@@ -416,6 +572,70 @@ mod tests {
         assert_eq!(got[0]["max"], u64::MAX);
         assert_eq!(got[0]["min"], i64::MIN);
         assert_eq!(got[0]["minus_one"], -1);
+    }
+
+    /// An output that records what each write carried.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl io::Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn batches_keep_every_line_in_order_and_flush_at_the_end() {
+        let out = Writes::default();
+        // A bound small enough that writers wait for room many times over.
+        let (writer, flusher) = batch_writer(out.clone(), Duration::from_millis(5), 64).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        let mut w = writer.make_writer();
+                        io::Write::write_all(&mut w, format!("{t} {i}\n").as_bytes()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        drop(flusher);
+        let writes = out.0.lock().unwrap().clone();
+        let text = String::from_utf8(writes.concat()).unwrap();
+        for t in 0..4 {
+            let seen: Vec<usize> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix(&format!("{t} ")))
+                .map(|i| i.parse().unwrap())
+                .collect();
+            assert_eq!(seen, (0..500).collect::<Vec<_>>(), "thread {t}");
+        }
+        assert!(
+            writes.len() < 2000,
+            "{} writes for 2000 lines: not batched",
+            writes.len()
+        );
+    }
+
+    #[test]
+    fn lines_logged_while_idle_are_written_within_the_window() {
+        let out = Writes::default();
+        let (writer, _flusher) =
+            batch_writer(out.clone(), Duration::from_millis(1), 1 << 20).unwrap();
+        io::Write::write_all(&mut writer.make_writer(), b"one\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while out.0.lock().unwrap().concat() != b"one\n" {
+            assert!(std::time::Instant::now() < deadline, "line not written");
+            std::thread::yield_now();
+        }
     }
 
     proptest! {

@@ -9,7 +9,7 @@ use clap::Parser as _;
 use secure_defaults::cli::{CheckArgs, Cli, Command, MutateArgs, Output, ServeArgs};
 use secure_defaults::config::{self, Config, LogFormat};
 use secure_defaults::policy::{self, Decision, NamespaceLabels};
-use secure_defaults::{admission, preview};
+use secure_defaults::{admission, logs, preview};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -62,9 +62,9 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Logs go to standard error through a writer thread that batches lines into few writes. The queue is bounded
-/// and not lossy: under a flood of log lines requests wait for the queue rather than lines being dropped.
-fn init_tracing(config: &Config) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+/// Logs go to standard error through a writer thread that batches lines (see `secure_defaults::logs`); the
+/// returned guard writes what is left when dropped.
+fn init_tracing(config: &Config) -> anyhow::Result<logs::BatchFlusher> {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("invalid log_level {:?}", config.log_level))?;
@@ -74,29 +74,22 @@ fn init_tracing(config: &Config) -> anyhow::Result<tracing_appender::non_blockin
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // The queue's slots are allocated up front: 4096 lines (about 160 KiB) rather than the default 128,000
-        // (5 MiB), still far more than arrive between two batches.
-        .buffered_lines_limit(4096)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (writer, flusher) =
+        logs::batch_writer(std::io::stderr(), logs::BATCH_WINDOW, logs::BATCH_BYTES)
+            .context("cannot start the log writer thread")?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(ansi);
     if json {
         builder
-            .fmt_fields(secure_defaults::logs::JsonFields)
-            .event_format(secure_defaults::logs::JsonLines)
+            .fmt_fields(logs::JsonFields)
+            .event_format(logs::JsonLines)
             .init();
     } else {
         builder.init();
     }
-    Ok(guard)
+    Ok(flusher)
 }
 
 fn mutate(args: MutateArgs) -> anyhow::Result<()> {
