@@ -143,6 +143,19 @@ impl<'de> Reader<'de> {
         }
     }
 
+    /// Before an array element or object member: `false` at the closing bracket `close`, otherwise past the
+    /// comma that separates this item from the one before (`first` says there is none).
+    fn next_item(&mut self, first: &mut bool, close: u8, what: &str) -> Result<bool, Error> {
+        match self.peek()? {
+            b if b == close => return Ok(false),
+            b',' if !*first => self.pos += 1,
+            _ if *first => {}
+            _ => return Err(self.error(what)),
+        }
+        *first = false;
+        Ok(true)
+    }
+
     fn descend(&mut self) -> Result<(), Error> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
@@ -542,7 +555,9 @@ pub fn escape(value: &str, mut push: impl FnMut(&str)) {
 pub fn push_decimal(out: &mut String, mut value: u64, width: usize) {
     let mut buf = [b'0'; 20];
     let mut at = buf.len();
-    while value > 0 || buf.len() - at < width.max(1) {
+    // Twenty digits hold any u64; wider padding is not needed anywhere.
+    let width = width.clamp(1, buf.len());
+    while value > 0 || buf.len() - at < width {
         at -= 1;
         buf[at] = b'0' + (value % 10) as u8;
         value /= 10;
@@ -595,12 +610,10 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
             b'[' => {
                 self.descend()?;
                 self.pos += 1;
-                let value = visitor
-                    .visit_seq(Elements {
-                        reader: &mut *self,
-                        first: true,
-                    })
-                    .map_err(|e| self.locate(e))?;
+                let value = visitor.visit_seq(Elements {
+                    reader: &mut *self,
+                    first: true,
+                })?;
                 self.expect(b']', "expected `,` or `]`")?;
                 self.depth -= 1;
                 Ok(value)
@@ -608,12 +621,10 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
             b'{' => {
                 self.descend()?;
                 self.pos += 1;
-                let value = visitor
-                    .visit_map(Entries {
-                        reader: &mut *self,
-                        first: true,
-                    })
-                    .map_err(|e| self.locate(e))?;
+                let value = visitor.visit_map(Entries {
+                    reader: &mut *self,
+                    first: true,
+                })?;
                 self.expect(b'}', "expected `,` or `}`")?;
                 self.depth -= 1;
                 Ok(value)
@@ -679,13 +690,12 @@ impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Error> {
-        match self.reader.peek()? {
-            b']' => return Ok(None),
-            b',' if !self.first => self.reader.pos += 1,
-            _ if self.first => {}
-            _ => return Err(self.reader.error("expected `,` or `]`")),
+        if !self
+            .reader
+            .next_item(&mut self.first, b']', "expected `,` or `]`")?
+        {
+            return Ok(None);
         }
-        self.first = false;
         seed.deserialize(&mut *self.reader).map(Some)
     }
 }
@@ -702,13 +712,12 @@ impl<'de> de::MapAccess<'de> for Entries<'_, 'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Error> {
-        match self.reader.peek()? {
-            b'}' => return Ok(None),
-            b',' if !self.first => self.reader.pos += 1,
-            _ if self.first => {}
-            _ => return Err(self.reader.error("expected `,` or `}`")),
+        if !self
+            .reader
+            .next_item(&mut self.first, b'}', "expected `,` or `}`")?
+        {
+            return Ok(None);
         }
-        self.first = false;
         if self.reader.peek()? != b'"' {
             return Err(self.reader.error("expected a string key"));
         }
