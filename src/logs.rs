@@ -22,7 +22,10 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::json::push_decimal;
+/// Stand-in until the log writer moves to tracing-subscriber's own JSON output.
+fn push_decimal(out: &mut String, value: u64, width: usize) {
+    let _ = write!(out, "{value:0width$}");
+}
 
 /// The event format: `{"timestamp":…,"level":…,<fields>,"span":{<fields>,"name":…},"target":…}`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -199,7 +202,8 @@ pub fn string(out: &mut String, value: &str) {
 
 /// `value` escaped for the inside of a JSON string.
 fn escape(out: &mut String, value: &str) {
-    crate::json::escape(value, |piece| out.push_str(piece));
+    let quoted = serde_json::to_string(value).unwrap_or_default();
+    out.push_str(quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or(""));
 }
 
 /// Escapes what a `Display` or `Debug` implementation writes, as it writes it.
