@@ -14,6 +14,7 @@ use serde::de::IgnoredAny;
 use crate::engine::{self, Outcome};
 use crate::pod::Pod;
 use crate::policy::{Decision, Exemption, NamespaceLabels, Policy};
+use crate::restricted;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// Key of the audit annotation; the API server prefixes it with the webhook's name.
@@ -270,19 +271,31 @@ fn decide(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> 
     let Some(namespace) = review.namespace() else {
         return (Verdict::Ignored, Outcome::default());
     };
-    let defaults = match policy.decide(namespace, labels) {
+    let plan = match policy.decide(namespace, labels) {
         Decision::Exempt(why) => return (Verdict::Exempt(why), Outcome::default()),
-        Decision::Apply(defaults) => defaults,
+        Decision::Apply(plan) => plan,
     };
     let (pod, old) = match &review.request.objects {
         Objects::Pods { object, old_object } => (object, old_object),
         Objects::Unreadable(error) => return unreadable(error),
     };
-    let outcome = match route {
-        Route::CreatePod => engine::default_pod(pod, &defaults),
-        Route::AddEphemeral => engine::default_new_ephemeral(pod, old, &defaults),
+    let mut outcome = match route {
+        Route::CreatePod => engine::default_pod(pod, &plan.defaults),
+        Route::AddEphemeral => engine::default_new_ephemeral(pod, old, &plan.defaults),
         Route::Ignore => Outcome::default(),
     };
+    if plan.enforces_restricted
+        && let Some(spec) = &pod.spec
+        && !pod.is_mirror()
+        && spec.windows().is_none()
+    {
+        let new = engine::new_ephemeral_names(pod, old);
+        let scope = match route {
+            Route::AddEphemeral => restricted::Scope::Containers(&new),
+            _ => restricted::Scope::Pod,
+        };
+        outcome.warnings.extend(restricted::warnings(spec, scope));
+    }
     let verdict = if outcome.patch.is_empty() {
         Verdict::Unchanged
     } else {

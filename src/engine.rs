@@ -11,7 +11,7 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
 use serde_json::{Map, Value, json};
 
-use crate::fields::{Applied, Defaults, Field, Level, PodState, stated};
+use crate::fields::{Applied, Defaults, Field, Guard, Level, PodState, stated};
 use crate::pod::{self, Container, ContainerList, Pod, SecurityContext};
 
 /// What the engine did to one pod.
@@ -61,16 +61,7 @@ pub fn default_new_ephemeral(pod: &Pod<'_>, old: &Pod<'_>, defaults: &Defaults) 
     if left_alone(pod, &mut out) {
         return out;
     }
-    let existing: HashSet<&str> = old
-        .spec
-        .as_ref()
-        .map(|s| {
-            s.list(ContainerList::EphemeralContainers)
-                .iter()
-                .map(Container::name)
-                .collect()
-        })
-        .unwrap_or_default();
+    let existing = ephemeral_names(old);
     let list = ContainerList::EphemeralContainers;
     for (index, container) in spec.list(list).iter().enumerate() {
         if !existing.contains(container.name()) {
@@ -79,6 +70,27 @@ pub fn default_new_ephemeral(pod: &Pod<'_>, old: &Pod<'_>, defaults: &Defaults) 
     }
     out.summary = out.applied.summary();
     out
+}
+
+fn ephemeral_names<'p>(pod: &'p Pod<'_>) -> HashSet<&'p str> {
+    pod.spec
+        .as_ref()
+        .map(|s| {
+            s.list(ContainerList::EphemeralContainers)
+                .iter()
+                .map(Container::name)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The names of the ephemeral containers `pod` has and `old` does not: those an ephemeral-container update adds.
+pub fn new_ephemeral_names<'p>(pod: &'p Pod<'_>, old: &Pod<'_>) -> Vec<&'p str> {
+    let existing = ephemeral_names(old);
+    ephemeral_names(pod)
+        .into_iter()
+        .filter(|name| !existing.contains(name))
+        .collect()
 }
 
 /// Mirror pods and Windows pods are never defaulted; says so in a warning.
@@ -113,11 +125,16 @@ fn pod_level(spec: &pod::Spec<'_>, defaults: &Defaults, out: &mut Outcome) {
             applied: &out.applied,
         };
         match field.pod_guard(&state) {
-            Ok(()) => {
+            Guard::Set(notes) => {
                 insert(&mut added, &field.path(), value.clone());
                 out.applied.pod(field, value.clone());
+                out.warnings.extend(
+                    notes
+                        .iter()
+                        .map(|n| format!("secure-defaults: {field} set: {n}")),
+                );
             }
-            Err(reasons) => out
+            Guard::Skip(reasons) => out
                 .warnings
                 .extend(reasons.iter().map(|r| skipped(field, r))),
         }

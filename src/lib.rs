@@ -27,6 +27,7 @@ pub mod namespaces;
 pub mod pod;
 pub mod policy;
 pub mod preview;
+pub mod restricted;
 pub mod server;
 pub mod watch;
 

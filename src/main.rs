@@ -142,7 +142,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     if let Some(namespace) = args.namespace {
         let labels: BTreeMap<String, String> = args.namespace_labels.into_iter().collect();
         match policy.decide(&namespace, NamespaceLabels::Known(&labels)) {
-            Decision::Apply(defaults) => println!("namespace {namespace:?}: defaults {defaults}"),
+            Decision::Apply(plan) => println!("namespace {namespace:?}: defaults {plan}"),
             Decision::Exempt(why) => println!("namespace {namespace:?}: exempt, {why}"),
         }
     }

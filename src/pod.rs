@@ -103,6 +103,30 @@ pub struct Spec<'a> {
     /// `ephemeralContainers`.
     #[serde(borrow, default)]
     pub ephemeral_containers: Option<Vec<Container<'a>>>,
+    /// `hostNetwork`.
+    #[serde(default)]
+    pub host_network: Option<bool>,
+    /// `hostPID`.
+    #[serde(default, rename = "hostPID")]
+    pub host_pid: Option<bool>,
+    /// `hostIPC`.
+    #[serde(default, rename = "hostIPC")]
+    pub host_ipc: Option<bool>,
+    /// `volumes`.
+    #[serde(borrow, default)]
+    pub volumes: Option<Vec<Volume<'a>>>,
+}
+
+/// What the engine reads of a volume: its name, and whether it is a hostPath volume.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume<'a> {
+    /// `name`.
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    /// `hostPath`, present or not.
+    #[serde(default)]
+    pub host_path: Option<IgnoredAny>,
 }
 
 /// `spec.os`.

@@ -92,7 +92,10 @@ fn every_field_reaches_the_patch_the_annotation_and_the_metrics() {
         };
         let at = field.path().iter().fold(sc, |v, key| &v[*key]);
         assert_eq!(at, &field.examples().0[0], "{field}: {patched}");
-        assert!(annotation.contains(&format!("{field}=")), "{field}: {annotation}");
+        assert!(
+            annotation.contains(&format!("{field}=")),
+            "{field}: {annotation}"
+        );
         assert!(
             exposition.contains(&format!("field=\"{field}\"")),
             "{field}: {exposition}"

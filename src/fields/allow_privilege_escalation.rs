@@ -36,6 +36,10 @@ impl FieldDef for AllowPrivilegeEscalation {
         (vec![json!(false)], json!(true))
     }
 
+    fn restricted(&self) -> Option<Value> {
+        Some(json!(false))
+    }
+
     fn container_guard(&self, container: &Container<'_>) -> Option<String> {
         if container.privileged() {
             return Some(format!("container {:?} is privileged", container.name()));

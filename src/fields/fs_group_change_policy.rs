@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{FieldDef, Level, PodState, id};
+use super::{FieldDef, Guard, Level, PodState, id};
 
 pub struct FsGroupChangePolicy;
 
@@ -38,12 +38,12 @@ impl FieldDef for FsGroupChangePolicy {
         )
     }
 
-    fn pod_guard(&self, pod: &PodState<'_, '_>) -> Result<(), Vec<String>> {
+    fn pod_guard(&self, pod: &PodState<'_, '_>) -> Guard {
         // Skipped without a warning: the policy simply sets no fsGroup for this pod.
         if pod.value("fsGroup").is_some() {
-            Ok(())
+            Guard::Set(Vec::new())
         } else {
-            Err(Vec::new())
+            Guard::Skip(Vec::new())
         }
     }
 }

@@ -5,10 +5,13 @@
 //! A field's value is kept as the JSON value the patch adds, checked once when the policy is read.
 
 mod allow_privilege_escalation;
+mod drop_capabilities;
 mod fs_group;
 mod fs_group_change_policy;
 mod run_as_group;
+mod run_as_non_root;
 mod run_as_user;
+mod seccomp_profile;
 
 use std::fmt;
 
@@ -32,18 +35,22 @@ pub trait FieldDef: Sync {
     fn name(&self) -> &'static str;
     /// Pod or container level.
     fn level(&self) -> Level;
-    /// The keys below the `securityContext` it sits at (more than one for nested fields).
-    fn path(&self) -> &'static [&'static str] {
-        &[]
+    /// The keys below the `securityContext` it sits at: its name, unless it is nested.
+    fn path(&self) -> Vec<&'static str> {
+        vec![self.name()]
     }
     /// Checks a value from the policy file; the reason is shown with the field's path and line.
     fn check(&self, value: &Value) -> Result<(), String>;
     /// Valid policy values, then one the policy must refuse: used by `check`'s tests and the property tests.
     fn examples(&self) -> (Vec<Value>, Value);
-    /// Pod level: `Err` with the reasons (one per offending container; none for a silent skip) when the field
-    /// must not be set on this pod.
-    fn pod_guard(&self, _pod: &PodState<'_, '_>) -> Result<(), Vec<String>> {
-        Ok(())
+    /// The value Pod Security "restricted" needs, for fields it needs: what `profile: restricted` and
+    /// `followPodSecurityLabels` turn on.
+    fn restricted(&self) -> Option<Value> {
+        None
+    }
+    /// Pod level: whether the field may be set on this pod, with the warnings to give either way.
+    fn pod_guard(&self, _pod: &PodState<'_, '_>) -> Guard {
+        Guard::Set(Vec::new())
     }
     /// Container level: why the field must not be set on this container, if it must not.
     fn container_guard(&self, _container: &Container<'_>) -> Option<String> {
@@ -58,14 +65,26 @@ pub trait FieldDef: Sync {
     }
 }
 
+/// A pod-level guard's answer; each string is a warning, naming the container where there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// Set the field, and say these things about it.
+    Set(Vec<String>),
+    /// Do not set it, for these reasons (none: a silent skip).
+    Skip(Vec<String>),
+}
+
 /// The table, in the order fields are decided, shown and patched. A pod-level field may read the fields before it
 /// (`runAsGroup` reads `runAsUser`).
-static TABLE: [&dyn FieldDef; 5] = [
+static TABLE: [&dyn FieldDef; 8] = [
     &run_as_user::RunAsUser,
     &run_as_group::RunAsGroup,
     &fs_group::FsGroup,
     &fs_group_change_policy::FsGroupChangePolicy,
+    &run_as_non_root::RunAsNonRoot,
+    &seccomp_profile::SeccompProfile,
     &allow_privilege_escalation::AllowPrivilegeEscalation,
+    &drop_capabilities::DropCapabilities,
 ];
 
 /// How many fields there are.
@@ -105,11 +124,14 @@ impl Field {
         self.def().level()
     }
 
-    /// See [`FieldDef::path`]: the keys below `securityContext`, the field's own name last.
+    /// See [`FieldDef::path`].
     pub fn path(self) -> Vec<&'static str> {
-        let mut path = self.def().path().to_vec();
-        path.push(self.name());
-        path
+        self.def().path()
+    }
+
+    /// See [`FieldDef::restricted`].
+    pub fn restricted(self) -> Option<Value> {
+        self.def().restricted()
     }
 
     /// See [`FieldDef::check`].
@@ -127,7 +149,7 @@ impl Field {
         self.def().show(value)
     }
 
-    pub(crate) fn pod_guard(self, pod: &PodState<'_, '_>) -> Result<(), Vec<String>> {
+    pub(crate) fn pod_guard(self, pod: &PodState<'_, '_>) -> Guard {
         self.def().pod_guard(pod)
     }
 

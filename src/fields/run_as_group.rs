@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{FieldDef, Level, PodState, id};
+use super::{FieldDef, Guard, Level, PodState, id};
 
 pub struct RunAsGroup;
 
@@ -24,9 +24,9 @@ impl FieldDef for RunAsGroup {
         (vec![json!(65532), json!(3000)], json!(-1))
     }
 
-    fn pod_guard(&self, pod: &PodState<'_, '_>) -> Result<(), Vec<String>> {
+    fn pod_guard(&self, pod: &PodState<'_, '_>) -> Guard {
         if pod.value("runAsUser").is_some() {
-            return Ok(());
+            return Guard::Set(Vec::new());
         }
         let without_user: Vec<String> = pod
             .containers()
@@ -39,9 +39,9 @@ impl FieldDef for RunAsGroup {
             })
             .collect();
         if without_user.is_empty() {
-            Ok(())
+            Guard::Set(Vec::new())
         } else {
-            Err(without_user)
+            Guard::Skip(without_user)
         }
     }
 }

@@ -12,7 +12,7 @@ use serde::de::{self, IntoDeserializer};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::core::Selector;
 
-use super::{Action, Mode, Policy, Rule};
+use super::{Action, Mode, Policy, Profile, Rule};
 use crate::fields::{Defaults, Field};
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +136,10 @@ struct PolicyFile {
     #[serde(default)]
     exempt_namespaces: Vec<NamespaceName>,
     #[serde(default)]
+    profile: Option<Profile>,
+    #[serde(default)]
+    follow_pod_security_labels: bool,
+    #[serde(default)]
     defaults: Values,
     #[serde(default)]
     namespaces: Vec<RuleFile>,
@@ -143,11 +147,17 @@ struct PolicyFile {
 
 impl PolicyFile {
     fn into_policy(self) -> Policy {
+        // The profile's fields come first; `defaults:` may only name the same values for them (each of those
+        // fields accepts just the one secure value), and adds others.
+        let mut defaults = self.profile.map(Profile::defaults).unwrap_or_default();
+        defaults.overlay(&self.defaults.into_defaults());
         Policy {
             mode: self.mode,
             exempt_namespaces: self.exempt_namespaces.into_iter().map(|n| n.0).collect(),
-            defaults: self.defaults.into_defaults(),
+            defaults,
             rules: self.namespaces.into_iter().map(|r| r.0).collect(),
+            profile: self.profile,
+            follow_pod_security_labels: self.follow_pod_security_labels,
         }
     }
 }

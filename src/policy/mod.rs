@@ -115,9 +115,46 @@ impl fmt::Display for Exemption {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Fill in these defaults.
-    Apply(Defaults),
+    Apply(Plan),
     /// Leave the pod alone, for this reason.
     Exempt(Exemption),
+}
+
+/// What a served namespace gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The values to fill in.
+    pub defaults: Defaults,
+    /// The namespace enforces Pod Security "restricted" (its `pod-security.kubernetes.io/enforce` label), so
+    /// explicit values that profile forbids are warned about.
+    pub enforces_restricted: bool,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.defaults.fmt(f)
+    }
+}
+
+/// The value of `profile:`: a named set of fields turned on together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Every field Pod Security "restricted" needs, with the value it needs.
+    Restricted,
+}
+
+impl Profile {
+    /// The fields and values the profile turns on, from the field table.
+    pub fn defaults(self) -> Defaults {
+        let mut defaults = Defaults::default();
+        for field in Field::all() {
+            if let Some(value) = field.restricted() {
+                defaults.set(field, value);
+            }
+        }
+        defaults
+    }
 }
 
 /// A validated policy. Built only by [`parse`] or [`load`], so every value in it has been checked.
@@ -131,6 +168,11 @@ pub struct Policy {
     pub defaults: Defaults,
     /// The `namespaces:` entries, in file order.
     pub rules: Vec<Rule>,
+    /// The `profile:` the defaults include, if any.
+    pub profile: Option<Profile>,
+    /// A namespace labelled `pod-security.kubernetes.io/enforce: restricted` gets what "restricted" needs even
+    /// where the defaults do not list it (an entry's `skip` still wins).
+    pub follow_pod_security_labels: bool,
 }
 
 impl Policy {
@@ -155,6 +197,7 @@ impl Policy {
             }
         }
         let mut effective = self.defaults.clone();
+        let mut skipped = BTreeSet::new();
         for (index, rule) in self.rules.iter().enumerate() {
             if !rule.matches(namespace, labels) {
                 continue;
@@ -165,11 +208,31 @@ impl Policy {
                     effective.overlay(set);
                     for field in skip {
                         effective.clear(*field);
+                        skipped.insert(*field);
                     }
                 }
             }
         }
-        Decision::Apply(effective)
+        let enforces_restricted = match labels {
+            NamespaceLabels::Known(labels) => {
+                labels
+                    .get(crate::restricted::ENFORCE_LABEL)
+                    .map(String::as_str)
+                    == Some("restricted")
+            }
+            NamespaceLabels::Unknown => false,
+        };
+        if enforces_restricted && self.follow_pod_security_labels {
+            for (field, value) in Profile::Restricted.defaults().iter() {
+                if effective.get(field).is_none() && !skipped.contains(&field) {
+                    effective.set(field, value.clone());
+                }
+            }
+        }
+        Decision::Apply(Plan {
+            defaults: effective,
+            enforces_restricted,
+        })
     }
 }
 
