@@ -740,6 +740,19 @@ fn raw_request(path: &str, body: &[u8]) -> Vec<u8> {
 
 /// Reads `n` HTTP/1.1 responses (each with a content-length) off a TLS stream: their status and body.
 async fn read_responses(stream: &mut TlsStream, n: usize) -> Vec<(u16, Vec<u8>)> {
+    read_responses_with_heads(stream, n)
+        .await
+        .into_iter()
+        .map(|(status, _, body)| (status, body))
+        .collect()
+}
+
+/// Reads `n` HTTP/1.1 responses (each with a content-length) off a stream: their status, head (lowercased) and
+/// body.
+async fn read_responses_with_heads(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    n: usize,
+) -> Vec<(u16, String, Vec<u8>)> {
     use tokio::io::AsyncReadExt as _;
     let mut buf = Vec::new();
     let mut out = Vec::new();
@@ -756,10 +769,10 @@ async fn read_responses(stream: &mut TlsStream, n: usize) -> Vec<(u16, Vec<u8>)>
                     .trim()
                     .parse()
                     .ok()?;
-                (buf.len() >= end + 4 + length).then_some((status, end + 4, length))
+                (buf.len() >= end + 4 + length).then_some((status, head, end + 4, length))
             });
-        if let Some((status, start, length)) = parsed {
-            out.push((status, buf[start..start + length].to_vec()));
+        if let Some((status, head, start, length)) = parsed {
+            out.push((status, head, buf[start..start + length].to_vec()));
             buf.drain(..start + length);
             continue;
         }
@@ -839,6 +852,51 @@ async fn http1_keep_alive_survives_pauses_pipelining_and_unread_bodies() {
         .await
         .unwrap();
     admitted_uid(&read_responses(&mut stream, 1).await[0], "last");
+    server.shutdown().await;
+}
+
+/// A refused request (wrong path, wrong method) whose body is far larger than one read: the refusal either says
+/// the connection closes, or the connection carries the client's next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_with_a_large_body_leaves_the_connection_usable_or_says_it_closes() {
+    use tokio::io::AsyncWriteExt as _;
+    let f = Fixture::new("refused_with_body");
+    let server = start(f.config()).await;
+    let tls = tls_client(&[&f.ca.cert], ALL_VERSIONS, Proto::H1);
+    for (method, path, status) in [("POST", "/wrong", 404), ("PUT", "/mutate", 405)] {
+        let (stream, ..) = tls_connect(server.webhook, tls.clone()).await.unwrap();
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let body = vec![b' '; 1024 * 1024];
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        // Written while the answer is read: the server may answer before it has the whole body, or after.
+        let sending = tokio::spawn(async move {
+            writer.write_all(head.as_bytes()).await?;
+            writer.write_all(&body).await?;
+            writer.flush().await?;
+            Ok::<_, std::io::Error>(writer)
+        });
+        let (got, response_head, _) = read_responses_with_heads(&mut reader, 1).await.remove(0);
+        assert_eq!(got, status, "{method} {path}: {response_head}");
+        if response_head.contains("\r\nconnection: close") {
+            continue;
+        }
+        let mut writer = sending
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{method} {path}: the body was cut off: {e}"));
+        let uid = format!("after-{status}");
+        writer
+            .write_all(&raw_request("/mutate", &review(&uid)))
+            .await
+            .unwrap();
+        let (got, response_head, body) = read_responses_with_heads(&mut reader, 1).await.remove(0);
+        assert_eq!(got, 200, "{response_head}");
+        let out: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(out["response"]["uid"], uid.as_str(), "{out}");
+    }
     server.shutdown().await;
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode, header};
+use hyper::{Method, Request, Response, StatusCode, Version, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -70,26 +70,40 @@ fn error(status: StatusCode, reason: String) -> Response<Body> {
     reply(status, format!("{reason}\n"), "text/plain; charset=utf-8")
 }
 
+/// Marks an HTTP/1 answer as the connection's last: its request body was not read to the end, so hyper closes
+/// the connection after it, and the client must know not to send another request on it. (HTTP/2 ends only the
+/// stream; the header is not allowed there.)
+fn closing(version: Version, mut response: Response<Body>) -> Response<Body> {
+    if version == Version::HTTP_11 || version == Version::HTTP_10 {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
 pub async fn handle<B>(app: &App, request: Request<B>) -> Response<Body>
 where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if request.uri().path() != "/mutate" {
-        return error(
+        let response = error(
             StatusCode::NOT_FOUND,
             format!(
                 "no such path {:?}; the webhook serves POST /mutate",
                 request.uri().path()
             ),
         );
+        return refuse(app, request, response).await;
     }
     if request.method() != Method::POST {
         let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "use POST".to_owned());
         response
             .headers_mut()
             .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-        return response;
+        return refuse(app, request, response).await;
     }
     let started = Instant::now();
     match tokio::time::timeout(app.request_timeout, mutate(app, request, started)).await {
@@ -105,11 +119,41 @@ where
     }
 }
 
+/// Sends a refusal (wrong path or method) only once the request's body is read and dropped, within the same
+/// bounds as a review's body: an HTTP/1 connection can then carry the client's next request. A body that is too
+/// large, too slow or broken closes the connection instead, and the answer says so.
+async fn refuse<B>(app: &App, request: Request<B>, response: Response<Body>) -> Response<Body>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let version = request.version();
+    let body = request.into_body();
+    if body.is_end_stream() {
+        return response;
+    }
+    let drain = async {
+        let mut body = std::pin::pin!(Limited::new(body, MAX_BODY_BYTES));
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                return false;
+            }
+        }
+        true
+    };
+    match tokio::time::timeout(app.request_timeout, drain).await {
+        Ok(true) => response,
+        Ok(false) | Err(_) => closing(version, response),
+    }
+}
+
+/// Reads the review's body and answers it.
 async fn mutate<B>(app: &App, request: Request<B>, started: Instant) -> Response<Body>
 where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let version = request.version();
     let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
@@ -117,21 +161,29 @@ where
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
             app.metrics.count_request("unknown", "bad_request");
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
+            let response = if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                return error(
+                error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("request body exceeds {MAX_BODY_BYTES} bytes"),
-                );
-            }
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read request body: {e}"),
-            );
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read request body: {e}"),
+                )
+            };
+            return closing(version, response);
         }
     };
-    let review = match admission::parse(&body) {
+    decide(app, &body, started).await
+}
+
+/// Answers a review whose body has been read: parse, look the namespace up, decide, count and log.
+async fn decide(app: &App, body: &[u8], started: Instant) -> Response<Body> {
+    let review = match admission::parse(body) {
         Ok(review) => review,
         Err(e) => {
             app.metrics.count_request("unknown", "bad_request");
