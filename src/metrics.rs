@@ -22,7 +22,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
 pub struct RequestLabels {
     /// create, ephemeral, other.
     pub operation: &'static str,
-    /// patched, unchanged, exempt, ignored, unreadable, bad_request, error.
+    /// patched, unchanged, exempt, ignored, unreadable, bad_request, client_timeout, error.
     pub result: &'static str,
 }
 

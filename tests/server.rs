@@ -455,6 +455,13 @@ impl SlowReview {
         })
     }
 
+    /// The answer to the half-sent review, the rest of the body held back meanwhile.
+    async fn answer_unfinished(mut self) -> Result<Reply, BoxError> {
+        let reply = (&mut self.response).await?;
+        drop(self.rest.take());
+        reply
+    }
+
     async fn finish(mut self) -> Result<Reply, BoxError> {
         let (tx, rest) = self.rest.take().ok_or("already finished")?;
         tx.send(rest)?;
@@ -1252,6 +1259,50 @@ async fn bad_requests_and_bad_clients_leave_the_server_serving() {
     let mut conn = connect(server.webhook, h1).await.unwrap();
     let reply = conn.mutate("still-serving").await.unwrap();
     assert_eq!(run_as_user(&admitted(&reply, "still-serving")), 65532);
+    server.shutdown().await;
+}
+
+/// A client that stops sending in the middle of a body gets 408 Request Timeout at the request deadline, counted
+/// as its fault (`client_timeout`), not the server's (`error`); the connection is marked as closing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_stalled_past_the_request_deadline_is_a_client_timeout() {
+    let f = Fixture::new("stalled_body");
+    let mut config = f.config();
+    config.request_timeout = Duration::from_millis(300);
+    let server = start(config).await;
+    let tls = tls_client(&[&f.ca.cert], ALL_VERSIONS, Proto::H1);
+    let slow = SlowReview::start(server.webhook, tls.clone(), "stalled")
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(DEADLINE, slow.answer_unfinished())
+        .await
+        .expect("an answer at the request deadline")
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::REQUEST_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    assert!(
+        reply.text().contains("request body not received within"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.headers.get(header::CONNECTION).unwrap(), "close");
+    let text = scrape(server.admin).await;
+    assert_eq!(
+        metric(
+            &text,
+            "secure_defaults_admission_requests_total{operation=\"unknown\",result=\"client_timeout\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(!text.contains("result=\"error\""), "{text}");
+    // A review sent whole is still answered.
+    let mut conn = connect(server.webhook, tls).await.unwrap();
+    admitted(&conn.mutate("whole").await.unwrap(), "whole");
     server.shutdown().await;
 }
 

@@ -106,7 +106,41 @@ where
         return refuse(app, request, response).await;
     }
     let started = Instant::now();
-    match tokio::time::timeout(app.request_timeout, mutate(app, request, started)).await {
+    let deadline = tokio::time::Instant::now() + app.request_timeout;
+    let version = request.version();
+    let read = Limited::new(request.into_body(), MAX_BODY_BYTES).collect();
+    let body = match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) => {
+            app.metrics.count_request("unknown", "bad_request");
+            let response = if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read request body: {e}"),
+                )
+            };
+            return closing(version, response);
+        }
+        Err(_) => {
+            // The client's fault, not the server's: counted and answered apart from the server's own failures.
+            app.metrics.count_request("unknown", "client_timeout");
+            tracing::warn!(timeout = ?app.request_timeout, "request body not received within the request deadline");
+            let response = error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("request body not received within {:?}", app.request_timeout),
+            );
+            return closing(version, response);
+        }
+    };
+    match tokio::time::timeout_at(deadline, decide(app, &body, started)).await {
         Ok(response) => response,
         Err(_) => {
             app.metrics.count_request("unknown", "error");
@@ -145,40 +179,6 @@ where
         Ok(true) => response,
         Ok(false) | Err(_) => closing(version, response),
     }
-}
-
-/// Reads the review's body and answers it.
-async fn mutate<B>(app: &App, request: Request<B>, started: Instant) -> Response<Body>
-where
-    B: hyper::body::Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let version = request.version();
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            app.metrics.count_request("unknown", "bad_request");
-            let response = if e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body exceeds {MAX_BODY_BYTES} bytes"),
-                )
-            } else {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read request body: {e}"),
-                )
-            };
-            return closing(version, response);
-        }
-    };
-    decide(app, &body, started).await
 }
 
 /// Answers a review whose body has been read: parse, look the namespace up, decide, count and log.
