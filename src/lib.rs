@@ -21,7 +21,6 @@ pub mod cli;
 pub mod config;
 pub mod defaults;
 pub mod json;
-pub mod logs;
 pub mod metrics;
 pub mod namespaces;
 pub mod patch;

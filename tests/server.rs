@@ -1868,6 +1868,35 @@ async fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
         line_of("all connections closed") < line_of("\"message\":\"stopped\""),
         "{log}"
     );
+    // The per-admission line: one JSON object, its fields at the top level with their types.
+    let line = log
+        .lines()
+        .nth(line_of("\"uid\":\"before-sigterm\""))
+        .unwrap();
+    let admission: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(admission["message"], "admission", "{line}");
+    assert_eq!(admission["level"], "INFO", "{line}");
+    assert_eq!(
+        admission["target"], "secure_defaults::server::serve",
+        "{line}"
+    );
+    assert!(admission["timestamp"].is_string(), "{line}");
+    assert_eq!(admission["namespace"], "app", "{line}");
+    assert_eq!(admission["operation"], "create", "{line}");
+    assert_eq!(admission["pod"], "web", "{line}");
+    assert_eq!(admission["result"], "patched", "{line}");
+    assert!(
+        admission["defaulted"]
+            .as_str()
+            .is_some_and(|d| d.contains("runAsUser=65532")),
+        "{line}"
+    );
+    assert_eq!(admission["warnings"], 0, "{line}");
+    assert_eq!(admission["exempt"], "", "{line}");
+    assert_eq!(admission["policy_generation"], 1, "{line}");
+    assert_eq!(admission["dry_run"], false, "{line}");
+    assert!(admission["duration_us"].is_u64(), "{line}");
+    assert!(admission.get("span").is_none(), "{line}");
 }
 
 #[test]
