@@ -1032,6 +1032,8 @@ async fn idle_connections_are_closed_after_the_idle_timeout_and_busy_ones_stay()
     let f = Fixture::new("idle_timeout");
     let mut config = f.config();
     config.idle_timeout = Duration::from_secs(1);
+    // Longer than any wait here: only the idle timeout can close these connections in time.
+    config.header_timeout = Duration::from_secs(60);
     let server = start(config).await;
     let h2 = tls_client(&[&f.ca.cert], ALL_VERSIONS, Proto::H2);
     let h1 = tls_client(&[&f.ca.cert], ALL_VERSIONS, Proto::H1);

@@ -83,6 +83,8 @@ fn closing(version: Version, mut response: Response<Body>) -> Response<Body> {
     response
 }
 
+/// Answers one request to the webhook port. Every answer is bounded in time and body size, and an HTTP/1.1
+/// answer that leaves the connection unusable says so, so no client can hold the handler or lose a request.
 pub async fn handle<B>(app: &App, request: Request<B>) -> Response<Body>
 where
     B: hyper::body::Body,
@@ -422,8 +424,9 @@ async fn serve_connection(
 /// What a connection's requests are doing, so that a connection that carries none can be closed.
 struct Activity {
     state: Mutex<ActivityState>,
-    /// Signalled when the last request in flight ends.
-    quiet: Notify,
+    /// Signalled when the first request starts and whenever the last one in flight ends: the moments the
+    /// deadline in [`Activity::idle`] changes.
+    changed: Notify,
 }
 
 struct ActivityState {
@@ -443,12 +446,12 @@ impl Activity {
                 since: tokio::time::Instant::now(),
                 used: false,
             }),
-            quiet: Notify::new(),
+            changed: Notify::new(),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
-        // The state is two counters and a time, consistent after any panic.
+        // The state is a counter, a time and a flag, consistent after any panic.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -456,7 +459,12 @@ impl Activity {
     fn started(self: &Arc<Self>) -> InFlight {
         let mut state = self.lock();
         state.in_flight += 1;
+        let first = !state.used;
         state.used = true;
+        drop(state);
+        if first {
+            self.changed.notify_one();
+        }
         InFlight(self.clone())
     }
 
@@ -464,7 +472,9 @@ impl Activity {
     /// `first`), counted from the handshake or the end of the last request.
     async fn idle(&self, first: Duration, idle: Duration) -> Closing {
         loop {
-            let quiet = self.quiet.notified();
+            // Taken before the state is read, so a change made after the read still wakes this wait (a
+            // notification with no waiter is kept for the next one).
+            let changed = self.changed.notified();
             let (deadline, why) = {
                 let state = self.lock();
                 if state.in_flight > 0 {
@@ -476,10 +486,14 @@ impl Activity {
                 }
             };
             match deadline {
-                None => quiet.await,
+                None => changed.await,
                 Some(deadline) if deadline <= tokio::time::Instant::now() => return why,
-                // A request may start and end meanwhile; the loop then finds the later deadline.
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                Some(deadline) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline) => {}
+                        () = changed => {}
+                    }
+                }
             }
         }
     }
@@ -493,9 +507,10 @@ impl Drop for InFlight {
         let mut state = self.0.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
         state.since = tokio::time::Instant::now();
-        if state.in_flight == 0 {
-            drop(state);
-            self.0.quiet.notify_one();
+        let quiet = state.in_flight == 0;
+        drop(state);
+        if quiet {
+            self.0.changed.notify_one();
         }
     }
 }
