@@ -934,7 +934,7 @@ async fn connections_that_never_start_a_request_are_closed_and_free_their_slots(
     let f = Fixture::new("never_start_a_request");
     let mut config = f.config();
     config.max_connections = NonZeroUsize::new(8).unwrap();
-    config.header_timeout = Duration::from_millis(500);
+    config.header_timeout = Duration::from_secs(1);
     let server = start(config).await;
 
     for proto in [Proto::H2, Proto::H1] {
