@@ -136,7 +136,7 @@ fn mutate(args: MutateArgs) -> anyhow::Result<()> {
     let text = match (args.output, result.format) {
         (Output::Patch, _) => serde_json::to_string_pretty(&result.patch_json())?,
         (Output::Object, preview::Format::Json) => serde_json::to_string_pretty(&result.object)?,
-        (Output::Object, preview::Format::Yaml) => serde_yaml::to_string(&result.object)?,
+        (Output::Object, preview::Format::Yaml) => serde_yaml_ng::to_string(&result.object)?,
     };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", text.trim_end())?;

@@ -55,7 +55,7 @@ fn write_description(policy: &Policy, out: &mut String) -> std::fmt::Result {
                     parts.push(format!("set {set}"));
                 }
                 if !skip.is_empty() {
-                    let skip: Vec<&str> = skip.iter().map(|f| f.as_str()).collect();
+                    let skip: Vec<&str> = skip.iter().map(|f| f.name()).collect();
                     parts.push(format!("do not default {}", skip.join(", ")));
                 }
                 parts.join("; ")

@@ -9,8 +9,12 @@ pub mod store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use kube::core::{Selector, SelectorExt as _};
+
 pub use describe::describe;
 pub use file::{PolicyError, load, parse};
+
+use crate::fields::{Defaults, Field};
 
 /// The namespace label that opts a namespace in (`enabled`) or, in cluster-wide mode, out (`disabled`).
 pub const INJECT_LABEL: &str = "secure-defaults.io/inject";
@@ -35,223 +39,15 @@ impl fmt::Display for Mode {
     }
 }
 
-/// A user or group ID in the range Kubernetes accepts, 0..=2147483647.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Id(i64);
-
-impl Id {
-    pub const MAX: i64 = 2_147_483_647;
-
-    pub fn new(value: i64) -> Option<Self> {
-        (0..=Self::MAX).contains(&value).then_some(Self(value))
-    }
-
-    pub fn get(self) -> i64 {
-        self.0
-    }
-}
-
-impl fmt::Display for Id {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-pub enum FsGroupChangePolicy {
-    OnRootMismatch,
-    Always,
-}
-
-impl FsGroupChangePolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FsGroupChangePolicy::OnRootMismatch => "OnRootMismatch",
-            FsGroupChangePolicy::Always => "Always",
-        }
-    }
-}
-
-/// A field the engine can default; also the names used in a rule's `skip` list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Field {
-    RunAsUser,
-    RunAsGroup,
-    FsGroup,
-    FsGroupChangePolicy,
-    AllowPrivilegeEscalation,
-}
-
-impl Field {
-    pub const ALL: [Field; 5] = [
-        Field::RunAsUser,
-        Field::RunAsGroup,
-        Field::FsGroup,
-        Field::FsGroupChangePolicy,
-        Field::AllowPrivilegeEscalation,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Field::RunAsUser => "runAsUser",
-            Field::RunAsGroup => "runAsGroup",
-            Field::FsGroup => "fsGroup",
-            Field::FsGroupChangePolicy => "fsGroupChangePolicy",
-            Field::AllowPrivilegeEscalation => "allowPrivilegeEscalation",
-        }
-    }
-}
-
-/// The values to fill in where a pod leaves a field absent. `None` (or `false`) means "do not default this field".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Defaults {
-    pub run_as_user: Option<Id>,
-    pub run_as_group: Option<Id>,
-    pub fs_group: Option<Id>,
-    pub fs_group_change_policy: Option<FsGroupChangePolicy>,
-    /// Add `allowPrivilegeEscalation: false` to containers that leave it absent.
-    pub disallow_privilege_escalation: bool,
-}
-
-impl Defaults {
-    pub fn is_empty(&self) -> bool {
-        *self == Defaults::default()
-    }
-
-    /// Overlays the fields `other` names onto `self` (later rules win).
-    fn overlay(&mut self, other: &Defaults) {
-        if other.run_as_user.is_some() {
-            self.run_as_user = other.run_as_user;
-        }
-        if other.run_as_group.is_some() {
-            self.run_as_group = other.run_as_group;
-        }
-        if other.fs_group.is_some() {
-            self.fs_group = other.fs_group;
-        }
-        if other.fs_group_change_policy.is_some() {
-            self.fs_group_change_policy = other.fs_group_change_policy;
-        }
-        if other.disallow_privilege_escalation {
-            self.disallow_privilege_escalation = true;
-        }
-    }
-
-    fn clear(&mut self, field: Field) {
-        match field {
-            Field::RunAsUser => self.run_as_user = None,
-            Field::RunAsGroup => self.run_as_group = None,
-            Field::FsGroup => self.fs_group = None,
-            Field::FsGroupChangePolicy => self.fs_group_change_policy = None,
-            Field::AllowPrivilegeEscalation => self.disallow_privilege_escalation = false,
-        }
-    }
-
-    pub fn names(&self, field: Field) -> bool {
-        match field {
-            Field::RunAsUser => self.run_as_user.is_some(),
-            Field::RunAsGroup => self.run_as_group.is_some(),
-            Field::FsGroup => self.fs_group.is_some(),
-            Field::FsGroupChangePolicy => self.fs_group_change_policy.is_some(),
-            Field::AllowPrivilegeEscalation => self.disallow_privilege_escalation,
-        }
-    }
-}
-
-impl fmt::Display for Defaults {
-    /// `runAsUser=65532,fsGroup=65532,allowPrivilegeEscalation=false`, or `nothing`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts: Vec<String> = Vec::new();
-        if let Some(id) = self.run_as_user {
-            parts.push(format!("runAsUser={id}"));
-        }
-        if let Some(id) = self.run_as_group {
-            parts.push(format!("runAsGroup={id}"));
-        }
-        if let Some(id) = self.fs_group {
-            parts.push(format!("fsGroup={id}"));
-        }
-        if let Some(p) = self.fs_group_change_policy {
-            parts.push(format!("fsGroupChangePolicy={}", p.as_str()));
-        }
-        if self.disallow_privilege_escalation {
-            parts.push("allowPrivilegeEscalation=false".to_owned());
-        }
-        if parts.is_empty() {
-            f.write_str("nothing")
-        } else {
-            f.write_str(&parts.join(","))
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-pub enum Operator {
-    In,
-    NotIn,
-    Exists,
-    DoesNotExist,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Requirement {
-    pub key: String,
-    pub operator: Operator,
-    pub values: BTreeSet<String>,
-}
-
-/// A Kubernetes label selector: every `matchLabels` pair and every expression must hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LabelSelector {
-    pub match_labels: BTreeMap<String, String>,
-    pub match_expressions: Vec<Requirement>,
-}
-
-impl LabelSelector {
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|r| {
-                let value = labels.get(&r.key);
-                match r.operator {
-                    Operator::In => value.is_some_and(|v| r.values.contains(v)),
-                    Operator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
-                    Operator::Exists => value.is_some(),
-                    Operator::DoesNotExist => value.is_none(),
-                }
-            })
-    }
-}
-
-impl fmt::Display for LabelSelector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts: Vec<String> = self
-            .match_labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        for r in &self.match_expressions {
-            let values = r.values.iter().cloned().collect::<Vec<_>>().join(",");
-            parts.push(match r.operator {
-                Operator::In => format!("{} in ({values})", r.key),
-                Operator::NotIn => format!("{} notin ({values})", r.key),
-                Operator::Exists => r.key.clone(),
-                Operator::DoesNotExist => format!("!{}", r.key),
-            });
-        }
-        f.write_str(&parts.join(","))
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// No defaulting at all in matching namespaces.
     Exempt,
     /// Override some defaults and drop others.
     Adjust {
+        /// Fields set to other values (or defaulted only here).
         set: Defaults,
+        /// Fields not defaulted here.
         skip: BTreeSet<Field>,
     },
 }
@@ -259,8 +55,11 @@ pub enum Action {
 /// One entry of `namespaces:`. A match with both names and labels needs both to hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
+    /// The namespace names it matches, if it matches by name.
     pub names: Option<BTreeSet<String>>,
-    pub labels: Option<LabelSelector>,
+    /// The label selector it matches, if it matches by labels (never empty: that would match everything).
+    pub labels: Option<Selector>,
+    /// What it does where it matches.
     pub action: Action,
 }
 
@@ -279,6 +78,7 @@ impl Rule {
 /// What is known of a namespace's labels when a pod in it is admitted.
 #[derive(Clone, Copy, Debug)]
 pub enum NamespaceLabels<'a> {
+    /// The namespace's labels.
     Known(&'a BTreeMap<String, String>),
     /// Label lookups are switched off: the mode check is left to the webhook's namespaceSelector,
     /// and label selectors in rules never match.
@@ -314,17 +114,22 @@ impl fmt::Display for Exemption {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
+    /// Fill in these defaults.
     Apply(Defaults),
+    /// Leave the pod alone, for this reason.
     Exempt(Exemption),
 }
 
 /// A validated policy. Built only by [`parse`] or [`load`], so every value in it has been checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
+    /// Opt-in or cluster-wide.
     pub mode: Mode,
     /// The listed exempt namespaces (the system ones are always exempt in addition).
     pub exempt_namespaces: BTreeSet<String>,
+    /// What every served namespace gets, before its entries adjust it.
     pub defaults: Defaults,
+    /// The `namespaces:` entries, in file order.
     pub rules: Vec<Rule>,
 }
 
@@ -468,30 +273,30 @@ mod tests {
 
     #[test]
     fn selector_operators() {
-        let req = |key: &str, operator, values: &[&str]| Requirement {
-            key: key.to_owned(),
-            operator,
-            values: values.iter().map(|v| (*v).to_owned()).collect(),
-        };
         let l = labels(&[("tier", "web"), ("env", "prod")]);
+        // (matchExpressions entry, whether it holds for the labels above)
         let cases = [
-            (req("tier", Operator::In, &["web", "api"]), true),
-            (req("tier", Operator::In, &["api"]), false),
-            (req("missing", Operator::In, &["x"]), false),
-            (req("tier", Operator::NotIn, &["api"]), true),
-            (req("tier", Operator::NotIn, &["web"]), false),
-            (req("missing", Operator::NotIn, &["x"]), true),
-            (req("env", Operator::Exists, &[]), true),
-            (req("missing", Operator::Exists, &[]), false),
-            (req("missing", Operator::DoesNotExist, &[]), true),
-            (req("env", Operator::DoesNotExist, &[]), false),
+            ("{key: tier, operator: In, values: [web, api]}", true),
+            ("{key: tier, operator: In, values: [api]}", false),
+            ("{key: missing, operator: In, values: [x]}", false),
+            ("{key: tier, operator: NotIn, values: [api]}", true),
+            ("{key: tier, operator: NotIn, values: [web]}", false),
+            ("{key: missing, operator: NotIn, values: [x]}", true),
+            ("{key: env, operator: Exists}", true),
+            ("{key: missing, operator: Exists}", false),
+            ("{key: missing, operator: DoesNotExist}", true),
+            ("{key: env, operator: DoesNotExist}", false),
         ];
-        for (r, want) in cases {
-            let sel = LabelSelector {
-                match_labels: BTreeMap::new(),
-                match_expressions: vec![r.clone()],
-            };
-            assert_eq!(sel.matches(&l), want, "{r:?}");
+        for (expression, holds) in cases {
+            let p = policy(
+                "cluster-wide",
+                &format!(
+                    "namespaces:\n  - match: {{labels: {{matchExpressions: [{expression}]}}}}\n    exempt: true\n"
+                ),
+            );
+            let exempt =
+                p.decide("app", NamespaceLabels::Known(&l)) == Decision::Exempt(Exemption::Rule(0));
+            assert_eq!(exempt, holds, "{expression}");
         }
     }
 

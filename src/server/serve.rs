@@ -230,7 +230,15 @@ async fn decide(app: &App, body: &[u8], started: Instant) -> Response<Body> {
             .map_or(crate::policy::NamespaceLabels::Unknown, |l| {
                 l.as_policy_input()
             });
-        let response = admission::respond(&review, &current.policy, input);
+        let response = match admission::respond(&review, &current.policy, input) {
+            Ok(response) => response,
+            Err(e) => {
+                let reason = crate::error_chain(&e);
+                app.metrics.count_request(route.as_str(), "error");
+                tracing::error!(uid = &*request.uid, %reason, "cannot answer the review");
+                return error(StatusCode::INTERNAL_SERVER_ERROR, reason);
+            }
+        };
         let elapsed = started.elapsed();
 
         let m = &app.metrics;
