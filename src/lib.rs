@@ -21,7 +21,6 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod fields;
-pub mod logs;
 pub mod metrics;
 pub mod namespaces;
 pub mod pod;

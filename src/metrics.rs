@@ -22,7 +22,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
 pub struct RequestLabels {
     /// create, ephemeral, other.
     pub operation: &'static str,
-    /// patched, unchanged, exempt, ignored, unreadable, bad_request, error.
+    /// patched, unchanged, exempt, ignored, unreadable, bad_request, client_timeout, error.
     pub result: &'static str,
 }
 
@@ -59,7 +59,6 @@ pub struct Metrics {
     pub certificate_reloads: Family<ResultLabels, Counter>,
     pub namespace_lookups: Family<LookupLabels, Counter>,
     pub open_connections: Gauge,
-    pub idle_connections: Gauge,
     pub tls_handshake_failures: Counter,
     answers: Answers,
 }
@@ -157,12 +156,6 @@ impl Metrics {
             "Open webhook connections",
             open_connections.clone(),
         );
-        let idle_connections = Gauge::default();
-        registry.register(
-            "idle_connections",
-            "HTTP/1.1 connections waiting for a request with only their TLS state (no HTTP buffers)",
-            idle_connections.clone(),
-        );
         let tls_handshake_failures = Counter::default();
         registry.register(
             "tls_handshake_failures",
@@ -180,7 +173,6 @@ impl Metrics {
             certificate_reloads,
             namespace_lookups,
             open_connections,
-            idle_connections,
             tls_handshake_failures,
             answers: Answers::default(),
         }
