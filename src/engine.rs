@@ -669,4 +669,148 @@ mod tests {
             "one add of the whole object where it is absent"
         );
     }
+
+    fn restricted() -> Defaults {
+        let mut d = Defaults::default();
+        for (name, value) in [
+            ("runAsNonRoot", json!(true)),
+            ("seccompProfile", json!({"type": "RuntimeDefault"})),
+            ("allowPrivilegeEscalation", json!(false)),
+            ("capabilities.drop", json!(["ALL"])),
+        ] {
+            d.set(field(name), value);
+        }
+        d
+    }
+
+    #[test]
+    fn restricted_fields_follow_their_guards() {
+        // (name, pod, pointer -> value after defaulting (Null: stays absent), words a warning must hold or "")
+        let cases: Vec<(&str, Value, Vec<(&str, Value)>, &str)> = vec![
+            (
+                "bare pod",
+                json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "app"}]}}),
+                vec![
+                    ("/spec/securityContext/runAsNonRoot", json!(true)),
+                    (
+                        "/spec/securityContext/seccompProfile",
+                        json!({"type": "RuntimeDefault"}),
+                    ),
+                    (
+                        "/spec/containers/0/securityContext/capabilities",
+                        json!({"drop": ["ALL"]}),
+                    ),
+                ],
+                "",
+            ),
+            (
+                "an added capability stays and the drop list joins it",
+                json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "web",
+                    "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}]}}),
+                vec![(
+                    "/spec/containers/0/securityContext/capabilities",
+                    json!({"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]}),
+                )],
+                "",
+            ),
+            (
+                "an explicit drop list stays",
+                json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "web",
+                    "securityContext": {"capabilities": {"drop": ["NET_RAW"]}}}]}}),
+                vec![(
+                    "/spec/containers/0/securityContext/capabilities/drop",
+                    json!(["NET_RAW"]),
+                )],
+                "",
+            ),
+            (
+                "a container running as root keeps the pod from runAsNonRoot",
+                json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "db",
+                    "securityContext": {"runAsUser": 0}}]}}),
+                vec![("/spec/securityContext/runAsNonRoot", Value::Null)],
+                "runAsNonRoot not defaulted: container \"db\" runs as user 0",
+            ),
+            (
+                "a pod running as root keeps the pod from runAsNonRoot",
+                json!({"spec": {"securityContext": {"runAsUser": 0}, "containers": [{"name": "app"}]}}),
+                vec![("/spec/securityContext/runAsNonRoot", Value::Null)],
+                "container \"app\" runs as user 0",
+            ),
+            (
+                "no user anywhere: set, with a warning",
+                json!({"spec": {"containers": [{"name": "app"}]}}),
+                vec![("/spec/securityContext/runAsNonRoot", json!(true))],
+                "runAsNonRoot set: container \"app\" has no runAsUser",
+            ),
+            (
+                "a container's own seccomp profile stays, and the pod gets the default",
+                json!({"spec": {"securityContext": {"runAsUser": 1}, "containers": [{"name": "app",
+                    "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}}]}}),
+                vec![
+                    (
+                        "/spec/containers/0/securityContext/seccompProfile/type",
+                        json!("Localhost"),
+                    ),
+                    (
+                        "/spec/securityContext/seccompProfile/type",
+                        json!("RuntimeDefault"),
+                    ),
+                ],
+                "",
+            ),
+            (
+                "privileged containers get no drop list",
+                json!({"spec": {"securityContext": {"runAsUser": 1}, "containers": [{"name": "vpn",
+                    "securityContext": {"privileged": true}}]}}),
+                vec![(
+                    "/spec/containers/0/securityContext/capabilities",
+                    Value::Null,
+                )],
+                "capabilities.drop not defaulted: container \"vpn\" is privileged",
+            ),
+        ];
+        for (name, pod, expectations, words) in cases {
+            let (patched, outcome) = run(&pod, &restricted());
+            for (pointer, want) in expectations {
+                let got = patched.pointer(pointer).cloned().unwrap_or(Value::Null);
+                assert_eq!(got, want, "{name}: {pointer}: {patched}");
+            }
+            if words.is_empty() {
+                assert!(
+                    outcome.warnings.is_empty(),
+                    "{name}: {:?}",
+                    outcome.warnings
+                );
+            } else {
+                assert!(
+                    outcome.warnings.iter().any(|w| w.contains(words)),
+                    "{name}: no {words:?} in {:?}",
+                    outcome.warnings
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn new_ephemeral_containers_get_the_container_level_restricted_fields_only() {
+        let old = json!({"spec": {"containers": [{"name": "app"}]}});
+        let new = json!({"spec": {"containers": [{"name": "app"}], "ephemeralContainers": [{"name": "debugger",
+            "securityContext": {"capabilities": {"add": ["SYS_PTRACE"]}}}]}});
+        let (old_text, new_text) = (old.to_string(), new.to_string());
+        let old_view: Pod = serde_json::from_str(&old_text).unwrap();
+        let new_view: Pod = serde_json::from_str(&new_text).unwrap();
+        let outcome = default_new_ephemeral(&new_view, &old_view, &restricted());
+        assert_eq!(
+            paths(&outcome),
+            vec![
+                "/spec/ephemeralContainers/0/securityContext/allowPrivilegeEscalation",
+                "/spec/ephemeralContainers/0/securityContext/capabilities/drop"
+            ]
+        );
+        assert_eq!(
+            outcome.summary,
+            "allowPrivilegeEscalation=false(debugger),capabilities.drop=ALL(debugger)"
+        );
+        assert_eq!(new_ephemeral_names(&new_view, &old_view), vec!["debugger"]);
+    }
 }

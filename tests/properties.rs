@@ -14,7 +14,8 @@ use secure_defaults::admission;
 use secure_defaults::engine::default_pod;
 use secure_defaults::fields::{Defaults, Field};
 use secure_defaults::pod::Pod;
-use secure_defaults::policy::{NamespaceLabels, Policy};
+use secure_defaults::policy::{NamespaceLabels, Policy, Profile};
+use secure_defaults::restricted;
 use serde_json::{Map, Value, json};
 
 /// Absent, null, or a value.
@@ -36,31 +37,54 @@ fn object(fields: Vec<(&'static str, Option<Value>)>) -> Value {
 }
 
 fn container_security_context() -> impl Strategy<Value = Value> {
-    let caps = prop::sample::subsequence(
-        vec!["NET_ADMIN", "SYS_ADMIN", "CAP_SYS_ADMIN", "CHOWN"],
+    let add = prop::sample::subsequence(
+        vec![
+            "NET_ADMIN",
+            "SYS_ADMIN",
+            "CAP_SYS_ADMIN",
+            "CHOWN",
+            "NET_BIND_SERVICE",
+        ],
         0..3,
     )
-    .prop_map(|add| json!({"add": add}));
+    .prop_map(|add| json!(add));
+    let drop = prop_oneof![Just(json!(["ALL"])), Just(json!(["NET_RAW"]))];
+    let caps = (optional(add), optional(drop))
+        .prop_map(|(add, drop)| object(vec![("add", add), ("drop", drop)]));
+    let seccomp = prop_oneof![
+        Just(json!({"type": "RuntimeDefault"})),
+        Just(json!({"type": "Unconfined"}))
+    ];
     (
-        optional(any::<bool>().prop_map(Value::Bool)),
-        optional(any::<bool>().prop_map(Value::Bool)),
-        optional(caps),
-        optional(id()),
-        optional(Just(json!({"hostProcess": true}))),
-        optional(Just(json!({"level": "s0:c1"}))),
+        (
+            optional(any::<bool>().prop_map(Value::Bool)),
+            optional(any::<bool>().prop_map(Value::Bool)),
+            optional(caps),
+            optional(id()),
+        ),
+        (
+            optional(Just(json!({"hostProcess": true}))),
+            optional(Just(json!({"level": "s0:c1"}))),
+            optional(any::<bool>().prop_map(Value::Bool)),
+            optional(seccomp),
+        ),
     )
-        .prop_map(|(ape, privileged, caps, user, windows, selinux)| {
-            // Windows host process containers are rare; keep most pods Linux pods.
-            let windows = windows.filter(|_| matches!(selinux, Some(Value::Null)));
-            object(vec![
-                ("allowPrivilegeEscalation", ape),
-                ("privileged", privileged),
-                ("capabilities", caps),
-                ("runAsUser", user),
-                ("windowsOptions", windows),
-                ("seLinuxOptions", selinux),
-            ])
-        })
+        .prop_map(
+            |((ape, privileged, caps, user), (windows, selinux, non_root, seccomp))| {
+                // Windows host process containers are rare; keep most pods Linux pods.
+                let windows = windows.filter(|_| matches!(selinux, Some(Value::Null)));
+                object(vec![
+                    ("allowPrivilegeEscalation", ape),
+                    ("privileged", privileged),
+                    ("capabilities", caps),
+                    ("runAsUser", user),
+                    ("windowsOptions", windows),
+                    ("seLinuxOptions", selinux),
+                    ("runAsNonRoot", non_root),
+                    ("seccompProfile", seccomp),
+                ])
+            },
+        )
 }
 
 fn container() -> impl Strategy<Value = Value> {
@@ -92,15 +116,20 @@ fn pod() -> impl Strategy<Value = Value> {
             Just(json!("Always")),
             Just(json!("OnRootMismatch"))
         ]),
-        optional(Just(json!({"type": "RuntimeDefault"}))),
+        optional(prop_oneof![
+            Just(json!({"type": "RuntimeDefault"})),
+            Just(json!({"type": "Unconfined"}))
+        ]),
+        optional(any::<bool>().prop_map(Value::Bool)),
     )
-        .prop_map(|(user, group, fs, policy, seccomp)| {
+        .prop_map(|(user, group, fs, policy, seccomp, non_root)| {
             object(vec![
                 ("runAsUser", user),
                 ("runAsGroup", group),
                 ("fsGroup", fs),
                 ("fsGroupChangePolicy", policy),
                 ("seccompProfile", seccomp),
+                ("runAsNonRoot", non_root),
             ])
         });
     let annotations = optional((any::<bool>(), any::<bool>()).prop_map(|(ours, mirror)| {
@@ -189,6 +218,8 @@ fn containers_of(doc: &Value) -> Vec<&Value> {
 /// Every field the table has, once set on some generated pod: a field the generators never reach is a field the
 /// properties below never checked.
 static COVERED: Mutex<BTreeSet<Field>> = Mutex::new(BTreeSet::new());
+/// Generated pods that had nothing "restricted" forbids and so were checked to pass it after defaulting.
+static RESTRICTED_PASSES: Mutex<usize> = Mutex::new(0);
 
 #[test]
 fn defaulting_is_additive_safe_and_idempotent() {
@@ -202,6 +233,11 @@ fn defaulting_is_additive_safe_and_idempotent() {
     for field in Field::all() {
         assert!(covered.contains(&field), "no generated pod got {field}");
     }
+    let passes = *RESTRICTED_PASSES.lock().unwrap();
+    assert!(
+        passes >= 50,
+        "only {passes} pods were checked against restricted"
+    );
 }
 
 fn check(input: &Value, defaults: &Defaults) -> Result<(), TestCaseError> {
@@ -282,6 +318,45 @@ fn check(input: &Value, defaults: &Defaults) -> Result<(), TestCaseError> {
                 );
             }
         }
+        // No drop list is added to a privileged container.
+        for (before, after) in containers_of(&input)
+            .iter()
+            .zip(containers_of(&output).iter())
+        {
+            let privileged = before.pointer("/securityContext/privileged") == Some(&json!(true));
+            let absent = |c: &Value| {
+                c.pointer("/securityContext/capabilities/drop")
+                    .is_none_or(Value::is_null)
+            };
+            if privileged && absent(before) {
+                prop_assert!(
+                    absent(after),
+                    "capabilities.drop added to a privileged container: {}",
+                    after
+                );
+            }
+        }
+        // runAsNonRoot is only added when no container would run as user 0.
+        if outcome
+            .applied
+            .get(Field::by_name("runAsNonRoot").unwrap())
+            .is_some()
+        {
+            let pod_user = output.pointer("/spec/securityContext/runAsUser").cloned();
+            for c in containers_of(&output) {
+                let user = c
+                    .pointer("/securityContext/runAsUser")
+                    .filter(|v| !v.is_null())
+                    .cloned()
+                    .or(pod_user.clone());
+                prop_assert_ne!(
+                    user,
+                    Some(json!(0)),
+                    "runAsNonRoot beside user 0: {}",
+                    output
+                );
+            }
+        }
         // Windows and mirror pods are left alone.
         let windows = input.pointer("/spec/os/name") == Some(&json!("windows"))
             || containers_of(&input).iter().any(|c| {
@@ -319,6 +394,25 @@ fn check(input: &Value, defaults: &Defaults) -> Result<(), TestCaseError> {
         let again_text = output.to_string();
         let again: Pod = serde_json::from_str(&again_text).unwrap();
         prop_assert_eq!(default_pod(&again, &defaults).patch, vec![]);
+
+        // With the restricted profile on top of these defaults, a pod with nothing explicit that "restricted"
+        // forbids comes out passing the whole "restricted" check.
+        let mut with_profile = Profile::Restricted.defaults();
+        with_profile.overlay(&defaults);
+        let outcome = default_pod(&view, &with_profile);
+        let mut output = input.clone();
+        json_patch::patch(&mut output, &outcome.patch).unwrap();
+        let spec = view.spec.as_ref().unwrap();
+        if !windows
+            && !mirror
+            && restricted::explicit_violations(spec, restricted::Scope::Pod).is_empty()
+        {
+            let text = output.to_string();
+            let patched: Pod = serde_json::from_str(&text).unwrap();
+            let problems = restricted::check(patched.spec.as_ref().unwrap());
+            prop_assert!(problems.is_empty(), "{:?} in {}", problems, output);
+            *RESTRICTED_PASSES.lock().unwrap() += 1;
+        }
     }
     Ok(())
 }

@@ -380,6 +380,52 @@ mod tests {
     }
 
     #[test]
+    fn the_restricted_profile_and_the_namespace_label() {
+        let head = "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: cluster-wide\n";
+        let p = parse(
+            format!("{head}profile: restricted\ndefaults: {{runAsUser: 1000}}\n").as_bytes(),
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        let Decision::Apply(plan) = p.decide("app", NamespaceLabels::Known(&labels(&[]))) else {
+            panic!("exempt")
+        };
+        assert_eq!(
+            plan.to_string(),
+            "runAsUser=1000,runAsNonRoot=true,seccompProfile=RuntimeDefault,allowPrivilegeEscalation=false,capabilities.drop=ALL"
+        );
+        assert!(!plan.enforces_restricted);
+        assert!(describe(&p).contains("profile restricted: the defaults include runAsNonRoot"));
+
+        let p = parse(
+            format!("{head}followPodSecurityLabels: true\ndefaults: {{runAsUser: 1000}}\nnamespaces:\n  - match: {{names: [db]}}\n    skip: [runAsNonRoot]\n").as_bytes(),
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        let decide = |ns: &str, level: &str| match p.decide(
+            ns,
+            NamespaceLabels::Known(&labels(&[("pod-security.kubernetes.io/enforce", level)])),
+        ) {
+            Decision::Apply(plan) => (plan.to_string(), plan.enforces_restricted),
+            Decision::Exempt(why) => (why.to_string(), false),
+        };
+        assert_eq!(
+            decide("app", "baseline"),
+            ("runAsUser=1000".to_owned(), false)
+        );
+        assert_eq!(
+            decide("app", "restricted"),
+            ("runAsUser=1000,runAsNonRoot=true,seccompProfile=RuntimeDefault,allowPrivilegeEscalation=false,capabilities.drop=ALL".to_owned(), true)
+        );
+        assert_eq!(
+            decide("db", "restricted").0,
+            "runAsUser=1000,seccompProfile=RuntimeDefault,allowPrivilegeEscalation=false,capabilities.drop=ALL",
+            "an entry's skip wins over the label"
+        );
+        assert!(describe(&p).contains("pod-security.kubernetes.io/enforce=restricted also get"));
+    }
+
+    #[test]
     fn describe_speaks_plainly() {
         let p = policy(
             "opt-in",
