@@ -10,7 +10,10 @@ use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Yaml};
 use serde::{Deserialize, Serialize};
 
+/// The process config file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG: &str = "config/secure-defaults.yaml";
+/// The policy file read when none is named.
+pub const DEFAULT_POLICY: &str = "config/policy.yaml";
 pub const ENV_PREFIX: &str = "SECURE_DEFAULTS_";
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +90,7 @@ impl Default for RawConfig {
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             tls_cert: PathBuf::from("/etc/secure-defaults/tls/tls.crt"),
             tls_key: PathBuf::from("/etc/secure-defaults/tls/tls.key"),
-            policy: PathBuf::from(crate::cli::DEFAULT_POLICY),
+            policy: PathBuf::from(DEFAULT_POLICY),
             namespace_lookups: true,
             reload_interval_ms: 1000,
             drain_seconds: 5,
