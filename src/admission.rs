@@ -14,11 +14,13 @@ use serde::de::IgnoredAny;
 use crate::engine::{self, Outcome};
 use crate::pod::Pod;
 use crate::policy::{Decision, Exemption, NamespaceLabels, Policy};
-use crate::restricted;
+use crate::{exceptions, restricted};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// Key of the audit annotation; the API server prefixes it with the webhook's name.
 pub const AUDIT_KEY: &str = "defaulted";
+/// Key of the audit annotation in report-only mode, with what would have been set.
+pub const REPORT_AUDIT_KEY: &str = "would-default";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
@@ -228,11 +230,15 @@ pub enum Verdict {
     Ignored,
     /// The object could not be read as a pod; allowed unchanged, with a warning.
     Unreadable,
+    /// Report-only mode: something would have been set; allowed unchanged, with what would have been set said.
+    Reported,
 }
 
 impl Verdict {
+    /// A bounded label for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
+            Verdict::Reported => "reported",
             Verdict::Patched => "patched",
             Verdict::Unchanged => "unchanged",
             Verdict::Exempt(_) => "exempt",
@@ -258,7 +264,7 @@ pub fn respond(
     labels: NamespaceLabels<'_>,
 ) -> Result<Response, AdmissionError> {
     let (verdict, outcome) = decide(review, policy, labels);
-    let body = encode(review, &outcome)?;
+    let body = encode(review, verdict, &outcome)?;
     Ok(Response {
         body,
         verdict,
@@ -279,11 +285,23 @@ fn decide(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> 
         Objects::Pods { object, old_object } => (object, old_object),
         Objects::Unreadable(error) => return unreadable(error),
     };
+    let skip = pod.annotations().and_then(|a| a.skip.as_deref());
+    let asked = exceptions::decide(skip, &plan.exceptions, &plan.defaults);
+    let mut defaults = plan.defaults.clone();
+    for field in &asked.honoured {
+        defaults.clear(*field);
+    }
     let mut outcome = match route {
-        Route::CreatePod => engine::default_pod(pod, &plan.defaults),
-        Route::AddEphemeral => engine::default_new_ephemeral(pod, old, &plan.defaults),
+        Route::CreatePod => engine::default_pod(pod, &defaults),
+        Route::AddEphemeral => engine::default_new_ephemeral(pod, old, &defaults),
         Route::Ignore => Outcome::default(),
     };
+    if !asked.warnings.is_empty() && !pod.is_mirror() {
+        outcome.warnings.splice(0..0, asked.warnings);
+    }
+    if route == Route::CreatePod && !asked.honoured.is_empty() {
+        engine::record_exceptions(pod, &asked.honoured, &mut outcome);
+    }
     if plan.enforces_restricted
         && let Some(spec) = &pod.spec
         && !pod.is_mirror()
@@ -295,6 +313,19 @@ fn decide(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> 
             _ => restricted::Scope::Pod,
         };
         outcome.warnings.extend(restricted::warnings(spec, scope));
+    }
+    if plan.report {
+        // The same decision as when enforcing; only the answer differs.
+        outcome.patch.clear();
+        if outcome.applied.is_empty() {
+            return (Verdict::Unchanged, outcome);
+        }
+        let would = format!(
+            "secure-defaults (report): would set {}",
+            outcome.applied.readable()
+        );
+        outcome.warnings.insert(0, would);
+        return (Verdict::Reported, outcome);
     }
     let verdict = if outcome.patch.is_empty() {
         Verdict::Unchanged
@@ -317,7 +348,11 @@ fn unreadable(error: &str) -> (Verdict, Outcome) {
 /// Writes the response review with kube's admission types. kube builds a response from its own parsed
 /// `AdmissionRequest<T>`; this webhook reads the request into a borrowed view instead (see `pod`), so it starts
 /// from [`AdmissionResponse::invalid`] and fills in what `From<&AdmissionRequest>` would.
-fn encode(review: &Review<'_>, outcome: &Outcome) -> Result<Vec<u8>, AdmissionError> {
+fn encode(
+    review: &Review<'_>,
+    verdict: Verdict,
+    outcome: &Outcome,
+) -> Result<Vec<u8>, AdmissionError> {
     let mut response = AdmissionResponse::invalid("");
     response.types = TypeMeta {
         api_version: review.api_version.clone().into_owned(),
@@ -330,9 +365,13 @@ fn encode(review: &Review<'_>, outcome: &Outcome) -> Result<Vec<u8>, AdmissionEr
         response.warnings = Some(outcome.warnings.clone());
     }
     if !outcome.summary.is_empty() {
+        let key = match verdict {
+            Verdict::Reported => REPORT_AUDIT_KEY,
+            _ => AUDIT_KEY,
+        };
         response
             .audit_annotations
-            .insert(AUDIT_KEY.to_owned(), outcome.summary.clone());
+            .insert(key.to_owned(), outcome.summary.clone());
     }
     if !outcome.patch.is_empty() {
         response = response
@@ -623,5 +662,60 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn pods_opt_out_of_the_fields_the_policy_allows_and_it_is_recorded() {
+        let policy = crate::policy::parse(
+            b"apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\npodExceptions: [fsGroup]\ndefaults: {runAsUser: 65532, fsGroup: 65532}\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        let mut object = pod();
+        object["metadata"]["annotations"] = json!({"secure-defaults.io/skip": "fsGroup,runAsUser"});
+        let bytes =
+            serde_json::to_vec(&review("CREATE", None, object.clone(), Value::Null)).unwrap();
+        let parsed = parse(&bytes).unwrap();
+        let on = BTreeMap::from([(INJECT_LABEL.to_owned(), "enabled".to_owned())]);
+        let r = respond(&parsed, &policy, NamespaceLabels::Known(&on)).unwrap();
+        let out: Value = serde_json::from_slice(&r.body).unwrap();
+        let mut patched = object;
+        let patch: json_patch::Patch =
+            serde_json::from_value(decoded_patch(&out).unwrap()).unwrap();
+        json_patch::patch(&mut patched, &patch).unwrap();
+        assert_eq!(
+            patched["spec"]["securityContext"],
+            json!({"runAsUser": 65532})
+        );
+        assert_eq!(
+            patched["metadata"]["annotations"]["secure-defaults.io/exceptions"],
+            "fsGroup"
+        );
+        let warnings = out["response"]["warnings"].to_string();
+        assert!(
+            warnings.contains("fsGroup not defaulted: the pod opts out"),
+            "{warnings}"
+        );
+        assert!(warnings.contains("leave out runAsUser"), "{warnings}");
+        assert_eq!(r.outcome.exceptions.len(), 1);
+    }
+
+    #[test]
+    fn report_mode_says_what_it_would_set_and_sets_nothing() {
+        let bytes = serde_json::to_vec(&review("CREATE", None, pod(), Value::Null)).unwrap();
+        let parsed = parse(&bytes).unwrap();
+        let report = BTreeMap::from([(INJECT_LABEL.to_owned(), "report".to_owned())]);
+        let r = respond(&parsed, &policy(), NamespaceLabels::Known(&report)).unwrap();
+        assert_eq!(r.verdict, Verdict::Reported);
+        let out: Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(out["response"].get("patch").is_none(), "{out}");
+        assert_eq!(
+            out["response"]["warnings"][0],
+            "secure-defaults (report): would set runAsUser=65532, allowPrivilegeEscalation=false (c)"
+        );
+        assert_eq!(
+            out["response"]["auditAnnotations"],
+            json!({"would-default": "runAsUser=65532,allowPrivilegeEscalation=false(c)"})
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! The engine never touches a value the pod states, falsy ones included, and skips (with a warning) whatever a
 //! field's guard says would make the pod invalid or unrunnable. Running it again on its own result yields nothing.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
@@ -25,6 +25,8 @@ pub struct Outcome {
     pub warnings: Vec<String>,
     /// What was set, field by field.
     pub applied: Applied,
+    /// The fields left out because the pod opted out of them, as its policy allows.
+    pub exceptions: BTreeSet<Field>,
 }
 
 /// Defaults a pod being created.
@@ -215,6 +217,20 @@ fn add_below(
 
 fn add(path: PointerBuf, value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation { path, value })
+}
+
+/// Records on the pod, in its exceptions annotation, the fields it opted out of (unless it already carries a
+/// record). The pod names them in its skip annotation, so its annotations exist.
+pub fn record_exceptions(pod: &Pod<'_>, honoured: &BTreeSet<Field>, out: &mut Outcome) {
+    out.exceptions.clone_from(honoured);
+    if pod.annotations().is_none_or(|a| a.exceptions) {
+        return;
+    }
+    let names: Vec<&str> = honoured.iter().map(|f| f.name()).collect();
+    out.patch.push(add(
+        PointerBuf::from_tokens(["metadata", "annotations", pod::EXCEPTIONS_ANNOTATION]),
+        json!(names.join(",")),
+    ));
 }
 
 /// Records what was defaulted in the pod's annotation, unless the pod already carries one: the engine only

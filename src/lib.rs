@@ -20,6 +20,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod exceptions;
 pub mod fields;
 pub mod metrics;
 pub mod namespaces;

@@ -7,10 +7,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use std::sync::OnceLock;
-
 use crate::admission::{Route, Verdict};
-use crate::fields::{self, Field};
+use crate::engine::Outcome;
+use crate::fields::Field;
 
 /// Latency buckets in seconds, fine below a millisecond where this webhook should live.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -60,34 +59,10 @@ pub struct Metrics {
     pub namespace_lookups: Family<LookupLabels, Counter>,
     pub open_connections: Gauge,
     pub tls_handshake_failures: Counter,
-    answers: Answers,
-}
-
-/// The series every admission touches, looked up in their families on first use and then kept: answering a
-/// review then neither hashes a label set nor takes a family's lock. A series still appears only once used.
-#[derive(Default)]
-struct Answers {
-    requests: [[OnceLock<Counter>; 5]; 3],
-    duration: [OnceLock<Histogram>; 3],
-    fields: [OnceLock<Counter>; fields::COUNT],
-}
-
-fn route_slot(route: Route) -> usize {
-    match route {
-        Route::CreatePod => 0,
-        Route::AddEphemeral => 1,
-        Route::Ignore => 2,
-    }
-}
-
-fn verdict_slot(verdict: Verdict) -> usize {
-    match verdict {
-        Verdict::Patched => 0,
-        Verdict::Unchanged => 1,
-        Verdict::Exempt(_) => 2,
-        Verdict::Ignored => 3,
-        Verdict::Unreadable => 4,
-    }
+    /// Pods that would have got a field, in report-only namespaces.
+    pub fields_would_default: Family<FieldLabels, Counter>,
+    /// Fields left out because a pod opted out of them, as its policy allows.
+    pub exceptions: Family<FieldLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -162,6 +137,18 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             tls_handshake_failures.clone(),
         );
+        let fields_would_default = Family::<FieldLabels, Counter>::default();
+        registry.register(
+            "fields_would_default",
+            "Pods in report-only namespaces that would have got a field, by field",
+            fields_would_default.clone(),
+        );
+        let exceptions = Family::<FieldLabels, Counter>::default();
+        registry.register(
+            "exceptions",
+            "Fields left out because the pod opted out with secure-defaults.io/skip, as its policy allows, by field",
+            exceptions.clone(),
+        );
         Self {
             registry,
             requests,
@@ -174,31 +161,35 @@ impl Metrics {
             namespace_lookups,
             open_connections,
             tls_handshake_failures,
-            answers: Answers::default(),
+            fields_would_default,
+            exceptions,
         }
     }
 
-    /// Counts an answered review and its time: [`Self::count_request`] and [`Self::observe_duration`] for the
-    /// labels of `route` and `verdict`, without the lookups.
-    pub fn count_answer(&self, route: Route, verdict: Verdict, seconds: f64) {
-        let operation = route.as_str();
-        self.answers.requests[route_slot(route)][verdict_slot(verdict)]
-            .get_or_init(|| {
-                self.requests
-                    .get_or_create(&RequestLabels {
-                        operation,
-                        result: verdict.as_str(),
-                    })
-                    .clone()
-            })
-            .inc();
-        self.answers.duration[route_slot(route)]
-            .get_or_init(|| {
-                self.duration
-                    .get_or_create(&OperationLabels { operation })
-                    .clone()
-            })
-            .observe(seconds);
+    /// Counts an answered review, its time, and the fields it set (or, in report-only mode, would have set) or
+    /// left out at the pod's request.
+    pub fn count_answer(&self, route: Route, verdict: Verdict, seconds: f64, outcome: &Outcome) {
+        self.count_request(route.as_str(), verdict.as_str());
+        self.observe_duration(route.as_str(), seconds);
+        let family = match verdict {
+            Verdict::Reported => &self.fields_would_default,
+            _ => &self.fields_defaulted,
+        };
+        for field in outcome.applied.fields() {
+            family
+                .get_or_create(&FieldLabels {
+                    field: field.name(),
+                })
+                .inc();
+        }
+        for field in &outcome.exceptions {
+            self.exceptions
+                .get_or_create(&FieldLabels {
+                    field: field.name(),
+                })
+                .inc();
+        }
+        self.warnings.inc_by(outcome.warnings.len() as u64);
     }
 
     pub fn count_request(&self, operation: &'static str, result: &'static str) {
@@ -213,15 +204,12 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Counts pods that got these fields.
     pub fn count_fields(&self, fields: impl Iterator<Item = Field>) {
         for field in fields {
-            self.answers.fields[field.index()]
-                .get_or_init(|| {
-                    self.fields_defaulted
-                        .get_or_create(&FieldLabels {
-                            field: field.name(),
-                        })
-                        .clone()
+            self.fields_defaulted
+                .get_or_create(&FieldLabels {
+                    field: field.name(),
                 })
                 .inc();
         }
@@ -255,12 +243,28 @@ mod tests {
         m.observe_duration("create", 0.000_07);
         let field = |name| Field::by_name(name).unwrap();
         m.count_fields([field("runAsUser")].into_iter());
-        m.count_answer(Route::CreatePod, Verdict::Patched, 0.000_07);
-        m.count_answer(Route::CreatePod, Verdict::Patched, 0.002);
-        m.count_answer(Route::Ignore, Verdict::Ignored, 0.000_01);
+        let none = Outcome::default();
+        m.count_answer(Route::CreatePod, Verdict::Patched, 0.000_07, &none);
+        m.count_answer(Route::CreatePod, Verdict::Patched, 0.002, &none);
+        m.count_answer(Route::Ignore, Verdict::Ignored, 0.000_01, &none);
         m.count_fields([field("runAsUser"), field("allowPrivilegeEscalation")].into_iter());
+        let mut reported = Outcome::default();
+        reported.applied.pod(field("fsGroup"), serde_json::json!(1));
+        reported.exceptions.insert(field("runAsUser"));
+        m.count_answer(Route::CreatePod, Verdict::Reported, 0.000_01, &reported);
         let text = m.encode();
-        // The kept handles and the family lookups count into the same series.
+        assert!(
+            text.contains(r#"secure_defaults_fields_would_default_total{field="fsGroup"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"secure_defaults_fields_defaulted_total{field="fsGroup"}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"secure_defaults_exceptions_total{field="runAsUser"} 1"#),
+            "{text}"
+        );
         assert!(text.contains("secure_defaults_admission_requests_total{operation=\"create\",result=\"patched\"} 3"), "{text}");
         assert!(
             text.contains(
@@ -274,11 +278,11 @@ mod tests {
         );
         assert!(
             text.contains(
-                "secure_defaults_admission_duration_seconds_count{operation=\"create\"} 3"
+                "secure_defaults_admission_duration_seconds_count{operation=\"create\"} 4"
             ),
             "{text}"
         );
-        assert!(text.contains("secure_defaults_admission_duration_seconds_bucket{le=\"0.0001\",operation=\"create\"} 2"), "{text}");
+        assert!(text.contains("secure_defaults_admission_duration_seconds_bucket{le=\"0.0001\",operation=\"create\"} 3"), "{text}");
         assert!(
             text.contains("secure_defaults_fields_defaulted_total{field=\"runAsUser\"} 2"),
             "{text}"

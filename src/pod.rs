@@ -15,6 +15,11 @@ use serde_json::{Map, Value};
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// The annotation that records on the pod what was defaulted.
 pub const DEFAULTED_ANNOTATION: &str = "secure-defaults.io/defaulted";
+/// The annotation by which a pod (in practice its template) asks not to get some fields: `fsGroup,runAsUser`, or
+/// `*` for every field. Honoured only for the fields the policy's `podExceptions` allow.
+pub const SKIP_ANNOTATION: &str = "secure-defaults.io/skip";
+/// The annotation that records on the pod which of the fields it asked to skip were left out.
+pub const EXCEPTIONS_ANNOTATION: &str = "secure-defaults.io/exceptions";
 
 /// A `securityContext`, as the pod states it.
 pub type SecurityContext = Map<String, Value>;
@@ -45,13 +50,18 @@ pub struct Metadata<'a> {
     pub annotations: Option<Annotations>,
 }
 
-/// What the engine needs to know of `metadata.annotations`: that the map exists, and whether two keys are in it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What the engine needs to know of `metadata.annotations`: that the map exists, whether some keys are in it,
+/// and the value of the skip annotation.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Annotations {
     /// The pod is a mirror pod.
     pub mirror: bool,
     /// The pod already records what was defaulted.
     pub defaulted: bool,
+    /// The pod already records the exceptions it got.
+    pub exceptions: bool,
+    /// The value of the skip annotation.
+    pub skip: Option<String>,
 }
 
 /// A map key, borrowed from the input when it has no escapes (a plain `Cow` would always copy it).
@@ -73,6 +83,11 @@ impl<'de> Deserialize<'de> for Annotations {
                     match key.as_ref() {
                         MIRROR_ANNOTATION => seen.mirror = true,
                         DEFAULTED_ANNOTATION => seen.defaulted = true,
+                        EXCEPTIONS_ANNOTATION => seen.exceptions = true,
+                        SKIP_ANNOTATION => {
+                            seen.skip = map.next_value::<Option<String>>()?;
+                            continue;
+                        }
                         _ => {}
                     }
                     map.next_value::<IgnoredAny>()?;
@@ -268,8 +283,8 @@ impl Pod<'_> {
     }
 
     /// What the engine knows of its annotations; `None` when the pod has none.
-    pub fn annotations(&self) -> Option<Annotations> {
-        self.metadata.as_ref().and_then(|m| m.annotations)
+    pub fn annotations(&self) -> Option<&Annotations> {
+        self.metadata.as_ref().and_then(|m| m.annotations.as_ref())
     }
 
     /// A mirror pod of a static pod, which is never defaulted.
@@ -308,9 +323,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             pod.annotations(),
-            Some(Annotations {
+            Some(&Annotations {
                 mirror: true,
-                defaulted: false
+                ..Annotations::default()
             })
         );
     }

@@ -390,6 +390,30 @@ fn check(input: &Value, defaults: &Defaults) -> Result<(), TestCaseError> {
             prop_assert!(outcome.patch.is_empty());
         }
 
+        // Report-only mode runs the same decision: no patch, and what it says would be set is exactly what
+        // enforcing mode sets.
+        let report =
+            BTreeMap::from([("secure-defaults.io/inject".to_owned(), "report".to_owned())]);
+        let reported =
+            admission::respond(&parsed, &policy, NamespaceLabels::Known(&report)).unwrap();
+        let said: Value = serde_json::from_slice(&reported.body).unwrap();
+        prop_assert!(said["response"].get("patch").is_none(), "{}", said);
+        prop_assert_eq!(&reported.outcome.summary, &outcome.summary);
+        prop_assert_eq!(&reported.outcome.applied, &outcome.applied);
+        if outcome.applied.is_empty() {
+            prop_assert!(said["response"].get("auditAnnotations").is_none());
+        } else {
+            prop_assert_eq!(
+                &said["response"]["auditAnnotations"]["would-default"],
+                &answer["response"]["auditAnnotations"]["defaulted"]
+            );
+            let warning = format!(
+                "secure-defaults (report): would set {}",
+                outcome.applied.readable()
+            );
+            prop_assert_eq!(&said["response"]["warnings"][0], &json!(warning));
+        }
+
         // A second run adds nothing.
         let again_text = output.to_string();
         let again: Pod = serde_json::from_str(&again_text).unwrap();

@@ -243,7 +243,7 @@ impl fmt::Display for Defaults {
         }
         let mut out = String::new();
         for (field, value) in self.iter() {
-            push_item(&mut out, field, value, &[]);
+            push_item(&mut out, field, value, &[], Style::Compact);
         }
         f.write_str(&out)
     }
@@ -286,7 +286,7 @@ impl Applied {
     }
 
     /// Records a pod-level field.
-    pub(crate) fn pod(&mut self, field: Field, value: Value) {
+    pub fn pod(&mut self, field: Field, value: Value) {
         self.insert(Set {
             field,
             value,
@@ -311,27 +311,63 @@ impl Applied {
         self.0.insert(at, set);
     }
 
-    /// `runAsUser=65532,fsGroup=65532,allowPrivilegeEscalation=false(app,init-db)`, or empty.
+    /// `runAsUser=65532,fsGroup=65532,allowPrivilegeEscalation=false(app,init-db)`, or empty: the annotation's
+    /// and the audit log's form.
     pub fn summary(&self) -> String {
         let mut out = String::new();
         for set in &self.0 {
-            push_item(&mut out, set.field, &set.value, &set.containers);
+            push_item(
+                &mut out,
+                set.field,
+                &set.value,
+                &set.containers,
+                Style::Compact,
+            );
+        }
+        out
+    }
+
+    /// `runAsUser=65532, allowPrivilegeEscalation=false (app, init-db)`: the same, for people to read.
+    pub fn readable(&self) -> String {
+        let mut out = String::new();
+        for set in &self.0 {
+            push_item(
+                &mut out,
+                set.field,
+                &set.value,
+                &set.containers,
+                Style::Readable,
+            );
         }
         out
     }
 }
 
-/// The one formatter of `name=value` items, shared by the policy's description and the pod's annotation.
-fn push_item(out: &mut String, field: Field, value: &Value, containers: &[String]) {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Compact,
+    Readable,
+}
+
+/// The one formatter of `name=value` items, shared by the policy's description, the pod's annotation and the
+/// report-mode warning.
+fn push_item(out: &mut String, field: Field, value: &Value, containers: &[String], style: Style) {
+    let separator = match style {
+        Style::Compact => ",",
+        Style::Readable => ", ",
+    };
     if !out.is_empty() {
-        out.push(',');
+        out.push_str(separator);
     }
     out.push_str(field.name());
     out.push('=');
     out.push_str(&field.show(value));
     if !containers.is_empty() {
+        if style == Style::Readable {
+            out.push(' ');
+        }
         out.push('(');
-        out.push_str(&containers.join(","));
+        out.push_str(&containers.join(separator));
         out.push(')');
     }
 }

@@ -42,6 +42,19 @@ fn write_description(policy: &Policy, out: &mut String) -> std::fmt::Result {
         )?;
     }
     writeln!(out, "defaults: {}", policy.defaults)?;
+    writeln!(
+        out,
+        "namespaces labelled {INJECT_LABEL}=report are served in report-only mode: what would be set is said, nothing is set"
+    )?;
+    if !policy.pod_exceptions.is_empty() {
+        let names: Vec<&str> = policy.pod_exceptions.iter().map(|f| f.name()).collect();
+        writeln!(
+            out,
+            "pods may opt out of {} with the annotation {}",
+            names.join(", "),
+            crate::pod::SKIP_ANNOTATION
+        )?;
+    }
     if policy.follow_pod_security_labels {
         let fields: Vec<String> = Profile::Restricted
             .defaults()
@@ -71,8 +84,20 @@ fn write_description(policy: &Policy, out: &mut String) -> std::fmt::Result {
         }
         let what = match &rule.action {
             Action::Exempt => "no defaulting at all".to_owned(),
-            Action::Adjust { set, skip } => {
+            Action::Adjust {
+                set,
+                skip,
+                report,
+                exceptions,
+            } => {
                 let mut parts = Vec::new();
+                if *report {
+                    parts.push("report only: say what would be set, set nothing".to_owned());
+                }
+                if !exceptions.is_empty() {
+                    let names: Vec<&str> = exceptions.iter().map(|f| f.name()).collect();
+                    parts.push(format!("pods may opt out of {}", names.join(", ")));
+                }
                 if !set.is_empty() {
                     parts.push(format!("set {set}"));
                 }

@@ -140,6 +140,8 @@ struct PolicyFile {
     #[serde(default)]
     follow_pod_security_labels: bool,
     #[serde(default)]
+    pod_exceptions: Vec<FieldName>,
+    #[serde(default)]
     defaults: Values,
     #[serde(default)]
     namespaces: Vec<RuleFile>,
@@ -158,6 +160,7 @@ impl PolicyFile {
             rules: self.namespaces.into_iter().map(|r| r.0).collect(),
             profile: self.profile,
             follow_pod_security_labels: self.follow_pod_security_labels,
+            pod_exceptions: self.pod_exceptions.into_iter().map(|f| f.0).collect(),
         }
     }
 }
@@ -267,6 +270,10 @@ struct RuleFields {
     skip: Vec<FieldName>,
     #[serde(default)]
     exempt: bool,
+    #[serde(default)]
+    report: bool,
+    #[serde(default)]
+    pod_exceptions: Vec<FieldName>,
 }
 
 struct RuleFile(Rule);
@@ -288,10 +295,12 @@ impl TryFrom<RuleFields> for RuleFile {
         }
         let set = raw.set.map(Values::into_defaults).unwrap_or_default();
         let skip: BTreeSet<Field> = raw.skip.into_iter().map(|f| f.0).collect();
+        let exceptions: BTreeSet<Field> = raw.pod_exceptions.into_iter().map(|f| f.0).collect();
         let action = if raw.exempt {
-            if !set.is_empty() || !skip.is_empty() {
+            if !set.is_empty() || !skip.is_empty() || raw.report || !exceptions.is_empty() {
                 return Err(
-                    "an entry with `exempt: true` cannot also have `set` or `skip`".to_owned(),
+                    "an entry with `exempt: true` cannot also have `set`, `skip`, `report` or `podExceptions`"
+                        .to_owned(),
                 );
             }
             Action::Exempt
@@ -299,13 +308,18 @@ impl TryFrom<RuleFields> for RuleFile {
             if let Some(field) = skip.iter().find(|f| set.get(**f).is_some()) {
                 return Err(format!("{field} is both in `set` and in `skip`"));
             }
-            if set.is_empty() && skip.is_empty() {
+            if set.is_empty() && skip.is_empty() && !raw.report && exceptions.is_empty() {
                 return Err(
-                    "the entry has none of `set`, `skip` or `exempt: true`, so it does nothing"
+                    "the entry has none of `set`, `skip`, `report: true`, `podExceptions` or `exempt: true`, so it does nothing"
                         .to_owned(),
                 );
             }
-            Action::Adjust { set, skip }
+            Action::Adjust {
+                set,
+                skip,
+                report: raw.report,
+                exceptions,
+            }
         };
         Ok(RuleFile(Rule {
             names,
@@ -492,7 +506,7 @@ mod tests {
             ),
             (
                 "namespaces:\n  - match: {names: [a]}\n    set: {fsGroup: 5}\n    exempt: true\n",
-                "cannot also have `set` or `skip`",
+                "cannot also have `set`, `skip`, `report` or `podExceptions`",
             ),
             (
                 "namespaces:\n  - match: {}\n    exempt: true\n",
@@ -501,6 +515,14 @@ mod tests {
             (
                 "namespaces:\n  - match: {names: [a]}\n",
                 "so it does nothing",
+            ),
+            (
+                "podExceptions: [fsGrup]\n",
+                "podExceptions[0]: unknown variant `fsGrup`",
+            ),
+            (
+                "namespaces:\n  - match: {names: [a]}\n    report: true\n    exempt: true\n",
+                "cannot also have",
             ),
             (
                 "namespaces:\n  - match: {names: [a]}\n    skip: [runAsUsr]\n",

@@ -16,7 +16,8 @@ pub use file::{PolicyError, load, parse};
 
 use crate::fields::{Defaults, Field};
 
-/// The namespace label that opts a namespace in (`enabled`) or, in cluster-wide mode, out (`disabled`).
+/// The namespace label that opts a namespace in (`enabled`), into report-only mode (`report`) or, in cluster-wide
+/// mode, out (`disabled`).
 pub const INJECT_LABEL: &str = "secure-defaults.io/inject";
 /// Namespaces that are never defaulted, whatever the policy says: the cluster's own.
 pub const ALWAYS_EXEMPT: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
@@ -49,6 +50,10 @@ pub enum Action {
         set: Defaults,
         /// Fields not defaulted here.
         skip: BTreeSet<Field>,
+        /// Report what would be set instead of setting it.
+        report: bool,
+        /// Fields a pod here may opt out of with its `secure-defaults.io/skip` annotation.
+        exceptions: BTreeSet<Field>,
     },
 }
 
@@ -105,7 +110,10 @@ impl fmt::Display for Exemption {
         match self {
             Exemption::System => f.write_str("a system namespace, always exempt"),
             Exemption::Listed => f.write_str("listed in exemptNamespaces"),
-            Exemption::NotOptedIn => write!(f, "not labelled {INJECT_LABEL}=enabled (opt-in mode)"),
+            Exemption::NotOptedIn => write!(
+                f,
+                "not labelled {INJECT_LABEL}=enabled or {INJECT_LABEL}=report (opt-in mode)"
+            ),
             Exemption::OptedOut => write!(f, "labelled {INJECT_LABEL}=disabled"),
             Exemption::Rule(i) => write!(f, "exempted by namespaces[{i}]"),
         }
@@ -128,6 +136,10 @@ pub struct Plan {
     /// The namespace enforces Pod Security "restricted" (its `pod-security.kubernetes.io/enforce` label), so
     /// explicit values that profile forbids are warned about.
     pub enforces_restricted: bool,
+    /// Report-only: say what would be set, set nothing (the `report` label value, or a matching entry).
+    pub report: bool,
+    /// The fields a pod may opt out of with its `secure-defaults.io/skip` annotation.
+    pub exceptions: BTreeSet<Field>,
 }
 
 impl fmt::Display for Plan {
@@ -173,6 +185,8 @@ pub struct Policy {
     /// A namespace labelled `pod-security.kubernetes.io/enforce: restricted` gets what "restricted" needs even
     /// where the defaults do not list it (an entry's `skip` still wins).
     pub follow_pod_security_labels: bool,
+    /// The fields any pod may opt out of with its `secure-defaults.io/skip` annotation (entries may add more).
+    pub pod_exceptions: BTreeSet<Field>,
 }
 
 impl Policy {
@@ -184,10 +198,12 @@ impl Policy {
         if self.exempt_namespaces.contains(namespace) {
             return Decision::Exempt(Exemption::Listed);
         }
+        let mut report = false;
         if let NamespaceLabels::Known(labels) = labels {
             let inject = labels.get(INJECT_LABEL).map(String::as_str);
+            report = inject == Some("report");
             match self.mode {
-                Mode::OptIn if inject != Some("enabled") => {
+                Mode::OptIn if inject != Some("enabled") && !report => {
                     return Decision::Exempt(Exemption::NotOptedIn);
                 }
                 Mode::ClusterWide if inject == Some("disabled") => {
@@ -198,18 +214,26 @@ impl Policy {
         }
         let mut effective = self.defaults.clone();
         let mut skipped = BTreeSet::new();
+        let mut exceptions = self.pod_exceptions.clone();
         for (index, rule) in self.rules.iter().enumerate() {
             if !rule.matches(namespace, labels) {
                 continue;
             }
             match &rule.action {
                 Action::Exempt => return Decision::Exempt(Exemption::Rule(index)),
-                Action::Adjust { set, skip } => {
+                Action::Adjust {
+                    set,
+                    skip,
+                    report: entry_reports,
+                    exceptions: entry_exceptions,
+                } => {
                     effective.overlay(set);
                     for field in skip {
                         effective.clear(*field);
                         skipped.insert(*field);
                     }
+                    report |= entry_reports;
+                    exceptions.extend(entry_exceptions);
                 }
             }
         }
@@ -232,6 +256,8 @@ impl Policy {
         Decision::Apply(Plan {
             defaults: effective,
             enforces_restricted,
+            report,
+            exceptions,
         })
     }
 }

@@ -242,9 +242,13 @@ async fn decide(app: &App, body: &[u8], started: Instant) -> Response<Body> {
         let elapsed = started.elapsed();
 
         let m = &app.metrics;
-        m.count_answer(route, response.verdict, elapsed.as_secs_f64());
-        m.count_fields(response.outcome.applied.fields());
-        m.warnings.inc_by(response.outcome.warnings.len() as u64);
+        m.count_answer(
+            route,
+            response.verdict,
+            elapsed.as_secs_f64(),
+            &response.outcome,
+        );
+
         if route != Route::Ignore {
             let pod = request.name.as_deref().unwrap_or("");
             let exempt = match response.verdict {
