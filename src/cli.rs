@@ -38,9 +38,14 @@ pub enum Output {
 
 #[derive(Debug, Args)]
 pub struct MutateArgs {
-    /// A Pod (YAML or JSON) or an AdmissionReview (JSON); `-` reads standard input.
-    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    /// A manifest file or a directory of them (read recursively: .yaml, .yml, .json), or `-` for standard input.
+    /// Pods, workloads with a pod template (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob,
+    /// PodTemplate), multi-document YAML, `kind: List`, or an AdmissionReview.
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR")]
     pub file: PathBuf,
+    /// Exit 1 when anything would change (errors exit 2), for CI gates.
+    #[arg(long)]
+    pub exit_code: bool,
     /// The policy file.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_POLICY)]
     pub policy: PathBuf,

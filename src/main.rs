@@ -14,15 +14,16 @@ use secure_defaults::{admission, preview};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         Command::Mutate(args) => mutate(args),
-        Command::Check(args) => check(args),
+        Command::Check(args) => check(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
+        // 2, so that `mutate --exit-code` can say "would change" with 1.
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }
@@ -103,44 +104,46 @@ fn init_tracing(config: &Config) -> anyhow::Result<tracing_appender::non_blockin
     Ok(guard)
 }
 
-fn mutate(args: MutateArgs) -> anyhow::Result<()> {
+fn mutate(args: MutateArgs) -> anyhow::Result<ExitCode> {
     let policy = policy::load(&args.policy)?;
-    let input = if args.file.as_os_str() == "-" {
-        let mut buf = Vec::new();
+    let sources = if args.file.as_os_str() == "-" {
+        let mut bytes = Vec::new();
         std::io::stdin()
-            .read_to_end(&mut buf)
+            .read_to_end(&mut bytes)
             .context("cannot read standard input")?;
-        buf
+        vec![preview::Source {
+            name: "-".to_owned(),
+            bytes,
+        }]
     } else {
-        std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?
+        preview::read_path(&args.file)?
     };
     let labels: BTreeMap<String, String> = args.namespace_labels.into_iter().collect();
     let options = preview::Options {
         namespace: args.namespace.as_deref(),
         labels: &labels,
     };
-    let result = preview::run(&input, &policy, &options)
-        .with_context(|| format!("{}", args.file.display()))?;
-    for warning in &result.warnings {
-        eprintln!("warning: {warning}");
+    let previews = preview::run(&sources, &policy, &options)?;
+    for note in preview::notes(&previews) {
+        eprintln!("{note}");
     }
-    if let admission::Verdict::Exempt(why) = result.verdict {
-        eprintln!("note: namespace {:?} is exempt: {why}", result.namespace);
-        if why == policy::Exemption::NotOptedIn && labels.is_empty() {
-            eprintln!(
-                "note: add --namespace-label {}=enabled to preview an opted-in namespace",
-                policy::INJECT_LABEL
-            );
-        }
+    let not_opted_in = previews
+        .iter()
+        .any(|p| p.verdict == admission::Verdict::Exempt(policy::Exemption::NotOptedIn));
+    if not_opted_in && labels.is_empty() {
+        eprintln!(
+            "note: add --namespace-label {}=enabled to preview an opted-in namespace",
+            policy::INJECT_LABEL
+        );
     }
-    let text = match (args.output, result.format) {
-        (Output::Patch, _) => serde_json::to_string_pretty(&result.patch_json())?,
-        (Output::Object, preview::Format::Json) => serde_json::to_string_pretty(&result.object)?,
-        (Output::Object, preview::Format::Yaml) => serde_yaml_ng::to_string(&result.object)?,
-    };
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", text.trim_end())?;
-    Ok(())
+    let text = preview::render(&previews, args.output == Output::Object)?;
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    let changes = previews.iter().any(|p| !p.patch.is_empty());
+    Ok(if args.exit_code && changes {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {

@@ -185,22 +185,22 @@ fn bad_input_fails_with_one_line() {
         (
             vec!["mutate", "-f", "-"],
             "spec: [unclosed",
-            "input is not valid YAML",
+            "-: not valid YAML",
         ),
         (
             vec!["mutate", "-f", "-"],
             "{\"spec\": [unclosed",
-            "input is not valid JSON",
+            "-: not valid JSON",
         ),
         (
             vec!["mutate", "-f", "-"],
-            "kind: Deployment\n",
-            "input is a Deployment, not a Pod",
+            "kind: Service\n",
+            "Service \"\" is not a Pod, a workload with a pod template",
         ),
         (
             vec!["mutate", "-f", "-"],
             "- a\n",
-            "not a YAML or JSON object",
+            "a document is not a YAML or JSON object",
         ),
         (
             vec![
@@ -249,4 +249,89 @@ fn check_describes_the_policy_and_a_namespace() {
         stdout.contains("namespace \"shop\": defaults runAsUser=65532"),
         "{stdout}"
     );
+}
+
+#[test]
+fn mutate_previews_workloads_in_a_directory_and_gates_ci_with_exit_code() {
+    let dir = std::env::temp_dir().join(format!("secure-defaults-cli-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("apps")).unwrap();
+    std::fs::write(
+        dir.join("apps/web.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: web, image: nginx}]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("nightly.json"),
+        r#"{"apiVersion":"batch/v1","kind":"CronJob","metadata":{"name":"nightly"},"spec":{"schedule":"@daily","jobTemplate":{"spec":{"template":{"spec":{"restartPolicy":"Never","containers":[{"name":"job","image":"busybox"}]}}}}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("more.yml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: one}\nspec: {containers: [{name: a, image: x}]}\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: apps/v1\n  kind: StatefulSet\n  metadata: {name: db}\n  spec:\n    selector: {matchLabels: {app: db}}\n    template:\n      metadata: {labels: {app: db}}\n      spec:\n        containers: [{name: db, image: postgres, securityContext: {runAsUser: 999}}]\n---\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("README.md"), "not a manifest").unwrap();
+    let label = "secure-defaults.io/inject=enabled";
+    let d = dir.to_str().unwrap();
+
+    let out = run(&["mutate", "-f", d, "-l", label, "--exit-code"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<(&str, &str)> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["kind"].as_str().unwrap(), r["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("Deployment", "web"),
+            ("Pod", "one"),
+            ("StatefulSet", "db"),
+            ("CronJob", "nightly")
+        ]
+    );
+    let web = &results[0];
+    assert_eq!(web["namespace"], "shop");
+    assert!(
+        web["patch"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|op| op["path"] == "/spec/template/spec/securityContext"),
+        "{web}"
+    );
+    let cron = &results[3]["patch"].to_string();
+    assert!(
+        cron.contains("/spec/jobTemplate/spec/template/spec/containers/0/securityContext"),
+        "{cron}"
+    );
+    assert!(
+        text(&out.stderr).contains("Deployment/web: would set runAsUser=65532"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Applying the output leaves nothing to change.
+    let out = run(&["mutate", "-f", d, "-l", label, "-o", "object"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let applied = dir.join("applied.yaml");
+    std::fs::write(&applied, &out.stdout).unwrap();
+    let out = run(
+        &[
+            "mutate",
+            "-f",
+            applied.to_str().unwrap(),
+            "-l",
+            label,
+            "--exit-code",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(&["mutate", "-f", "/nonexistent", "--exit-code"], None);
+    assert_eq!(out.status.code(), Some(2), "errors are not 'would change'");
+    let _ = std::fs::remove_dir_all(&dir);
 }
