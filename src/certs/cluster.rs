@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -12,12 +13,14 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Authority, CertError, Material, Plan, Settings};
 use crate::metrics::Metrics;
 use crate::server::tls::{CertStore, certified_key};
-use crate::watch::Every;
+use crate::watch::{Every, Outage, Report};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterCertError {
@@ -103,7 +106,9 @@ fn secret_data(m: &Material) -> BTreeMap<String, ByteString> {
     data
 }
 
-/// Every replica: serve what the Secret holds, swapping it in when it changes.
+/// Every replica: serve what the Secret holds, swapping it in when it changes. A watch on the one Secret (a
+/// field selector on its name, which is what lets RBAC restrict list and watch to that name) rather than a
+/// read per second per replica: a rotation reaches every replica as soon as it is written.
 pub async fn follow(
     client: kube::Client,
     target: Target,
@@ -112,21 +117,49 @@ pub async fn follow(
     stop: CancellationToken,
 ) {
     let api: Api<Secret> = Api::namespaced(client, &target.namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", target.secret));
+    let secrets = watcher(api, config)
+        .backoff(crate::watch::retry_backoff())
+        .applied_objects();
+    let mut secrets = std::pin::pin!(secrets);
     let mut served: Option<(Vec<u8>, Vec<u8>)> = None;
-    let mut every = Every::new(Duration::from_secs(1), stop);
-    while every.tick().await {
-        let secret = match api.get_opt(&target.secret).await {
-            Ok(Some(secret)) => secret,
-            Ok(None) => continue,
-            Err(error) => {
-                tracing::warn!(%error, secret = target.secret, "cannot read the certificate Secret; serving the current certificate");
+    let mut outage = Outage::new(crate::watch::REPORT_EVERY);
+    loop {
+        let next = tokio::select! {
+            next = secrets.next() => next,
+            () = stop.cancelled() => return,
+        };
+        let secret = match next {
+            Some(Ok(secret)) => {
+                if let Some(lasted) = outage.succeeded(Instant::now()) {
+                    tracing::info!(
+                        secret = target.secret,
+                        ?lasted,
+                        "watching the certificate Secret again"
+                    );
+                }
+                secret
+            }
+            // The watcher retries with backoff; the certificate in use stays.
+            Some(Err(error)) => {
+                match outage.failed(Instant::now()) {
+                    Some(Report::Began) => {
+                        tracing::warn!(error = %crate::error_chain(&error), secret = target.secret, "cannot watch the certificate Secret; serving the current certificate and retrying")
+                    }
+                    Some(Report::Continuing { failures, for_ }) => {
+                        tracing::warn!(error = %crate::error_chain(&error), secret = target.secret, failures, failing_for = ?for_, "still cannot watch the certificate Secret; serving the current certificate")
+                    }
+                    None => {}
+                }
                 continue;
             }
+            None => return,
         };
         let Some(data) = secret.data else { continue };
         let (Some(cert), Some(key)) = (data.get(super::TLS_CERT), data.get(super::TLS_KEY)) else {
             continue;
         };
+        // A re-list after a reconnect delivers the Secret again, unchanged.
         if served
             .as_ref()
             .is_some_and(|(c, k)| *c == cert.0 && *k == key.0)
