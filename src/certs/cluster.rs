@@ -192,9 +192,13 @@ pub async fn manage(
     settings: Settings,
     stop: CancellationToken,
 ) {
-    let mut every = Every::new(target.check_interval, stop);
+    // The holder renews at least three times per lease duration, so that the others, who judge expiry by how
+    // long they have seen the Lease unchanged, never see a live holder's Lease unchanged for that long.
+    let period = target.check_interval.min(target.lease_duration / 3);
+    let mut every = Every::new(period.max(Duration::from_millis(100)), stop);
+    let mut seen = None;
     while every.tick().await {
-        if let Err(error) = round(&client, &target, &settings).await {
+        if let Err(error) = round(&client, &target, &settings, &mut seen).await {
             tracing::warn!(error = %crate::error_chain(&error), "certificate management round failed; retrying");
         }
     }
@@ -204,8 +208,9 @@ async fn round(
     client: &kube::Client,
     target: &Target,
     settings: &Settings,
+    seen: &mut Option<Seen>,
 ) -> Result<(), ClusterCertError> {
-    if !hold_lease(client, target).await? {
+    if !hold_lease(client, target, seen).await? {
         return Ok(());
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
@@ -248,10 +253,66 @@ async fn round(
     Ok(())
 }
 
+/// A Lease as another replica left it: what changes on every renewal. The times are opaque values written by
+/// that replica's clock; only whether they changed matters here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub holder: Option<String>,
+    pub renew_time: Option<String>,
+    pub lease_duration_seconds: Option<i32>,
+    pub resource_version: Option<String>,
+}
+
+impl Record {
+    fn of(lease: &Lease) -> Self {
+        let spec = lease.spec.as_ref();
+        Self {
+            holder: spec
+                .and_then(|s| s.holder_identity.clone())
+                .filter(|h| !h.is_empty()),
+            renew_time: spec.and_then(|s| s.renew_time.as_ref().map(|t| t.0.to_string())),
+            lease_duration_seconds: spec.and_then(|s| s.lease_duration_seconds),
+            resource_version: lease.metadata.resource_version.clone(),
+        }
+    }
+}
+
+/// The Lease record this replica last saw and when it first saw it, by its own monotonic clock.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    record: Record,
+    since: Instant,
+}
+
+/// Whether another replica's Lease may be taken. As in client-go's leader election, expiry is judged by the
+/// local time at which this replica last saw the record change, never by the holder's `renewTime`: the holder's
+/// clock and ours may disagree by minutes, and a live holder would otherwise look expired (our clock ahead) or
+/// a dead one live for ever (ours behind). A holder that renews changes the record every round; a record seen
+/// unchanged for the lease's duration belongs to a holder that stopped. A Lease without a holder is free.
+/// Updates `seen` with `record` observed at `now`.
+pub fn takeable(seen: &mut Option<Seen>, record: Record, now: Instant, default: Duration) -> bool {
+    let since = match seen {
+        Some(last) if last.record == record => last.since,
+        _ => now,
+    };
+    let duration = record
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(default, Duration::from_secs);
+    let free = record.holder.is_none();
+    *seen = Some(Seen { record, since });
+    free || now.saturating_duration_since(since) >= duration
+}
+
 /// Takes the Lease if it is free or expired, renews it if held; returns whether this replica holds it.
-async fn hold_lease(client: &kube::Client, target: &Target) -> Result<bool, ClusterCertError> {
+async fn hold_lease(
+    client: &kube::Client,
+    target: &Target,
+    seen: &mut Option<Seen>,
+) -> Result<bool, ClusterCertError> {
     let api: Api<Lease> = Api::namespaced(client.clone(), &target.namespace);
     let err = |e| ClusterCertError::Lease(target.lease.clone(), e);
+    // Written for other readers (kubectl, client-go tools); this replica never compares them with its clock.
     let now = Timestamp::now();
     let duration = i32::try_from(target.lease_duration.as_secs()).unwrap_or(i32::MAX);
     let mut lease = match api.get_opt(&target.lease).await.map_err(err)? {
@@ -277,15 +338,13 @@ async fn hold_lease(client: &kube::Client, target: &Target) -> Result<bool, Clus
             };
         }
     };
-    let spec = lease.spec.get_or_insert_with(Default::default);
-    let mine = spec.holder_identity.as_deref() == Some(target.identity.as_str());
-    let expired = spec.renew_time.as_ref().is_none_or(|renewed| {
-        let held = i64::from(spec.lease_duration_seconds.unwrap_or(duration));
-        renewed.0.as_second() + held < now.as_second()
-    });
+    let record = Record::of(&lease);
+    let mine = record.holder.as_deref() == Some(target.identity.as_str());
+    let expired = takeable(seen, record, Instant::now(), target.lease_duration);
     if !mine && !expired {
         return Ok(false);
     }
+    let spec = lease.spec.get_or_insert_with(Default::default);
     if !mine {
         spec.holder_identity = Some(target.identity.clone());
         spec.acquire_time = Some(MicroTime(now));
@@ -293,6 +352,7 @@ async fn hold_lease(client: &kube::Client, target: &Target) -> Result<bool, Clus
     }
     spec.lease_duration_seconds = Some(duration);
     spec.renew_time = Some(MicroTime(now));
+    // Carries the resourceVersion read above: if another replica renewed or took it meanwhile, this fails.
     match api
         .replace(&target.lease, &PostParams::default(), &lease)
         .await
@@ -340,6 +400,95 @@ async fn inject(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_expiry_follows_the_local_clock_not_the_holders() {
+        const DURATION: Duration = Duration::from_secs(15);
+        let record = |holder: Option<&str>, renew: &str, version: &str| Record {
+            holder: holder.map(str::to_owned),
+            renew_time: Some(renew.to_owned()),
+            lease_duration_seconds: Some(15),
+            resource_version: Some(version.to_owned()),
+        };
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        // The holder's clock, an hour behind or ahead of ours, or right: none of it matters.
+        let past = "2020-01-01T00:00:00.000000Z";
+        let future = "2099-01-01T00:00:00.000000Z";
+        let renewals = [past, future, "2026-12-01T00:00:00.000000Z"];
+        for renew in renewals {
+            let mut seen = None;
+            let live = record(Some("other"), renew, "1");
+            assert!(
+                !takeable(&mut seen, live.clone(), at(0), DURATION),
+                "{renew}: first sight of a held Lease"
+            );
+            assert!(
+                !takeable(&mut seen, live.clone(), at(14), DURATION),
+                "{renew}: unchanged for less than its duration"
+            );
+            assert!(
+                takeable(&mut seen, live.clone(), at(15), DURATION),
+                "{renew}: unchanged for its duration"
+            );
+
+            // A holder that keeps renewing is never takeable, whatever its timestamps say.
+            let mut seen = None;
+            for (i, secs) in (0..120).step_by(5).enumerate() {
+                let renewed = record(Some("other"), renewals[i % renewals.len()], &i.to_string());
+                assert!(
+                    !takeable(&mut seen, renewed, at(secs), DURATION),
+                    "{renew}: renewed at {secs} s"
+                );
+            }
+        }
+
+        // A change of holder restarts the count; a Lease without a holder is free at once.
+        let mut seen = None;
+        assert!(!takeable(
+            &mut seen,
+            record(Some("a"), past, "1"),
+            at(0),
+            DURATION
+        ));
+        assert!(!takeable(
+            &mut seen,
+            record(Some("b"), past, "1"),
+            at(10),
+            DURATION
+        ));
+        assert!(!takeable(
+            &mut seen,
+            record(Some("b"), past, "1"),
+            at(24),
+            DURATION
+        ));
+        assert!(takeable(
+            &mut seen,
+            record(Some("b"), past, "1"),
+            at(25),
+            DURATION
+        ));
+        assert!(takeable(
+            &mut None,
+            record(None, future, "7"),
+            at(0),
+            DURATION
+        ));
+
+        // The Lease's own duration wins over ours; without one, ours applies.
+        let mut short = record(Some("other"), future, "3");
+        short.lease_duration_seconds = Some(2);
+        let mut seen = None;
+        assert!(!takeable(&mut seen, short.clone(), at(0), DURATION));
+        assert!(takeable(&mut seen, short, at(2), DURATION));
+        let mut unset = record(Some("other"), future, "4");
+        unset.lease_duration_seconds = None;
+        let mut seen = None;
+        assert!(!takeable(&mut seen, unset.clone(), at(0), DURATION));
+        assert!(!takeable(&mut seen, unset.clone(), at(14), DURATION));
+        assert!(takeable(&mut seen, unset, at(15), DURATION));
+    }
 
     #[test]
     fn secret_round_trip() {
