@@ -17,9 +17,9 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::store::{CertStore, certified_key};
 use super::{Authority, CertError, Material, Plan, Settings};
 use crate::metrics::Metrics;
-use crate::server::tls::{CertStore, certified_key};
 use crate::watch::{Every, Outage, Report};
 
 #[derive(Debug, thiserror::Error)]
