@@ -403,91 +403,117 @@ mod tests {
 
     #[test]
     fn lease_expiry_follows_the_local_clock_not_the_holders() {
-        const DURATION: Duration = Duration::from_secs(15);
-        let record = |holder: Option<&str>, renew: &str, version: &str| Record {
-            holder: holder.map(str::to_owned),
-            renew_time: Some(renew.to_owned()),
-            lease_duration_seconds: Some(15),
-            resource_version: Some(version.to_owned()),
-        };
+        // Our lease duration, for a Lease that does not say its own.
+        const OURS: Duration = Duration::from_secs(15);
+        // The holder's clock an hour behind ours, an hour ahead, or right: none of it may matter.
+        const BEHIND: &str = "2026-11-30T23:00:00Z";
+        const AHEAD: &str = "2026-12-01T01:00:00Z";
+        const RIGHT: &str = "2026-12-01T00:00:00Z";
+        // (local seconds since the first observation, holder, renewTime, resourceVersion, leaseDurationSeconds,
+        //  takeable?)
+        type Step = (
+            u64,
+            Option<&'static str>,
+            &'static str,
+            &'static str,
+            Option<i32>,
+            bool,
+        );
+        let table: &[(&str, &[Step])] = &[
+            (
+                "a live holder behind us renews: never takeable",
+                &[
+                    (0, Some("a"), BEHIND, "1", Some(15), false),
+                    (10, Some("a"), BEHIND, "2", Some(15), false),
+                    (20, Some("a"), BEHIND, "3", Some(15), false),
+                    (30, Some("a"), BEHIND, "4", Some(15), false),
+                ],
+            ),
+            (
+                "a live holder ahead of us renews: never takeable",
+                &[
+                    (0, Some("a"), AHEAD, "1", Some(15), false),
+                    (14, Some("a"), AHEAD, "2", Some(15), false),
+                    (28, Some("a"), AHEAD, "3", Some(15), false),
+                ],
+            ),
+            (
+                "a stale record behind us: takeable after its duration of local time, not at first sight",
+                &[
+                    (0, Some("a"), BEHIND, "1", Some(15), false),
+                    (14, Some("a"), BEHIND, "1", Some(15), false),
+                    (15, Some("a"), BEHIND, "1", Some(15), true),
+                ],
+            ),
+            (
+                "a stale record ahead of us: takeable after its duration, not an hour later",
+                &[
+                    (0, Some("a"), AHEAD, "1", Some(15), false),
+                    (15, Some("a"), AHEAD, "1", Some(15), true),
+                ],
+            ),
+            (
+                "a stale record with a right clock: the same",
+                &[
+                    (0, Some("a"), RIGHT, "1", Some(15), false),
+                    (15, Some("a"), RIGHT, "1", Some(15), true),
+                ],
+            ),
+            (
+                "a change of holder restarts the count",
+                &[
+                    (0, Some("a"), RIGHT, "1", Some(15), false),
+                    (10, Some("b"), RIGHT, "2", Some(15), false),
+                    (24, Some("b"), RIGHT, "2", Some(15), false),
+                    (25, Some("b"), RIGHT, "2", Some(15), true),
+                ],
+            ),
+            (
+                "a change of resourceVersion alone restarts the count",
+                &[
+                    (0, Some("a"), RIGHT, "1", Some(15), false),
+                    (10, Some("a"), RIGHT, "2", Some(15), false),
+                    (24, Some("a"), RIGHT, "2", Some(15), false),
+                ],
+            ),
+            (
+                "a Lease without a holder is free at once",
+                &[(0, None, AHEAD, "1", Some(15), true)],
+            ),
+            (
+                "the Lease's own duration wins over ours",
+                &[
+                    (0, Some("a"), AHEAD, "1", Some(2), false),
+                    (2, Some("a"), AHEAD, "1", Some(2), true),
+                ],
+            ),
+            (
+                "without one, ours applies",
+                &[
+                    (0, Some("a"), AHEAD, "1", None, false),
+                    (14, Some("a"), AHEAD, "1", None, false),
+                    (15, Some("a"), AHEAD, "1", None, true),
+                ],
+            ),
+        ];
         let start = Instant::now();
-        let at = |secs: u64| start + Duration::from_secs(secs);
-        // The holder's clock, an hour behind or ahead of ours, or right: none of it matters.
-        let past = "2020-01-01T00:00:00.000000Z";
-        let future = "2099-01-01T00:00:00.000000Z";
-        let renewals = [past, future, "2026-12-01T00:00:00.000000Z"];
-        for renew in renewals {
+        for (case, steps) in table {
             let mut seen = None;
-            let live = record(Some("other"), renew, "1");
-            assert!(
-                !takeable(&mut seen, live.clone(), at(0), DURATION),
-                "{renew}: first sight of a held Lease"
-            );
-            assert!(
-                !takeable(&mut seen, live.clone(), at(14), DURATION),
-                "{renew}: unchanged for less than its duration"
-            );
-            assert!(
-                takeable(&mut seen, live.clone(), at(15), DURATION),
-                "{renew}: unchanged for its duration"
-            );
-
-            // A holder that keeps renewing is never takeable, whatever its timestamps say.
-            let mut seen = None;
-            for (i, secs) in (0..120).step_by(5).enumerate() {
-                let renewed = record(Some("other"), renewals[i % renewals.len()], &i.to_string());
-                assert!(
-                    !takeable(&mut seen, renewed, at(secs), DURATION),
-                    "{renew}: renewed at {secs} s"
+            for &(secs, holder, renew, version, duration, expected) in *steps {
+                let record = Record {
+                    holder: holder.map(str::to_owned),
+                    renew_time: Some(renew.to_owned()),
+                    lease_duration_seconds: duration,
+                    resource_version: Some(version.to_owned()),
+                };
+                let now = start + Duration::from_secs(secs);
+                assert_eq!(
+                    takeable(&mut seen, record, now, OURS),
+                    expected,
+                    "{case}, at {secs} s"
                 );
             }
         }
-
-        // A change of holder restarts the count; a Lease without a holder is free at once.
-        let mut seen = None;
-        assert!(!takeable(
-            &mut seen,
-            record(Some("a"), past, "1"),
-            at(0),
-            DURATION
-        ));
-        assert!(!takeable(
-            &mut seen,
-            record(Some("b"), past, "1"),
-            at(10),
-            DURATION
-        ));
-        assert!(!takeable(
-            &mut seen,
-            record(Some("b"), past, "1"),
-            at(24),
-            DURATION
-        ));
-        assert!(takeable(
-            &mut seen,
-            record(Some("b"), past, "1"),
-            at(25),
-            DURATION
-        ));
-        assert!(takeable(
-            &mut None,
-            record(None, future, "7"),
-            at(0),
-            DURATION
-        ));
-
-        // The Lease's own duration wins over ours; without one, ours applies.
-        let mut short = record(Some("other"), future, "3");
-        short.lease_duration_seconds = Some(2);
-        let mut seen = None;
-        assert!(!takeable(&mut seen, short.clone(), at(0), DURATION));
-        assert!(takeable(&mut seen, short, at(2), DURATION));
-        let mut unset = record(Some("other"), future, "4");
-        unset.lease_duration_seconds = None;
-        let mut seen = None;
-        assert!(!takeable(&mut seen, unset.clone(), at(0), DURATION));
-        assert!(!takeable(&mut seen, unset.clone(), at(14), DURATION));
-        assert!(takeable(&mut seen, unset, at(15), DURATION));
     }
 
     #[test]
