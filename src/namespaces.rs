@@ -225,7 +225,10 @@ impl Cluster {
                 watcher::Event::InitApply(meta) => listing.extend(entry(meta)),
                 watcher::Event::InitDone => {
                     let count = listing.len();
-                    *self.write() = std::mem::take(&mut listing);
+                    let previous =
+                        std::mem::replace(&mut *self.write(), std::mem::take(&mut listing));
+                    // Freed after the lock is released: lookups never wait for thousands of entries to drop.
+                    drop(previous);
                     self.healthy.store(true, Ordering::Release);
                     backoff.reset();
                     if !self.synced.swap(true, Ordering::AcqRel) {
