@@ -55,14 +55,16 @@ fn labels() -> BTreeMap<String, String> {
 #[inline(never)]
 fn review_once(body: &[u8], policy: &Policy, labels: &BTreeMap<String, String>) -> usize {
     let review = admission::parse(body).expect("fixture parses");
-    let response = admission::respond(&review, policy, NamespaceLabels::Known(labels));
+    let response =
+        admission::respond(&review, policy, NamespaceLabels::Known(labels)).expect("responds");
     response.body.len()
 }
 
 /// A broken benchmark must fail loudly: check the engine really patches the fixture before timing it.
 fn check(containers: usize, body: &[u8], policy: &Policy, labels: &BTreeMap<String, String>) {
     let review = admission::parse(body).expect("fixture parses");
-    let response = admission::respond(&review, policy, NamespaceLabels::Known(labels));
+    let response =
+        admission::respond(&review, policy, NamespaceLabels::Known(labels)).expect("responds");
     assert_eq!(
         response.verdict,
         Verdict::Patched,
@@ -108,7 +110,8 @@ fn engine(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("respond", n), &parsed, |b, parsed| {
             b.iter(|| {
                 let response =
-                    admission::respond(black_box(parsed), &policy, NamespaceLabels::Known(&labels));
+                    admission::respond(black_box(parsed), &policy, NamespaceLabels::Known(&labels))
+                        .expect("responds");
                 black_box(response.body.len())
             });
         });

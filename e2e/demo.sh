@@ -90,7 +90,7 @@ kubectl label namespace demo secure-defaults.io/inject=enabled >/dev/null
 for _ in $(seq 1 100); do kubectl get serviceaccount default -n demo >/dev/null 2>&1 && break; sleep 0.1; done
 
 show() {
-  kubectl get pod "$1" -n demo -o jsonpath='  pod securityContext: {.spec.securityContext}{"\n"}{range .spec.initContainers[*]}  initContainer {.name}: {.securityContext}{"\n"}{end}{range .spec.containers[*]}  container {.name}: {.securityContext}{"\n"}{end}  annotation: {.metadata.annotations.secure-defaults\.io/defaulted}{"\n"}' "${@:2}"
+  kubectl get pod "$1" -o jsonpath='  pod securityContext: {.spec.securityContext}{"\n"}{range .spec.initContainers[*]}  initContainer {.name}: {.securityContext}{"\n"}{end}{range .spec.containers[*]}  container {.name}: {.securityContext}{"\n"}{end}  annotation: {.metadata.annotations.secure-defaults\.io/defaulted}{"\n"}' "${@:2}"
 }
 
 step "the sample pod as written (e2e/demo/pod.yaml)"
@@ -98,7 +98,19 @@ kubectl create --dry-run=client -f "$ROOT/e2e/demo/pod.yaml" -n demo -o jsonpath
 
 step "the sample pod as the API server stored it, after secure-defaults"
 kubectl create -f "$ROOT/e2e/demo/pod.yaml" -n demo >/dev/null
-show sample
+show sample -n demo
+
+step "namespace demo-restricted enforces Pod Security \"restricted\": the same pod, admitted once defaulted"
+kubectl create namespace demo-restricted >/dev/null
+kubectl label namespace demo-restricted secure-defaults.io/inject=enabled \
+  pod-security.kubernetes.io/enforce=restricted >/dev/null
+for _ in $(seq 1 100); do kubectl get serviceaccount default -n demo-restricted >/dev/null 2>&1 && break; sleep 0.1; done
+# The webhook learns the new namespace's labels from its watch within moments; retry until it is admitted.
+for _ in $(seq 1 50); do
+  kubectl create -f "$ROOT/e2e/demo/pod.yaml" -n demo-restricted >/dev/null 2>&1 && break
+  sleep 0.2
+done
+show sample -n demo-restricted
 
 cat <<MSG
 

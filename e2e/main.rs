@@ -5,6 +5,7 @@
 
 mod manifests;
 mod outage;
+mod restricted;
 mod selfcerts;
 mod support;
 

@@ -93,7 +93,7 @@ fn kubectl_ok(env: &ClusterEnv, args: &[&str], stdin: Option<&str>) -> String {
 fn render(env: &ClusterEnv, dir: &str) -> Vec<Value> {
     let path = repo().join(dir);
     let text = kubectl_ok(env, &["kustomize", path.to_str().unwrap()], None);
-    serde_yaml::Deserializer::from_str(&text)
+    serde_yaml_ng::Deserializer::from_str(&text)
         .map(|doc| Value::deserialize(doc).expect("a YAML document"))
         .filter(|doc| !doc.is_null())
         .collect()
@@ -142,7 +142,7 @@ fn policy_text(docs: &[Value]) -> String {
 }
 
 fn policy_value(text: &str) -> Value {
-    serde_yaml::from_str(text).expect("policy YAML")
+    serde_yaml_ng::from_str(text).expect("policy YAML")
 }
 
 fn deployment(docs: &[Value]) -> &Value {
@@ -188,7 +188,7 @@ fn process_config(docs: &[Value]) -> (String, Value) {
         .as_str()
         .expect("key secure-defaults.yaml")
         .to_owned();
-    let parsed = serde_yaml::from_str(&text).expect("process config YAML");
+    let parsed = serde_yaml_ng::from_str(&text).expect("process config YAML");
     (text, parsed)
 }
 

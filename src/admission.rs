@@ -6,15 +6,15 @@
 
 use std::borrow::Cow;
 
-use base64::Engine as _;
+use kube::core::admission::AdmissionResponse;
+use kube::core::{Status, TypeMeta};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::defaults::{self, Outcome};
-use crate::json;
-use crate::patch;
+use crate::engine::{self, Outcome};
 use crate::pod::Pod;
 use crate::policy::{Decision, Exemption, NamespaceLabels, Policy};
+use crate::restricted;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// Key of the audit annotation; the API server prefixes it with the webhook's name.
@@ -23,13 +23,19 @@ pub const AUDIT_KEY: &str = "defaulted";
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
     #[error("body is not an AdmissionReview")]
-    ParseReview(#[source] crate::json::Error),
+    ParseReview(#[source] serde_json::Error),
+    #[error("body is not an AdmissionReview: expected a JSON object")]
+    NotAnObject,
     #[error("unsupported AdmissionReview apiVersion {0:?}; only {API_VERSION} is served")]
     UnsupportedVersion(String),
     #[error("unsupported kind {0:?}; expected AdmissionReview")]
     UnsupportedKind(String),
     #[error("AdmissionReview has no request")]
     MissingRequest,
+    #[error("cannot encode the patch")]
+    EncodePatch(#[source] kube::core::admission::SerializePatchError),
+    #[error("cannot encode the response")]
+    EncodeResponse(#[source] serde_json::Error),
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,7 +141,11 @@ pub struct Review<'a> {
 
 /// Parses and checks an AdmissionReview body, reading the objects as pods in the same pass.
 pub fn parse(body: &[u8]) -> Result<Review<'_>, AdmissionError> {
-    match json::from_slice::<ReviewIn<'_, Pod<'_>>>(body) {
+    // serde reads a struct from a JSON array too; a review is an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(AdmissionError::NotAnObject);
+    }
+    match serde_json::from_slice::<ReviewIn<'_, Pod<'_>>>(body) {
         Ok(review) => check(review, |object, old_object| Objects::Pods {
             object: object.unwrap_or_default(),
             old_object: old_object.unwrap_or_default(),
@@ -144,7 +154,7 @@ pub fn parse(body: &[u8]) -> Result<Review<'_>, AdmissionError> {
         // that skips the objects tells which.
         Err(pod_error) => {
             let review: ReviewIn<'_, IgnoredAny> =
-                json::from_slice(body).map_err(AdmissionError::ParseReview)?;
+                serde_json::from_slice(body).map_err(AdmissionError::ParseReview)?;
             check(review, |_, _| Objects::Unreadable(pod_error.to_string()))
         }
     }
@@ -242,14 +252,18 @@ pub struct Response {
 }
 
 /// Decides a review: the engine's outcome, wrapped as an AdmissionReview response.
-pub fn respond(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> Response {
+pub fn respond(
+    review: &Review<'_>,
+    policy: &Policy,
+    labels: NamespaceLabels<'_>,
+) -> Result<Response, AdmissionError> {
     let (verdict, outcome) = decide(review, policy, labels);
-    let body = encode(review, &outcome);
-    Response {
+    let body = encode(review, &outcome)?;
+    Ok(Response {
         body,
         verdict,
         outcome,
-    }
+    })
 }
 
 fn decide(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> (Verdict, Outcome) {
@@ -257,19 +271,31 @@ fn decide(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> 
     let Some(namespace) = review.namespace() else {
         return (Verdict::Ignored, Outcome::default());
     };
-    let defaults = match policy.decide(namespace, labels) {
+    let plan = match policy.decide(namespace, labels) {
         Decision::Exempt(why) => return (Verdict::Exempt(why), Outcome::default()),
-        Decision::Apply(defaults) => defaults,
+        Decision::Apply(plan) => plan,
     };
     let (pod, old) = match &review.request.objects {
         Objects::Pods { object, old_object } => (object, old_object),
         Objects::Unreadable(error) => return unreadable(error),
     };
-    let outcome = match route {
-        Route::CreatePod => defaults::default_pod(pod, &defaults),
-        Route::AddEphemeral => defaults::default_new_ephemeral(pod, old, &defaults),
+    let mut outcome = match route {
+        Route::CreatePod => engine::default_pod(pod, &plan.defaults),
+        Route::AddEphemeral => engine::default_new_ephemeral(pod, old, &plan.defaults),
         Route::Ignore => Outcome::default(),
     };
+    if plan.enforces_restricted
+        && let Some(spec) = &pod.spec
+        && !pod.is_mirror()
+        && spec.windows().is_none()
+    {
+        let new = engine::new_ephemeral_names(pod, old);
+        let scope = match route {
+            Route::AddEphemeral => restricted::Scope::Containers(&new),
+            _ => restricted::Scope::Pod,
+        };
+        outcome.warnings.extend(restricted::warnings(spec, scope));
+    }
     let verdict = if outcome.patch.is_empty() {
         Verdict::Unchanged
     } else {
@@ -288,51 +314,32 @@ fn unreadable(error: &str) -> (Verdict, Outcome) {
     (Verdict::Unreadable, outcome)
 }
 
-/// Writes the response review. Hand-written rather than derived: this runs for every pod, and the base64
-/// patch, the largest part, needs no escaping.
-fn encode(review: &Review<'_>, outcome: &Outcome) -> Vec<u8> {
-    let patch = (!outcome.patch.is_empty()).then(|| patch::to_json(&outcome.patch));
-    let mut out = Vec::with_capacity(
-        256 + patch.as_ref().map_or(0, |p| p.len() * 4 / 3) + outcome.summary.len(),
-    );
-    out.extend_from_slice(b"{\"apiVersion\":");
-    json_string(&mut out, &review.api_version);
-    out.extend_from_slice(b",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
-    json_string(&mut out, &review.request.uid);
-    out.extend_from_slice(b",\"allowed\":true");
-    if let Some(patch) = patch {
-        out.extend_from_slice(b",\"patchType\":\"JSONPatch\",\"patch\":\"");
-        let start = out.len();
-        out.resize(
-            start + base64::encoded_len(patch.len(), true).unwrap_or(0),
-            0,
-        );
-        let written = base64::engine::general_purpose::STANDARD
-            .encode_slice(&patch, &mut out[start..])
-            .unwrap_or(0);
-        out.truncate(start + written);
-        out.push(b'"');
-    }
+/// Writes the response review with kube's admission types. kube builds a response from its own parsed
+/// `AdmissionRequest<T>`; this webhook reads the request into a borrowed view instead (see `pod`), so it starts
+/// from [`AdmissionResponse::invalid`] and fills in what `From<&AdmissionRequest>` would.
+fn encode(review: &Review<'_>, outcome: &Outcome) -> Result<Vec<u8>, AdmissionError> {
+    let mut response = AdmissionResponse::invalid("");
+    response.types = TypeMeta {
+        api_version: review.api_version.clone().into_owned(),
+        kind: "AdmissionReview".to_owned(),
+    };
+    response.uid = review.request.uid.clone().into_owned();
+    response.allowed = true;
+    response.result = Status::default();
     if !outcome.warnings.is_empty() {
-        out.extend_from_slice(b",\"warnings\":");
-        // A list of strings into memory: cannot fail.
-        let _ = serde_json::to_writer(&mut out, &outcome.warnings);
+        response.warnings = Some(outcome.warnings.clone());
     }
     if !outcome.summary.is_empty() {
-        out.extend_from_slice(b",\"auditAnnotations\":{\"");
-        out.extend_from_slice(AUDIT_KEY.as_bytes());
-        out.extend_from_slice(b"\":");
-        json_string(&mut out, &outcome.summary);
-        out.push(b'}');
+        response
+            .audit_annotations
+            .insert(AUDIT_KEY.to_owned(), outcome.summary.clone());
     }
-    out.extend_from_slice(b"}}");
-    out
-}
-
-fn json_string(out: &mut Vec<u8>, value: &str) {
-    out.push(b'"');
-    crate::json::escape(value, |piece| out.extend_from_slice(piece.as_bytes()));
-    out.push(b'"');
+    if !outcome.patch.is_empty() {
+        response = response
+            .with_patch(json_patch::Patch(outcome.patch.clone()))
+            .map_err(AdmissionError::EncodePatch)?;
+    }
+    serde_json::to_vec(&response.into_review()).map_err(AdmissionError::EncodeResponse)
 }
 
 /// What was set, for logs.
@@ -395,15 +402,15 @@ mod tests {
         let bytes = serde_json::to_vec(body).unwrap();
         let parsed = parse(&bytes).unwrap();
         let on = BTreeMap::from([(INJECT_LABEL.to_owned(), "enabled".to_owned())]);
-        let r = respond(&parsed, &policy(), NamespaceLabels::Known(&on));
+        let r = respond(&parsed, &policy(), NamespaceLabels::Known(&on)).unwrap();
         (r.verdict, serde_json::from_slice(&r.body).unwrap())
     }
 
+    /// The patch document of a response: kube's types write the patch's bytes as a JSON array of numbers, which
+    /// the API server reads as it reads base64.
     fn decoded_patch(response: &Value) -> Option<Value> {
-        let b64 = response.pointer("/response/patch")?.as_str()?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap();
+        let bytes: Vec<u8> =
+            serde_json::from_value(response.pointer("/response/patch")?.clone()).unwrap();
         Some(serde_json::from_slice(&bytes).unwrap())
     }
 
@@ -545,12 +552,12 @@ mod tests {
     fn exempt_namespace_is_allowed_unchanged() {
         let bytes = serde_json::to_vec(&review("CREATE", None, pod(), Value::Null)).unwrap();
         let parsed = parse(&bytes).unwrap();
-        let r = respond(&parsed, &policy(), NamespaceLabels::Known(&BTreeMap::new()));
+        let r = respond(&parsed, &policy(), NamespaceLabels::Known(&BTreeMap::new())).unwrap();
         assert_eq!(r.verdict, Verdict::Exempt(Exemption::NotOptedIn));
         let out: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(
             out["response"],
-            json!({"uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": true})
+            json!({"uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": true, "status": {}})
         );
     }
 
@@ -590,7 +597,7 @@ mod tests {
             "escaped mirror key recognised"
         );
         let on = BTreeMap::from([(INJECT_LABEL.to_owned(), "enabled".to_owned())]);
-        let r = respond(&parsed, &policy(), NamespaceLabels::Known(&on));
+        let r = respond(&parsed, &policy(), NamespaceLabels::Known(&on)).unwrap();
         assert_eq!(r.verdict, Verdict::Unchanged, "mirror pods are left alone");
         let out: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(out["response"]["uid"], "u1");
@@ -598,10 +605,11 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_errors_not_panics() {
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 8] = [
             (b"", "not an AdmissionReview"),
             (b"{", "not an AdmissionReview"),
-            (b"[]", "unsupported AdmissionReview apiVersion"),
+            (b"[]", "not an AdmissionReview: expected a JSON object"),
+            (b" [{\"apiVersion\":\"admission.k8s.io/v1\"}]", "expected a JSON object"),
             (b"{\"apiVersion\":\"admission.k8s.io/v1beta1\",\"kind\":\"AdmissionReview\"}", "only admission.k8s.io/v1 is served"),
             (b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"Pod\"}", "expected AdmissionReview"),
             (b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\"}", "has no request"),

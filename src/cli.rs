@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::config::LogFormat;
-
-pub const DEFAULT_POLICY: &str = "config/policy.yaml";
+use crate::config::{DEFAULT_POLICY, LogFormat};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -10,7 +10,10 @@ use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Yaml};
 use serde::{Deserialize, Serialize};
 
+/// The process config file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG: &str = "config/secure-defaults.yaml";
+/// The policy file read when none is named.
+pub const DEFAULT_POLICY: &str = "config/policy.yaml";
 pub const ENV_PREFIX: &str = "SECURE_DEFAULTS_";
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,8 @@ pub struct RawConfig {
     pub request_timeout_ms: u64,
     /// Deadline for a client to send its request headers (and for the TLS handshake).
     pub header_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed, so idle clients cannot hold every slot.
+    pub idle_timeout_ms: u64,
     /// Deadline for a direct namespace lookup when the cache does not know the namespace yet.
     pub namespace_lookup_timeout_ms: u64,
     pub max_connections: usize,
@@ -85,13 +90,14 @@ impl Default for RawConfig {
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             tls_cert: PathBuf::from("/etc/secure-defaults/tls/tls.crt"),
             tls_key: PathBuf::from("/etc/secure-defaults/tls/tls.key"),
-            policy: PathBuf::from(crate::cli::DEFAULT_POLICY),
+            policy: PathBuf::from(DEFAULT_POLICY),
             namespace_lookups: true,
             reload_interval_ms: 1000,
             drain_seconds: 5,
             shutdown_timeout_seconds: 10,
             request_timeout_ms: 2000,
             header_timeout_ms: 5000,
+            idle_timeout_ms: 90_000,
             namespace_lookup_timeout_ms: 500,
             max_connections: 1024,
             log_format: LogFormat::Auto,
@@ -138,6 +144,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub request_timeout: Duration,
     pub header_timeout: Duration,
+    pub idle_timeout: Duration,
     pub namespace_lookup_timeout: Duration,
     pub max_connections: NonZeroUsize,
     pub log_format: LogFormat,
@@ -214,6 +221,7 @@ impl TryFrom<RawConfig> for Config {
             reload_interval: positive("reload_interval_ms", raw.reload_interval_ms)?,
             request_timeout: positive("request_timeout_ms", raw.request_timeout_ms)?,
             header_timeout: positive("header_timeout_ms", raw.header_timeout_ms)?,
+            idle_timeout: positive("idle_timeout_ms", raw.idle_timeout_ms)?,
             namespace_lookup_timeout: positive(
                 "namespace_lookup_timeout_ms",
                 raw.namespace_lookup_timeout_ms,
@@ -287,6 +295,7 @@ mod tests {
             assert_eq!(c.max_connections.get(), 20);
             assert_eq!(c.log_level, "debug");
             assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 8443)));
+            assert_eq!(c.idle_timeout, Duration::from_secs(90));
             let c = load(
                 Path::new("c.yaml"),
                 true,
@@ -319,6 +328,14 @@ mod tests {
             assert!(
                 err.to_string()
                     .contains("max_connections must be greater than 0"),
+                "{err}"
+            );
+
+            jail.create_file("e.yaml", "idle_timeout_ms: 0\n")?;
+            let err = load(Path::new("e.yaml"), true, &Flags::default()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("idle_timeout_ms must be greater than 0"),
                 "{err}"
             );
 

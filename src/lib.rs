@@ -19,15 +19,14 @@ pub mod admission;
 pub mod certs;
 pub mod cli;
 pub mod config;
-pub mod defaults;
-pub mod json;
-pub mod logs;
+pub mod engine;
+pub mod fields;
 pub mod metrics;
 pub mod namespaces;
-pub mod patch;
 pub mod pod;
 pub mod policy;
 pub mod preview;
+pub mod restricted;
 pub mod server;
 pub mod watch;
 

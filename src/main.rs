@@ -9,7 +9,7 @@ use clap::Parser as _;
 use secure_defaults::cli::{CheckArgs, Cli, Command, MutateArgs, Output, ServeArgs};
 use secure_defaults::config::{self, Config, LogFormat};
 use secure_defaults::policy::{self, Decision, NamespaceLabels};
-use secure_defaults::{admission, logs, preview};
+use secure_defaults::{admission, preview};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -62,9 +62,11 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Logs go to standard error through a writer thread that batches lines (see `secure_defaults::logs`); the
-/// returned guard writes what is left when dropped.
-fn init_tracing(config: &Config) -> anyhow::Result<logs::BatchFlusher> {
+/// Logs go to standard error through tracing-appender's writer thread, so answering a review never waits on a
+/// write to standard error. The queue is bounded and not lossy: if standard error stalls long enough to fill it,
+/// logging waits rather than dropping a line. The returned guard writes what is queued when dropped, at exit.
+/// `log` records (rustls, and others) are bridged into tracing by the subscriber's `init`.
+fn init_tracing(config: &Config) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("invalid log_level {:?}", config.log_level))?;
@@ -74,22 +76,31 @@ fn init_tracing(config: &Config) -> anyhow::Result<logs::BatchFlusher> {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let ansi = std::io::stderr().is_terminal();
-    let (writer, flusher) =
-        logs::batch_writer(std::io::stderr(), logs::BATCH_WINDOW, logs::BATCH_BYTES)
-            .context("cannot start the log writer thread")?;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        // The worker flushes whenever its queue runs empty: lines that arrive together leave in one write.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(ansi);
     if json {
+        // One JSON object per line: timestamp, level, the event's fields (message among them), target, and,
+        // inside a span, a `span` object with its fields.
         builder
-            .fmt_fields(logs::JsonFields)
-            .event_format(logs::JsonLines)
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
             .init();
     } else {
         builder.init();
     }
-    Ok(flusher)
+    Ok(guard)
 }
 
 fn mutate(args: MutateArgs) -> anyhow::Result<()> {
@@ -125,7 +136,7 @@ fn mutate(args: MutateArgs) -> anyhow::Result<()> {
     let text = match (args.output, result.format) {
         (Output::Patch, _) => serde_json::to_string_pretty(&result.patch_json())?,
         (Output::Object, preview::Format::Json) => serde_json::to_string_pretty(&result.object)?,
-        (Output::Object, preview::Format::Yaml) => serde_yaml::to_string(&result.object)?,
+        (Output::Object, preview::Format::Yaml) => serde_yaml_ng::to_string(&result.object)?,
     };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", text.trim_end())?;
@@ -142,7 +153,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     if let Some(namespace) = args.namespace {
         let labels: BTreeMap<String, String> = args.namespace_labels.into_iter().collect();
         match policy.decide(&namespace, NamespaceLabels::Known(&labels)) {
-            Decision::Apply(defaults) => println!("namespace {namespace:?}: defaults {defaults}"),
+            Decision::Apply(plan) => println!("namespace {namespace:?}: defaults {plan}"),
             Decision::Exempt(why) => println!("namespace {namespace:?}: exempt, {why}"),
         }
     }

@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use std::sync::OnceLock;
 
 use crate::admission::{Route, Verdict};
-use crate::policy::Field;
+use crate::fields::{self, Field};
 
 /// Latency buckets in seconds, fine below a millisecond where this webhook should live.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -22,7 +22,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
 pub struct RequestLabels {
     /// create, ephemeral, other.
     pub operation: &'static str,
-    /// patched, unchanged, exempt, ignored, unreadable, bad_request, error.
+    /// patched, unchanged, exempt, ignored, unreadable, bad_request, client_timeout, error.
     pub result: &'static str,
 }
 
@@ -59,7 +59,6 @@ pub struct Metrics {
     pub certificate_reloads: Family<ResultLabels, Counter>,
     pub namespace_lookups: Family<LookupLabels, Counter>,
     pub open_connections: Gauge,
-    pub idle_connections: Gauge,
     pub tls_handshake_failures: Counter,
     answers: Answers,
 }
@@ -70,7 +69,7 @@ pub struct Metrics {
 struct Answers {
     requests: [[OnceLock<Counter>; 5]; 3],
     duration: [OnceLock<Histogram>; 3],
-    fields: [OnceLock<Counter>; Field::ALL.len()],
+    fields: [OnceLock<Counter>; fields::COUNT],
 }
 
 fn route_slot(route: Route) -> usize {
@@ -157,12 +156,6 @@ impl Metrics {
             "Open webhook connections",
             open_connections.clone(),
         );
-        let idle_connections = Gauge::default();
-        registry.register(
-            "idle_connections",
-            "HTTP/1.1 connections waiting for a request with only their TLS state (no HTTP buffers)",
-            idle_connections.clone(),
-        );
         let tls_handshake_failures = Counter::default();
         registry.register(
             "tls_handshake_failures",
@@ -180,7 +173,6 @@ impl Metrics {
             certificate_reloads,
             namespace_lookups,
             open_connections,
-            idle_connections,
             tls_handshake_failures,
             answers: Answers::default(),
         }
@@ -223,11 +215,11 @@ impl Metrics {
 
     pub fn count_fields(&self, fields: impl Iterator<Item = Field>) {
         for field in fields {
-            self.answers.fields[field as usize]
+            self.answers.fields[field.index()]
                 .get_or_init(|| {
                     self.fields_defaulted
                         .get_or_create(&FieldLabels {
-                            field: field.as_str(),
+                            field: field.name(),
                         })
                         .clone()
                 })
@@ -261,11 +253,12 @@ mod tests {
         let m = Metrics::new();
         m.count_request("create", "patched");
         m.observe_duration("create", 0.000_07);
-        m.count_fields([Field::RunAsUser].into_iter());
+        let field = |name| Field::by_name(name).unwrap();
+        m.count_fields([field("runAsUser")].into_iter());
         m.count_answer(Route::CreatePod, Verdict::Patched, 0.000_07);
         m.count_answer(Route::CreatePod, Verdict::Patched, 0.002);
         m.count_answer(Route::Ignore, Verdict::Ignored, 0.000_01);
-        m.count_fields([Field::RunAsUser, Field::AllowPrivilegeEscalation].into_iter());
+        m.count_fields([field("runAsUser"), field("allowPrivilegeEscalation")].into_iter());
         let text = m.encode();
         // The kept handles and the family lookups count into the same series.
         assert!(text.contains("secure_defaults_admission_requests_total{operation=\"create\",result=\"patched\"} 3"), "{text}");

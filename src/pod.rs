@@ -1,37 +1,46 @@
-//! A borrowed, minimal view of a Pod: only the fields the defaulting rules read, so parsing skips the rest
-//! (managedFields, env, probes, volumes) without building it.
+//! A borrowed, minimal view of a Pod, read with serde_json: the pod's structure down to each `securityContext`,
+//! which is kept whole as a JSON map so every field in [`crate::fields`] can look up its own keys. Everything
+//! else (managedFields, env, probes, volumes) is validated and skipped without being built.
 //!
-//! Every field here is `Option`: a key that is missing and a key whose value is `null` both read as `None`,
-//! which is exactly the engine's meaning of "absent". Presence-only fields use [`IgnoredAny`] so their value
-//! is never materialised.
+//! A key that is missing and a key whose value is `null` both read as absent, which is exactly the engine's
+//! meaning of "absent".
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Map, Value};
 
 /// The annotation the kubelet puts on mirror pods of static pods; those are never defaulted.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// The annotation that records on the pod what was defaulted.
 pub const DEFAULTED_ANNOTATION: &str = "secure-defaults.io/defaulted";
 
+/// A `securityContext`, as the pod states it.
+pub type SecurityContext = Map<String, Value>;
+
+/// The pod, or `{}` where a review carries none.
 #[derive(Debug, Default, Deserialize)]
 pub struct Pod<'a> {
+    /// `metadata`.
     #[serde(borrow, default)]
     pub metadata: Option<Metadata<'a>>,
+    /// `spec`.
     #[serde(borrow, default)]
     pub spec: Option<Spec<'a>>,
 }
 
+/// What the engine reads of `metadata`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata<'a> {
+    /// `name`.
     #[serde(borrow, default)]
     pub name: Option<Cow<'a, str>>,
+    /// `generateName`, the name's stand-in before the API server picks one.
     #[serde(borrow, default)]
     pub generate_name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub namespace: Option<Cow<'a, str>>,
+    /// `annotations`.
     #[serde(default)]
     pub annotations: Option<Annotations>,
 }
@@ -39,7 +48,9 @@ pub struct Metadata<'a> {
 /// What the engine needs to know of `metadata.annotations`: that the map exists, and whether two keys are in it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Annotations {
+    /// The pod is a mirror pod.
     pub mirror: bool,
+    /// The pod already records what was defaulted.
     pub defaulted: bool,
 }
 
@@ -73,100 +84,132 @@ impl<'de> Deserialize<'de> for Annotations {
     }
 }
 
+/// What the engine reads of `spec`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Spec<'a> {
+    /// The pod-level `securityContext`.
     #[serde(default)]
-    pub security_context: Option<PodSecurityContext>,
+    pub security_context: Option<SecurityContext>,
+    /// `os`.
     #[serde(borrow, default)]
     pub os: Option<Os<'a>>,
+    /// `containers`.
     #[serde(borrow, default)]
     pub containers: Option<Vec<Container<'a>>>,
+    /// `initContainers`.
     #[serde(borrow, default)]
     pub init_containers: Option<Vec<Container<'a>>>,
+    /// `ephemeralContainers`.
     #[serde(borrow, default)]
     pub ephemeral_containers: Option<Vec<Container<'a>>>,
+    /// `hostNetwork`.
+    #[serde(default)]
+    pub host_network: Option<bool>,
+    /// `hostPID`.
+    #[serde(default, rename = "hostPID")]
+    pub host_pid: Option<bool>,
+    /// `hostIPC`.
+    #[serde(default, rename = "hostIPC")]
+    pub host_ipc: Option<bool>,
+    /// `volumes`.
+    #[serde(borrow, default)]
+    pub volumes: Option<Vec<Volume<'a>>>,
 }
 
+/// What the engine reads of a volume: its name, and whether it is a hostPath volume.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PodSecurityContext {
+pub struct Volume<'a> {
+    /// `name`.
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    /// `hostPath`, present or not.
     #[serde(default)]
-    pub run_as_user: Option<IgnoredAny>,
-    #[serde(default)]
-    pub run_as_group: Option<IgnoredAny>,
-    #[serde(default)]
-    pub fs_group: Option<IgnoredAny>,
-    #[serde(default)]
-    pub fs_group_change_policy: Option<IgnoredAny>,
-    #[serde(default)]
-    pub windows_options: Option<WindowsOptions>,
+    pub host_path: Option<IgnoredAny>,
 }
 
+/// `spec.os`.
 #[derive(Debug, Default, Deserialize)]
 pub struct Os<'a> {
+    /// `linux` or `windows`.
     #[serde(borrow, default)]
     pub name: Option<Cow<'a, str>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WindowsOptions {
-    #[serde(default)]
-    pub host_process: Option<bool>,
-}
-
+/// One container, of any of the three lists.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Container<'a> {
+    /// `name`.
     #[serde(borrow, default)]
     pub name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub security_context: Option<ContainerSecurityContext<'a>>,
+    /// Its `securityContext`.
+    #[serde(default)]
+    pub security_context: Option<SecurityContext>,
 }
 
 impl Container<'_> {
+    /// The container's name, or "" for a nameless one.
     pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("")
     }
-}
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerSecurityContext<'a> {
-    #[serde(default)]
-    pub allow_privilege_escalation: Option<IgnoredAny>,
-    #[serde(default)]
-    pub privileged: Option<bool>,
-    #[serde(borrow, default)]
-    pub capabilities: Option<Capabilities<'a>>,
-    #[serde(default)]
-    pub run_as_user: Option<IgnoredAny>,
-    #[serde(default)]
-    pub windows_options: Option<WindowsOptions>,
-}
+    /// The stated (non-null) value at `path` below the container's `securityContext`.
+    pub fn value(&self, path: &[&str]) -> Option<&Value> {
+        let (last, parents) = path.split_last()?;
+        let mut map = self.security_context.as_ref()?;
+        for key in parents {
+            map = map.get(*key)?.as_object()?;
+        }
+        map.get(*last).filter(|v| !v.is_null())
+    }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct Capabilities<'a> {
-    #[serde(borrow, default)]
-    pub add: Option<Vec<Cow<'a, str>>>,
+    /// `privileged: true`.
+    pub fn privileged(&self) -> bool {
+        self.value(&["privileged"]) == Some(&Value::Bool(true))
+    }
+
+    /// Whether `capabilities.add` holds `name`, with or without its `CAP_` prefix, in any case.
+    pub fn adds_capability(&self, name: &str) -> bool {
+        let Some(Value::Array(add)) = self.value(&["capabilities", "add"]) else {
+            return false;
+        };
+        add.iter().filter_map(Value::as_str).any(|cap| {
+            let cap = cap
+                .get(..4)
+                .filter(|p| p.eq_ignore_ascii_case("CAP_"))
+                .map_or(cap, |_| &cap[4..]);
+            cap.eq_ignore_ascii_case(name)
+        })
+    }
+
+    /// `windowsOptions.hostProcess: true`.
+    pub fn host_process(&self) -> bool {
+        self.value(&["windowsOptions", "hostProcess"]) == Some(&Value::Bool(true))
+    }
 }
 
 /// Which of the pod's container lists a container is in; the token is its key under `spec`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerList {
+    /// `containers`.
     Containers,
+    /// `initContainers`.
     InitContainers,
+    /// `ephemeralContainers`.
     EphemeralContainers,
 }
 
 impl ContainerList {
+    /// The three lists, in the order the annotation names their containers.
     pub const ALL: [ContainerList; 3] = [
         ContainerList::Containers,
         ContainerList::InitContainers,
         ContainerList::EphemeralContainers,
     ];
 
+    /// The list's key under `spec`.
     pub fn key(self) -> &'static str {
         match self {
             ContainerList::Containers => "containers",
@@ -177,6 +220,7 @@ impl ContainerList {
 }
 
 impl<'a> Spec<'a> {
+    /// The containers of one list (empty when the list is absent).
     pub fn list(&self, list: ContainerList) -> &[Container<'a>] {
         let containers = match list {
             ContainerList::Containers => &self.containers,
@@ -195,9 +239,27 @@ impl<'a> Spec<'a> {
                 .map(move |(i, c)| (list, i, c))
         })
     }
+
+    /// Why the pod counts as a Windows pod, where the Linux fields this engine sets are invalid.
+    pub fn windows(&self) -> Option<&'static str> {
+        if self.os.as_ref().and_then(|os| os.name.as_deref()) == Some("windows") {
+            return Some("spec.os.name is windows");
+        }
+        let pod_hpc = self
+            .security_context
+            .as_ref()
+            .and_then(|sc| sc.get("windowsOptions"))
+            .and_then(|w| w.get("hostProcess"))
+            == Some(&Value::Bool(true));
+        if pod_hpc || self.all_containers().any(|(_, _, c)| c.host_process()) {
+            return Some("windowsOptions.hostProcess is set");
+        }
+        None
+    }
 }
 
 impl Pod<'_> {
+    /// The pod's name, else its generateName, else "".
     pub fn name(&self) -> &str {
         let meta = self.metadata.as_ref();
         meta.and_then(|m| m.name.as_deref())
@@ -205,8 +267,14 @@ impl Pod<'_> {
             .unwrap_or("")
     }
 
+    /// What the engine knows of its annotations; `None` when the pod has none.
     pub fn annotations(&self) -> Option<Annotations> {
         self.metadata.as_ref().and_then(|m| m.annotations)
+    }
+
+    /// A mirror pod of a static pod, which is never defaulted.
+    pub fn is_mirror(&self) -> bool {
+        self.annotations().is_some_and(|a| a.mirror)
     }
 }
 
@@ -216,7 +284,7 @@ mod tests {
 
     #[test]
     fn null_reads_as_absent() {
-        let pod: Pod = crate::json::from_slice(
+        let pod: Pod = serde_json::from_slice(
             br#"{"metadata":{"annotations":null},"spec":{"securityContext":{"runAsUser":null,"fsGroup":0},
                 "containers":[{"name":"a","securityContext":null}]}}"#,
         )
@@ -224,14 +292,17 @@ mod tests {
         assert!(pod.annotations().is_none());
         let spec = pod.spec.unwrap();
         let sc = spec.security_context.unwrap();
-        assert!(sc.run_as_user.is_none());
-        assert!(sc.fs_group.is_some(), "0 is a value, not absence");
+        assert!(
+            crate::fields::stated(Some(&sc), &["fsGroup"]),
+            "0 is a value"
+        );
+        assert!(!crate::fields::stated(Some(&sc), &["runAsUser"]));
         assert!(spec.containers.unwrap()[0].security_context.is_none());
     }
 
     #[test]
     fn annotations_report_only_the_keys_that_matter() {
-        let pod: Pod = crate::json::from_slice(
+        let pod: Pod = serde_json::from_slice(
             br#"{"metadata":{"annotations":{"a":"b","kubernetes.io/config.mirror":"x"}}}"#,
         )
         .unwrap();
@@ -246,7 +317,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_skipped() {
-        let pod: Pod = crate::json::from_slice(
+        let pod: Pod = serde_json::from_slice(
             br#"{"spec":{"futureField":{"deep":[1,2,{"x":null}]},"containers":[{"name":"a","resizePolicy":[]}]}}"#,
         )
         .unwrap();
@@ -254,5 +325,16 @@ mod tests {
             pod.spec.unwrap().list(ContainerList::Containers)[0].name(),
             "a"
         );
+    }
+
+    #[test]
+    fn capabilities_match_with_or_without_their_prefix() {
+        let c: Container = serde_json::from_str(
+            r#"{"securityContext":{"capabilities":{"add":["NET_ADMIN","cap_sys_admin"]}}}"#,
+        )
+        .unwrap();
+        assert!(c.adds_capability("SYS_ADMIN"));
+        assert!(c.adds_capability("NET_ADMIN"));
+        assert!(!c.adds_capability("CHOWN"));
     }
 }

@@ -5,20 +5,25 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use json_patch::PatchOperation;
+
 use crate::admission::{self, Verdict};
-use crate::patch::{self, Add};
 use crate::policy::{NamespaceLabels, Policy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreviewError {
-    #[error("input is neither YAML nor JSON")]
-    ParseInput(#[source] serde_yaml::Error),
+    #[error("input is not valid JSON")]
+    ParseJson(#[source] serde_json::Error),
+    #[error("input is not valid YAML")]
+    ParseYaml(#[source] serde_yaml_ng::Error),
     #[error("input is a {0}, not a Pod or an AdmissionReview")]
     UnsupportedKind(String),
     #[error("input is not a YAML or JSON object")]
     NotAnObject,
     #[error("invalid AdmissionReview")]
     Review(#[source] admission::AdmissionError),
+    #[error("cannot answer the review")]
+    Respond(#[source] admission::AdmissionError),
     #[error("the patch does not apply to the input")]
     ApplyPatch(#[source] json_patch::PatchError),
 }
@@ -35,7 +40,7 @@ pub struct Preview {
     pub namespace: String,
     pub route: admission::Route,
     pub verdict: Verdict,
-    pub patch: Vec<Add>,
+    pub patch: Vec<PatchOperation>,
     pub warnings: Vec<String>,
     /// The pod with the patch applied.
     pub object: Value,
@@ -52,17 +57,20 @@ pub struct Options<'a> {
 impl Preview {
     /// The patch as an RFC 6902 JSON array.
     pub fn patch_json(&self) -> Value {
-        serde_json::from_slice(&patch::to_json(&self.patch)).unwrap_or(Value::Array(Vec::new()))
+        serde_json::to_value(&self.patch).unwrap_or(Value::Array(Vec::new()))
     }
 }
 
 pub fn run(input: &[u8], policy: &Policy, options: &Options<'_>) -> Result<Preview, PreviewError> {
-    let format = if input.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-        Format::Json
-    } else {
-        Format::Yaml
+    // JSON is read as JSON: a YAML parser refuses or alters some valid JSON strings.
+    let format = match input.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{' | b'[') => Format::Json,
+        _ => Format::Yaml,
     };
-    let value: Value = serde_yaml::from_slice(input).map_err(PreviewError::ParseInput)?;
+    let value: Value = match format {
+        Format::Json => serde_json::from_slice(input).map_err(PreviewError::ParseJson)?,
+        Format::Yaml => serde_yaml_ng::from_slice(input).map_err(PreviewError::ParseYaml)?,
+    };
     let kind = value
         .get("kind")
         .and_then(Value::as_str)
@@ -97,12 +105,13 @@ pub fn run(input: &[u8], policy: &Policy, options: &Options<'_>) -> Result<Previ
     // The server receives bytes; give the shared code bytes too.
     let body = serde_json::to_vec(&review).unwrap_or_default();
     let parsed = admission::parse(&body).map_err(PreviewError::Review)?;
-    let response = admission::respond(&parsed, policy, NamespaceLabels::Known(options.labels));
+    let response = admission::respond(&parsed, policy, NamespaceLabels::Known(options.labels))
+        .map_err(PreviewError::Respond)?;
     let mut object = review
         .pointer("/request/object")
         .cloned()
         .unwrap_or(Value::Null);
-    patch::apply(&mut object, &response.outcome.patch).map_err(PreviewError::ApplyPatch)?;
+    json_patch::patch(&mut object, &response.outcome.patch).map_err(PreviewError::ApplyPatch)?;
     Ok(Preview {
         namespace: parsed.request.namespace.as_deref().unwrap_or("").to_owned(),
         route: parsed.route(),

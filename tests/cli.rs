@@ -21,7 +21,10 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .unwrap();
     let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    // A command that fails before reading its input (a missing file, a bad policy) may exit before this write.
+    if let Err(e) = input.write_all(stdin.unwrap_or("").as_bytes()) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
     drop(input);
     child.wait_with_output().unwrap()
 }
@@ -77,10 +80,10 @@ fn mutate_object_output_keeps_the_input_format() {
         Some(POD),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let pod: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let pod: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
     assert_eq!(
         pod["spec"]["securityContext"]["runAsUser"],
-        serde_yaml::Value::from(65532)
+        serde_yaml_ng::Value::from(65532)
     );
     assert!(
         text(&out.stdout).starts_with("apiVersion: v1"),
@@ -136,6 +139,38 @@ fn mutate_warns_on_stderr() {
 }
 
 #[test]
+fn mutate_reads_json_as_json() {
+    // Valid JSON that a YAML parser refuses or alters: raw DEL and C1 characters, a surrogate-pair escape (as
+    // Python's json.dumps writes non-BMP characters), raw U+2028/U+2029/U+0085 in a key, and a raw U+0085 inside a
+    // string, which must come back unchanged.
+    let odd = "del\u{7f} c1\u{85}\u{9f} ls\u{2028} ps\u{2029}";
+    let input = format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{{\"name\":\"p\",\"annotations\":{{\"k\\u2028\u{2029}\u{85}\":\"{odd}\",\"emoji\":\"\\ud83d\\ude00\"}}}},\"spec\":{{\"containers\":[{{\"name\":\"app\",\"image\":\"x\"}}]}}}}"
+    );
+    let out = run(
+        &[
+            "mutate",
+            "-f",
+            "-",
+            "-l",
+            "secure-defaults.io/inject=enabled",
+            "-o",
+            "object",
+        ],
+        Some(&input),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pod: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["k\u{2028}\u{2029}\u{85}"], odd, "{pod}");
+    assert_eq!(annotations["emoji"], "\u{1f600}", "{pod}");
+    assert_eq!(
+        pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+}
+
+#[test]
 fn bad_input_fails_with_one_line() {
     let bad_policy = temp(
         "bad-policy.yaml",
@@ -150,7 +185,12 @@ fn bad_input_fails_with_one_line() {
         (
             vec!["mutate", "-f", "-"],
             "spec: [unclosed",
-            "input is neither YAML nor JSON",
+            "input is not valid YAML",
+        ),
+        (
+            vec!["mutate", "-f", "-"],
+            "{\"spec\": [unclosed",
+            "input is not valid JSON",
         ),
         (
             vec!["mutate", "-f", "-"],

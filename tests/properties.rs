@@ -6,12 +6,16 @@
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
+use proptest::test_runner::{Config, TestRunner};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
 use secure_defaults::admission;
-use secure_defaults::defaults::default_pod;
-use secure_defaults::patch;
+use secure_defaults::engine::default_pod;
+use secure_defaults::fields::{Defaults, Field};
 use secure_defaults::pod::Pod;
-use secure_defaults::policy::{Defaults, FsGroupChangePolicy, Id};
-use secure_defaults::policy::{NamespaceLabels, Policy};
+use secure_defaults::policy::{NamespaceLabels, Policy, Profile};
+use secure_defaults::restricted;
 use serde_json::{Map, Value, json};
 
 /// Absent, null, or a value.
@@ -33,31 +37,54 @@ fn object(fields: Vec<(&'static str, Option<Value>)>) -> Value {
 }
 
 fn container_security_context() -> impl Strategy<Value = Value> {
-    let caps = prop::sample::subsequence(
-        vec!["NET_ADMIN", "SYS_ADMIN", "CAP_SYS_ADMIN", "CHOWN"],
+    let add = prop::sample::subsequence(
+        vec![
+            "NET_ADMIN",
+            "SYS_ADMIN",
+            "CAP_SYS_ADMIN",
+            "CHOWN",
+            "NET_BIND_SERVICE",
+        ],
         0..3,
     )
-    .prop_map(|add| json!({"add": add}));
+    .prop_map(|add| json!(add));
+    let drop = prop_oneof![Just(json!(["ALL"])), Just(json!(["NET_RAW"]))];
+    let caps = (optional(add), optional(drop))
+        .prop_map(|(add, drop)| object(vec![("add", add), ("drop", drop)]));
+    let seccomp = prop_oneof![
+        Just(json!({"type": "RuntimeDefault"})),
+        Just(json!({"type": "Unconfined"}))
+    ];
     (
-        optional(any::<bool>().prop_map(Value::Bool)),
-        optional(any::<bool>().prop_map(Value::Bool)),
-        optional(caps),
-        optional(id()),
-        optional(Just(json!({"hostProcess": true}))),
-        optional(Just(json!({"level": "s0:c1"}))),
+        (
+            optional(any::<bool>().prop_map(Value::Bool)),
+            optional(any::<bool>().prop_map(Value::Bool)),
+            optional(caps),
+            optional(id()),
+        ),
+        (
+            optional(Just(json!({"hostProcess": true}))),
+            optional(Just(json!({"level": "s0:c1"}))),
+            optional(any::<bool>().prop_map(Value::Bool)),
+            optional(seccomp),
+        ),
     )
-        .prop_map(|(ape, privileged, caps, user, windows, selinux)| {
-            // Windows host process containers are rare; keep most pods Linux pods.
-            let windows = windows.filter(|_| matches!(selinux, Some(Value::Null)));
-            object(vec![
-                ("allowPrivilegeEscalation", ape),
-                ("privileged", privileged),
-                ("capabilities", caps),
-                ("runAsUser", user),
-                ("windowsOptions", windows),
-                ("seLinuxOptions", selinux),
-            ])
-        })
+        .prop_map(
+            |((ape, privileged, caps, user), (windows, selinux, non_root, seccomp))| {
+                // Windows host process containers are rare; keep most pods Linux pods.
+                let windows = windows.filter(|_| matches!(selinux, Some(Value::Null)));
+                object(vec![
+                    ("allowPrivilegeEscalation", ape),
+                    ("privileged", privileged),
+                    ("capabilities", caps),
+                    ("runAsUser", user),
+                    ("windowsOptions", windows),
+                    ("seLinuxOptions", selinux),
+                    ("runAsNonRoot", non_root),
+                    ("seccompProfile", seccomp),
+                ])
+            },
+        )
 }
 
 fn container() -> impl Strategy<Value = Value> {
@@ -89,15 +116,20 @@ fn pod() -> impl Strategy<Value = Value> {
             Just(json!("Always")),
             Just(json!("OnRootMismatch"))
         ]),
-        optional(Just(json!({"type": "RuntimeDefault"}))),
+        optional(prop_oneof![
+            Just(json!({"type": "RuntimeDefault"})),
+            Just(json!({"type": "Unconfined"}))
+        ]),
+        optional(any::<bool>().prop_map(Value::Bool)),
     )
-        .prop_map(|(user, group, fs, policy, seccomp)| {
+        .prop_map(|(user, group, fs, policy, seccomp, non_root)| {
             object(vec![
                 ("runAsUser", user),
                 ("runAsGroup", group),
                 ("fsGroup", fs),
                 ("fsGroupChangePolicy", policy),
                 ("seccompProfile", seccomp),
+                ("runAsNonRoot", non_root),
             ])
         });
     let annotations = optional((any::<bool>(), any::<bool>()).prop_map(|(ours, mirror)| {
@@ -138,27 +170,22 @@ fn pod() -> impl Strategy<Value = Value> {
         })
 }
 
+/// Defaults drawn from the field table: each field left out, or set to one of the values its own file gives as
+/// valid. A field added to the table is covered here without a change.
 fn defaults() -> impl Strategy<Value = Defaults> {
-    let id = prop::option::of((1i64..70_000).prop_map(|v| Id::new(v).unwrap()));
-    (
-        id.clone(),
-        id.clone(),
-        prop::option::of((0i64..70_000).prop_map(|v| Id::new(v).unwrap())),
-        prop::option::of(prop_oneof![
-            Just(FsGroupChangePolicy::Always),
-            Just(FsGroupChangePolicy::OnRootMismatch)
-        ]),
-        any::<bool>(),
-    )
-        .prop_map(
-            |(run_as_user, run_as_group, fs_group, fs_group_change_policy, ape)| Defaults {
-                run_as_user,
-                run_as_group,
-                fs_group,
-                fs_group_change_policy,
-                disallow_privilege_escalation: ape,
-            },
-        )
+    let per_field: Vec<BoxedStrategy<Option<(Field, Value)>>> = Field::all()
+        .map(|field| {
+            let (values, _) = field.examples();
+            prop::option::of(prop::sample::select(values).prop_map(move |v| (field, v))).boxed()
+        })
+        .collect();
+    per_field.prop_map(|chosen| {
+        let mut defaults = Defaults::default();
+        for (field, value) in chosen.into_iter().flatten() {
+            defaults.set(field, value);
+        }
+        defaults
+    })
 }
 
 /// Every non-null leaf of `doc`, by pointer.
@@ -188,26 +215,54 @@ fn containers_of(doc: &Value) -> Vec<&Value> {
         .collect()
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+/// Every field the table has, once set on some generated pod: a field the generators never reach is a field the
+/// properties below never checked.
+static COVERED: Mutex<BTreeSet<Field>> = Mutex::new(BTreeSet::new());
+/// Generated pods that had nothing "restricted" forbids and so were checked to pass it after defaulting.
+static RESTRICTED_PASSES: Mutex<usize> = Mutex::new(0);
 
-    #[test]
-    fn defaulting_is_additive_safe_and_idempotent(input in pod(), defaults in defaults()) {
+#[test]
+fn defaulting_is_additive_safe_and_idempotent() {
+    let mut runner = TestRunner::new(Config::with_cases(2000));
+    runner
+        .run(&(pod(), defaults()), |(input, defaults)| {
+            check(&input, &defaults)
+        })
+        .unwrap();
+    let covered = COVERED.lock().unwrap();
+    for field in Field::all() {
+        assert!(covered.contains(&field), "no generated pod got {field}");
+    }
+    let passes = *RESTRICTED_PASSES.lock().unwrap();
+    assert!(
+        passes >= 50,
+        "only {passes} pods were checked against restricted"
+    );
+}
+
+fn check(input: &Value, defaults: &Defaults) -> Result<(), TestCaseError> {
+    let (input, defaults) = (input.clone(), defaults.clone());
+    {
         let text = input.to_string();
         let view: Pod = serde_json::from_str(&text).unwrap();
         let outcome = default_pod(&view, &defaults);
+        COVERED.lock().unwrap().extend(outcome.applied.fields());
 
         // Only adds, each on a path that was absent or null.
-        let ops: Value = serde_json::from_slice(&patch::to_json(&outcome.patch)).unwrap();
+        let ops: Value = serde_json::to_value(&outcome.patch).unwrap();
         for op in ops.as_array().unwrap() {
             prop_assert_eq!(&op["op"], "add");
             let path = op["path"].as_str().unwrap();
-            prop_assert!(input.pointer(path).is_none_or(Value::is_null), "add on present path {}", path);
+            prop_assert!(
+                input.pointer(path).is_none_or(Value::is_null),
+                "add on present path {}",
+                path
+            );
         }
 
         // The patch applies to the raw input.
         let mut output = input.clone();
-        patch::apply(&mut output, &outcome.patch).unwrap();
+        json_patch::patch(&mut output, &outcome.patch).unwrap();
 
         // Every explicit value is unchanged, and nothing moved (array lengths are the same).
         let mut before = Vec::new();
@@ -215,33 +270,101 @@ proptest! {
         for (pointer, value) in &before {
             prop_assert_eq!(output.pointer(pointer), Some(value), "changed {}", pointer);
         }
-        for (a, b) in containers_of(&input).iter().zip(containers_of(&output).iter()) {
+        for (a, b) in containers_of(&input)
+            .iter()
+            .zip(containers_of(&output).iter())
+        {
             prop_assert_eq!(a.get("name"), b.get("name"));
         }
         prop_assert_eq!(containers_of(&input).len(), containers_of(&output).len());
 
         // The result stays valid: allowPrivilegeEscalation=false is never added beside privileged or CAP_SYS_ADMIN.
-        for (before, after) in containers_of(&input).iter().zip(containers_of(&output).iter()) {
+        for (before, after) in containers_of(&input)
+            .iter()
+            .zip(containers_of(&output).iter())
+        {
             let sc = before.get("securityContext");
             let privileged = sc.and_then(|s| s.get("privileged")) == Some(&json!(true));
-            let sys_admin = sc.and_then(|s| s.pointer("/capabilities/add")).and_then(Value::as_array)
+            let sys_admin = sc
+                .and_then(|s| s.pointer("/capabilities/add"))
+                .and_then(Value::as_array)
                 .is_some_and(|a| a.iter().any(|c| c == "SYS_ADMIN" || c == "CAP_SYS_ADMIN"));
-            let absent = |c: &Value| c.pointer("/securityContext/allowPrivilegeEscalation").is_none_or(Value::is_null);
+            let absent = |c: &Value| {
+                c.pointer("/securityContext/allowPrivilegeEscalation")
+                    .is_none_or(Value::is_null)
+            };
             if (privileged || sys_admin) && absent(before) {
-                prop_assert!(absent(after), "allowPrivilegeEscalation added to a privileged container: {}", after);
+                prop_assert!(
+                    absent(after),
+                    "allowPrivilegeEscalation added to a privileged container: {}",
+                    after
+                );
             }
         }
         // A group is only added when every container ends up with a user.
-        if outcome.applied.run_as_group.is_some() {
-            let pod_user = output.pointer("/spec/securityContext/runAsUser").is_some_and(|v| !v.is_null());
+        if outcome
+            .applied
+            .get(Field::by_name("runAsGroup").unwrap())
+            .is_some()
+        {
+            let pod_user = output
+                .pointer("/spec/securityContext/runAsUser")
+                .is_some_and(|v| !v.is_null());
             for c in containers_of(&output) {
-                prop_assert!(pod_user || c.pointer("/securityContext/runAsUser").is_some_and(|v| !v.is_null()));
+                prop_assert!(
+                    pod_user
+                        || c.pointer("/securityContext/runAsUser")
+                            .is_some_and(|v| !v.is_null())
+                );
+            }
+        }
+        // No drop list is added to a privileged container.
+        for (before, after) in containers_of(&input)
+            .iter()
+            .zip(containers_of(&output).iter())
+        {
+            let privileged = before.pointer("/securityContext/privileged") == Some(&json!(true));
+            let absent = |c: &Value| {
+                c.pointer("/securityContext/capabilities/drop")
+                    .is_none_or(Value::is_null)
+            };
+            if privileged && absent(before) {
+                prop_assert!(
+                    absent(after),
+                    "capabilities.drop added to a privileged container: {}",
+                    after
+                );
+            }
+        }
+        // runAsNonRoot is only added when no container would run as user 0.
+        if outcome
+            .applied
+            .get(Field::by_name("runAsNonRoot").unwrap())
+            .is_some()
+        {
+            let pod_user = output.pointer("/spec/securityContext/runAsUser").cloned();
+            for c in containers_of(&output) {
+                let user = c
+                    .pointer("/securityContext/runAsUser")
+                    .filter(|v| !v.is_null())
+                    .cloned()
+                    .or(pod_user.clone());
+                prop_assert_ne!(
+                    user,
+                    Some(json!(0)),
+                    "runAsNonRoot beside user 0: {}",
+                    output
+                );
             }
         }
         // Windows and mirror pods are left alone.
         let windows = input.pointer("/spec/os/name") == Some(&json!("windows"))
-            || containers_of(&input).iter().any(|c| c.pointer("/securityContext/windowsOptions/hostProcess") == Some(&json!(true)));
-        let mirror = input.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some();
+            || containers_of(&input).iter().any(|c| {
+                c.pointer("/securityContext/windowsOptions/hostProcess") == Some(&json!(true))
+            });
+        let mirror = input
+            .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+            .is_some();
         if windows || mirror {
             prop_assert!(outcome.patch.is_empty());
         }
@@ -252,15 +375,16 @@ proptest! {
             "operation": "CREATE", "namespace": "app", "object": input}});
         let body = serde_json::to_vec(&review).unwrap();
         let parsed = admission::parse(&body).unwrap();
-        let labels = BTreeMap::from([("secure-defaults.io/inject".to_owned(), "enabled".to_owned())]);
+        let labels =
+            BTreeMap::from([("secure-defaults.io/inject".to_owned(), "enabled".to_owned())]);
         let policy = policy_with(&defaults);
-        let response = admission::respond(&parsed, &policy, NamespaceLabels::Known(&labels));
+        let response =
+            admission::respond(&parsed, &policy, NamespaceLabels::Known(&labels)).unwrap();
         prop_assert_eq!(&response.outcome.patch, &outcome.patch);
         let answer: Value = serde_json::from_slice(&response.body).unwrap();
         prop_assert_eq!(&answer["response"]["allowed"], &json!(true));
-        if let Some(b64) = answer["response"]["patch"].as_str() {
-            use base64::Engine as _;
-            let decoded = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        if let Some(bytes) = answer["response"].get("patch") {
+            let decoded: Vec<u8> = serde_json::from_value(bytes.clone()).unwrap();
             prop_assert_eq!(serde_json::from_slice::<Value>(&decoded).unwrap(), ops);
         } else {
             prop_assert!(outcome.patch.is_empty());
@@ -270,7 +394,27 @@ proptest! {
         let again_text = output.to_string();
         let again: Pod = serde_json::from_str(&again_text).unwrap();
         prop_assert_eq!(default_pod(&again, &defaults).patch, vec![]);
+
+        // With the restricted profile on top of these defaults, a pod with nothing explicit that "restricted"
+        // forbids comes out passing the whole "restricted" check.
+        let mut with_profile = Profile::Restricted.defaults();
+        with_profile.overlay(&defaults);
+        let outcome = default_pod(&view, &with_profile);
+        let mut output = input.clone();
+        json_patch::patch(&mut output, &outcome.patch).unwrap();
+        let spec = view.spec.as_ref().unwrap();
+        if !windows
+            && !mirror
+            && restricted::explicit_violations(spec, restricted::Scope::Pod).is_empty()
+        {
+            let text = output.to_string();
+            let patched: Pod = serde_json::from_str(&text).unwrap();
+            let problems = restricted::check(patched.spec.as_ref().unwrap());
+            prop_assert!(problems.is_empty(), "{:?} in {}", problems, output);
+            *RESTRICTED_PASSES.lock().unwrap() += 1;
+        }
     }
+    Ok(())
 }
 
 /// A policy whose defaults are exactly `defaults`, through the real file parser.
@@ -278,20 +422,9 @@ fn policy_with(d: &Defaults) -> Policy {
     let mut text = String::from(
         "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\ndefaults:\n",
     );
-    if let Some(id) = d.run_as_user {
-        text += &format!("  runAsUser: {id}\n");
-    }
-    if let Some(id) = d.run_as_group {
-        text += &format!("  runAsGroup: {id}\n");
-    }
-    if let Some(id) = d.fs_group {
-        text += &format!("  fsGroup: {id}\n");
-    }
-    if let Some(p) = d.fs_group_change_policy {
-        text += &format!("  fsGroupChangePolicy: {}\n", p.as_str());
-    }
-    if d.disallow_privilege_escalation {
-        text += "  allowPrivilegeEscalation: false\n";
+    for (field, value) in d.iter() {
+        // JSON is YAML.
+        text += &format!("  {field}: {value}\n");
     }
     if text.ends_with("defaults:\n") {
         text += "  {}\n";

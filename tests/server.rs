@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http_body_util::{BodyExt as _, Full, StreamBody};
@@ -241,6 +240,7 @@ impl Fixture {
             shutdown_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(90),
             namespace_lookup_timeout: Duration::from_millis(500),
             max_connections: NonZeroUsize::new(128).unwrap(),
             log_format: LogFormat::Text,
@@ -454,6 +454,13 @@ impl SlowReview {
         })
     }
 
+    /// The answer to the half-sent review, the rest of the body held back meanwhile.
+    async fn answer_unfinished(mut self) -> Result<Reply, BoxError> {
+        let reply = (&mut self.response).await?;
+        drop(self.rest.take());
+        reply
+    }
+
     async fn finish(mut self) -> Result<Reply, BoxError> {
         let (tx, rest) = self.rest.take().ok_or("already finished")?;
         tx.send(rest)?;
@@ -631,9 +638,9 @@ fn admitted(reply: &Reply, uid: &str) -> Vec<Value> {
     assert_eq!(out["response"]["uid"], uid, "{out}");
     assert_eq!(out["response"]["allowed"], true, "{out}");
     assert_eq!(out["response"]["patchType"], "JSONPatch", "{out}");
-    let patch = base64::engine::general_purpose::STANDARD
-        .decode(out["response"]["patch"].as_str().unwrap())
-        .unwrap();
+    // kube's admission types write the patch's bytes as an array of numbers, which the API server reads as it
+    // reads base64.
+    let patch: Vec<u8> = serde_json::from_value(out["response"]["patch"].clone()).unwrap();
     let ops: Value = serde_json::from_slice(&patch).unwrap();
     let ops = ops.as_array().unwrap().clone();
     assert!(!ops.is_empty());
@@ -739,6 +746,19 @@ fn raw_request(path: &str, body: &[u8]) -> Vec<u8> {
 
 /// Reads `n` HTTP/1.1 responses (each with a content-length) off a TLS stream: their status and body.
 async fn read_responses(stream: &mut TlsStream, n: usize) -> Vec<(u16, Vec<u8>)> {
+    read_responses_with_heads(stream, n)
+        .await
+        .into_iter()
+        .map(|(status, _, body)| (status, body))
+        .collect()
+}
+
+/// Reads `n` HTTP/1.1 responses (each with a content-length) off a stream: their status, head (lowercased) and
+/// body.
+async fn read_responses_with_heads(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    n: usize,
+) -> Vec<(u16, String, Vec<u8>)> {
     use tokio::io::AsyncReadExt as _;
     let mut buf = Vec::new();
     let mut out = Vec::new();
@@ -755,10 +775,10 @@ async fn read_responses(stream: &mut TlsStream, n: usize) -> Vec<(u16, Vec<u8>)>
                     .trim()
                     .parse()
                     .ok()?;
-                (buf.len() >= end + 4 + length).then_some((status, end + 4, length))
+                (buf.len() >= end + 4 + length).then_some((status, head, end + 4, length))
             });
-        if let Some((status, start, length)) = parsed {
-            out.push((status, buf[start..start + length].to_vec()));
+        if let Some((status, head, start, length)) = parsed {
+            out.push((status, head, buf[start..start + length].to_vec()));
             buf.drain(..start + length);
             continue;
         }
@@ -782,8 +802,8 @@ async fn read_responses(stream: &mut TlsStream, n: usize) -> Vec<(u16, Vec<u8>)>
     out
 }
 
-/// An idle HTTP/1.1 connection gives up hyper's buffers between requests and takes them back when bytes come;
-/// nothing the client can do on the wire (pauses, pipelining, a split head, an unread body) loses a request.
+/// An HTTP/1.1 keep-alive connection carries request after request: nothing the client can do on the wire
+/// (pauses, pipelining, a split head, a body the server does not need) loses a request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_keep_alive_survives_pauses_pipelining_and_unread_bodies() {
     use tokio::io::AsyncWriteExt as _;
@@ -795,27 +815,16 @@ async fn http1_keep_alive_survives_pauses_pipelining_and_unread_bodies() {
         assert_eq!(*status, 200, "{}", String::from_utf8_lossy(body));
         let out: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(out["response"]["uid"], uid, "{out}");
-        assert!(out["response"]["patch"].is_string(), "{out}");
+        assert!(out["response"]["patch"].is_array(), "{out}");
     };
-    // Waits until the server holds the connection without HTTP buffers (`parked`) or has taken it back.
-    let admin = server.admin;
-    let parked = |want: bool| async move {
-        eventually("the idle-connections gauge", async || {
-            let idle = metric(&scrape(admin).await, "secure_defaults_idle_connections");
-            (idle == Some(if want { 1.0 } else { 0.0 })).then_some(())
-        })
-        .await
-    };
-    parked(true).await;
 
-    // One request, a pause (parked), another on the same connection.
+    // One request, then another on the same connection once the first is answered.
     for uid in ["first", "after-a-pause"] {
         stream
             .write_all(&raw_request("/mutate", &review(uid)))
             .await
             .unwrap();
         admitted_uid(&read_responses(&mut stream, 1).await[0], uid);
-        parked(true).await;
     }
     // Two requests in one write: both answered, in order.
     let two = [
@@ -827,15 +836,13 @@ async fn http1_keep_alive_survives_pauses_pipelining_and_unread_bodies() {
     let replies = read_responses(&mut stream, 2).await;
     admitted_uid(&replies[0], "piped-1");
     admitted_uid(&replies[1], "piped-2");
-    parked(true).await;
-    // A request head cut in two with a pause between: the bytes read before the pause are not lost.
+    // A request head cut in two, flushed apart: the bytes of the first part are not lost.
     let split = raw_request("/mutate", &review("split-head"));
     stream.write_all(&split[..20]).await.unwrap();
     stream.flush().await.unwrap();
-    parked(false).await;
     stream.write_all(&split[20..]).await.unwrap();
     admitted_uid(&read_responses(&mut stream, 1).await[0], "split-head");
-    // A body the server never reads (wrong path), then a review: hyper reads past the body, and both answer.
+    // A body the server does not need (wrong path), then a review: both answered.
     stream
         .write_all(&raw_request("/nowhere", &review("unread")))
         .await
@@ -846,14 +853,249 @@ async fn http1_keep_alive_survives_pauses_pipelining_and_unread_bodies() {
         .await
         .unwrap();
     admitted_uid(&read_responses(&mut stream, 1).await[0], "after-404");
-    // After a body left unread, hyper keeps the connection to its end: it is never parked again.
-    let idle = metric(&scrape(admin).await, "secure_defaults_idle_connections");
-    assert_eq!(idle, Some(0.0));
     stream
         .write_all(&raw_request("/mutate", &review("last")))
         .await
         .unwrap();
     admitted_uid(&read_responses(&mut stream, 1).await[0], "last");
+    server.shutdown().await;
+}
+
+/// A refused request (wrong path, wrong method) whose body is far larger than one read: the refusal either says
+/// the connection closes, or the connection carries the client's next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_with_a_large_body_leaves_the_connection_usable_or_says_it_closes() {
+    use tokio::io::AsyncWriteExt as _;
+    let f = Fixture::new("refused_with_body");
+    let server = start(f.config()).await;
+    let tls = tls_client(&[&f.ca.cert], ALL_VERSIONS, Proto::H1);
+    for (method, path, status) in [("POST", "/wrong", 404), ("PUT", "/mutate", 405)] {
+        let (stream, ..) = tls_connect(server.webhook, tls.clone()).await.unwrap();
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let body = vec![b' '; 1024 * 1024];
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        // Written while the answer is read: the server may answer before it has the whole body, or after.
+        let sending = tokio::spawn(async move {
+            writer.write_all(head.as_bytes()).await?;
+            writer.write_all(&body).await?;
+            writer.flush().await?;
+            Ok::<_, std::io::Error>(writer)
+        });
+        let (got, response_head, _) = read_responses_with_heads(&mut reader, 1).await.remove(0);
+        assert_eq!(got, status, "{method} {path}: {response_head}");
+        if response_head.contains("\r\nconnection: close") {
+            continue;
+        }
+        let mut writer = sending
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{method} {path}: the body was cut off: {e}"));
+        let uid = format!("after-{status}");
+        writer
+            .write_all(&raw_request("/mutate", &review(&uid)))
+            .await
+            .unwrap();
+        let (got, response_head, body) = read_responses_with_heads(&mut reader, 1).await.remove(0);
+        assert_eq!(got, 200, "{response_head}");
+        let out: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(out["response"]["uid"], uid.as_str(), "{out}");
+    }
+    server.shutdown().await;
+}
+
+/// The number of open webhook connections, from the admin endpoint.
+async fn open_connections(admin: SocketAddr) -> Option<f64> {
+    metric(&scrape(admin).await, "secure_defaults_open_connections")
+}
+
+/// Reads a TLS stream until the server closes it (end of stream or an error); panics after [`DEADLINE`].
+async fn closed_by_server(stream: &mut TlsStream, what: &str) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0_u8; 1024];
+    loop {
+        match tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("{what}: still open after {DEADLINE:?}"),
+        }
+    }
+}
+
+/// Clients that connect and never start a request cannot hold the connection slots: each is closed once the
+/// header timeout passes, whether it sends nothing after the handshake, an HTTP/2 preface only, or part of an
+/// HTTP/1.1 request head; a client waiting in the backlog meanwhile is then served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_start_a_request_are_closed_and_free_their_slots() {
+    use tokio::io::AsyncWriteExt as _;
+    let f = Fixture::new("never_start_a_request");
+    let mut config = f.config();
+    config.max_connections = NonZeroUsize::new(8).unwrap();
+    config.header_timeout = Duration::from_secs(1);
+    let server = start(config).await;
+
+    for proto in [Proto::H2, Proto::H1] {
+        let tls = tls_client(&[&f.ca.cert], ALL_VERSIONS, proto);
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            let (stream, _, _, alpn) = tls_connect(server.webhook, tls.clone()).await.unwrap();
+            assert_eq!(alpn.as_deref(), Some(proto.alpn()));
+            silent.push(stream);
+        }
+        // Four more that start to speak: the HTTP/2 preface and settings, or part of an HTTP/1.1 head.
+        let mut started = Vec::new();
+        let mut prefaced = Vec::new();
+        for _ in 0..4 {
+            let (mut stream, ..) = tls_connect(server.webhook, tls.clone()).await.unwrap();
+            match proto {
+                Proto::H2 => {
+                    let (sender, conn) =
+                        hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+                            TokioExecutor::new(),
+                            TokioIo::new(stream),
+                        )
+                        .await
+                        .unwrap();
+                    prefaced.push((sender, tokio::spawn(conn)));
+                }
+                Proto::H1 => {
+                    stream
+                        .write_all(b"POST /mutate HTTP/1.1\r\nho")
+                        .await
+                        .unwrap();
+                    stream.flush().await.unwrap();
+                    started.push(stream);
+                }
+            }
+        }
+        // The ninth waits in the backlog for a slot.
+        let ninth = {
+            let (webhook, tls) = (server.webhook, tls.clone());
+            tokio::spawn(async move {
+                let mut conn = connect(webhook, tls).await?;
+                conn.mutate("ninth").await
+            })
+        };
+        for stream in silent.iter_mut().chain(started.iter_mut()) {
+            closed_by_server(stream, &format!("{proto:?} connection without a request")).await;
+        }
+        for (_sender, conn) in prefaced {
+            tokio::time::timeout(DEADLINE, conn)
+                .await
+                .expect("the server closes an HTTP/2 connection without a stream")
+                .unwrap()
+                .unwrap();
+        }
+        let reply = tokio::time::timeout(DEADLINE, ninth)
+            .await
+            .expect("the client in the backlog is served once the idle connections are closed")
+            .unwrap()
+            .unwrap();
+        admitted(&reply, "ninth");
+        eventually("every connection to be closed", async || {
+            (open_connections(server.admin).await? == 0.0).then_some(())
+        })
+        .await;
+    }
+    server.shutdown().await;
+}
+
+/// An HTTP/2 connection to the webhook whose connection task can be watched.
+async fn h2_watched(
+    addr: SocketAddr,
+    tls: Arc<ClientConfig>,
+) -> (Conn, tokio::task::JoinHandle<Result<(), hyper::Error>>) {
+    let (stream, peer, version, alpn) = tls_connect(addr, tls).await.unwrap();
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let task = tokio::spawn(conn);
+    let conn = Conn {
+        sender: Sender::H2(sender),
+        port: addr.port(),
+        peer,
+        version,
+        alpn,
+    };
+    (conn, task)
+}
+
+/// A connection with no request in flight for the idle timeout is closed, over HTTP/2 with GOAWAY (the client's
+/// connection ends cleanly), while one that keeps making requests stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_idle_timeout_and_busy_ones_stay() {
+    let f = Fixture::new("idle_timeout");
+    let mut config = f.config();
+    config.idle_timeout = Duration::from_secs(1);
+    // Longer than any wait here: only the idle timeout can close these connections in time.
+    config.header_timeout = Duration::from_secs(60);
+    let server = start(config).await;
+    let h2 = tls_client(&[&f.ca.cert], ALL_VERSIONS, Proto::H2);
+    let h1 = tls_client(&[&f.ca.cert], ALL_VERSIONS, Proto::H1);
+
+    // The busy connection makes requests back to back, from before the idle ones connect until they are closed.
+    let (busy, busy_task) = h2_watched(server.webhook, h2.clone()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy_loop = {
+        let (mut busy, stop) = (busy.h2_clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0_u32;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let uid = format!("busy-{n}");
+                admitted(&busy.mutate(&uid).await.unwrap(), &uid);
+            }
+            n
+        })
+    };
+    let (mut idle, idle_task) = h2_watched(server.webhook, h2.clone()).await;
+    admitted(&idle.mutate("idle-h2").await.unwrap(), "idle-h2");
+    let (stream, ..) = tls_connect(server.webhook, h1.clone()).await.unwrap();
+    let (mut idle_h1, idle_h1_task) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap();
+    let idle_h1_task = tokio::spawn(idle_h1_task);
+    idle_h1.ready().await.unwrap();
+    let reply = idle_h1
+        .send_request(
+            Request::post("/mutate")
+                .header(header::HOST, "127.0.0.1")
+                .body(Full::new(Bytes::from(review("idle-h1"))))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    reply.into_body().collect().await.unwrap();
+
+    // GOAWAY ends the HTTP/2 client connection cleanly, not with an error.
+    tokio::time::timeout(DEADLINE, idle_task)
+        .await
+        .expect("the server closes the idle HTTP/2 connection")
+        .unwrap()
+        .expect("the idle HTTP/2 connection ends cleanly");
+    tokio::time::timeout(DEADLINE, idle_h1_task)
+        .await
+        .expect("the server closes the idle HTTP/1.1 connection")
+        .unwrap()
+        .expect("the idle HTTP/1.1 connection ends cleanly");
+    assert!(idle.mutate("too-late").await.is_err());
+    // The busy one, never idle for long, has lived longer than the idle timeout, and still serves.
+    stop.store(true, Ordering::Relaxed);
+    let answered = busy_loop.await.unwrap();
+    assert!(answered > 0);
+    assert!(!busy_task.is_finished());
+    let mut busy = busy;
+    admitted(&busy.mutate("busy-last").await.unwrap(), "busy-last");
+    eventually("only the busy connection to be open", async || {
+        (open_connections(server.admin).await? == 1.0).then_some(())
+    })
+    .await;
     server.shutdown().await;
 }
 
@@ -1018,6 +1260,50 @@ async fn bad_requests_and_bad_clients_leave_the_server_serving() {
     let mut conn = connect(server.webhook, h1).await.unwrap();
     let reply = conn.mutate("still-serving").await.unwrap();
     assert_eq!(run_as_user(&admitted(&reply, "still-serving")), 65532);
+    server.shutdown().await;
+}
+
+/// A client that stops sending in the middle of a body gets 408 Request Timeout at the request deadline, counted
+/// as its fault (`client_timeout`), not the server's (`error`); the connection is marked as closing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_stalled_past_the_request_deadline_is_a_client_timeout() {
+    let f = Fixture::new("stalled_body");
+    let mut config = f.config();
+    config.request_timeout = Duration::from_millis(300);
+    let server = start(config).await;
+    let tls = tls_client(&[&f.ca.cert], ALL_VERSIONS, Proto::H1);
+    let slow = SlowReview::start(server.webhook, tls.clone(), "stalled")
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(DEADLINE, slow.answer_unfinished())
+        .await
+        .expect("an answer at the request deadline")
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::REQUEST_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    assert!(
+        reply.text().contains("request body not received within"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.headers.get(header::CONNECTION).unwrap(), "close");
+    let text = scrape(server.admin).await;
+    assert_eq!(
+        metric(
+            &text,
+            "secure_defaults_admission_requests_total{operation=\"unknown\",result=\"client_timeout\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(!text.contains("result=\"error\""), "{text}");
+    // A review sent whole is still answered.
+    let mut conn = connect(server.webhook, tls).await.unwrap();
+    admitted(&conn.mutate("whole").await.unwrap(), "whole");
     server.shutdown().await;
 }
 
@@ -1583,6 +1869,35 @@ async fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
         line_of("all connections closed") < line_of("\"message\":\"stopped\""),
         "{log}"
     );
+    // The per-admission line: one JSON object, its fields at the top level with their types.
+    let line = log
+        .lines()
+        .nth(line_of("\"uid\":\"before-sigterm\""))
+        .unwrap();
+    let admission: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(admission["message"], "admission", "{line}");
+    assert_eq!(admission["level"], "INFO", "{line}");
+    assert_eq!(
+        admission["target"], "secure_defaults::server::serve",
+        "{line}"
+    );
+    assert!(admission["timestamp"].is_string(), "{line}");
+    assert_eq!(admission["namespace"], "app", "{line}");
+    assert_eq!(admission["operation"], "create", "{line}");
+    assert_eq!(admission["pod"], "web", "{line}");
+    assert_eq!(admission["result"], "patched", "{line}");
+    assert!(
+        admission["defaulted"]
+            .as_str()
+            .is_some_and(|d| d.contains("runAsUser=65532")),
+        "{line}"
+    );
+    assert_eq!(admission["warnings"], 0, "{line}");
+    assert_eq!(admission["exempt"], "", "{line}");
+    assert_eq!(admission["policy_generation"], 1, "{line}");
+    assert_eq!(admission["dry_run"], false, "{line}");
+    assert!(admission["duration_us"].is_u64(), "{line}");
+    assert!(admission.get("span").is_none(), "{line}");
 }
 
 #[test]

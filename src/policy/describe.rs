@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use super::{ALWAYS_EXEMPT, Action, INJECT_LABEL, Mode, Policy};
+use super::{ALWAYS_EXEMPT, Action, INJECT_LABEL, Mode, Policy, Profile};
+use crate::restricted::ENFORCE_LABEL;
 
 pub fn describe(policy: &Policy) -> String {
     let mut out = String::new();
@@ -31,7 +32,28 @@ fn write_description(policy: &Policy, out: &mut String) -> std::fmt::Result {
             .filter(|n| !ALWAYS_EXEMPT.contains(n)),
     );
     writeln!(out, "never defaulted: {}", exempt.join(", "))?;
+    if let Some(profile) = policy.profile {
+        let fields: Vec<&str> = profile.defaults().iter().map(|(f, _)| f.name()).collect();
+        writeln!(
+            out,
+            "profile {}: the defaults include {}",
+            format!("{profile:?}").to_lowercase(),
+            fields.join(", ")
+        )?;
+    }
     writeln!(out, "defaults: {}", policy.defaults)?;
+    if policy.follow_pod_security_labels {
+        let fields: Vec<String> = Profile::Restricted
+            .defaults()
+            .iter()
+            .map(|(f, v)| format!("{f}={}", f.show(v)))
+            .collect();
+        writeln!(
+            out,
+            "namespaces labelled {ENFORCE_LABEL}=restricted also get {} where the defaults leave them out",
+            fields.join(",")
+        )?;
+    }
     if policy.rules.is_empty() {
         writeln!(
             out,
@@ -55,7 +77,7 @@ fn write_description(policy: &Policy, out: &mut String) -> std::fmt::Result {
                     parts.push(format!("set {set}"));
                 }
                 if !skip.is_empty() {
-                    let skip: Vec<&str> = skip.iter().map(|f| f.as_str()).collect();
+                    let skip: Vec<&str> = skip.iter().map(|f| f.name()).collect();
                     parts.push(format!("do not default {}", skip.join(", ")));
                 }
                 parts.join("; ")

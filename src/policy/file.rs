@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::{self, IntoDeserializer};
 
-use super::{
-    Action, Defaults, Field, FsGroupChangePolicy, Id, LabelSelector, Mode, Operator, Policy,
-    Requirement, Rule,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use kube::core::Selector;
+
+use super::{Action, Mode, Policy, Profile, Rule};
+use crate::fields::{Defaults, Field};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -26,7 +27,7 @@ pub enum PolicyError {
     ParsePolicy {
         path: PathBuf,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_yaml_ng::Error,
     },
 }
 
@@ -42,7 +43,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 /// Validates policy text; `path` is only used to name the file in errors.
 pub fn parse(text: &[u8], path: &Path) -> Result<Policy, PolicyError> {
     let file: PolicyFile =
-        serde_yaml::from_slice(text).map_err(|source| PolicyError::ParsePolicy {
+        serde_yaml_ng::from_slice(text).map_err(|source| PolicyError::ParsePolicy {
             path: path.to_owned(),
             source,
         })?;
@@ -56,29 +57,37 @@ macro_rules! checked_from {
     ($ty:ty, $raw:ty) => {
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                deserializer.deserialize_any(CheckedVisitor::<$ty, $raw>(std::marker::PhantomData))
+                deserializer.deserialize_any(CheckedVisitor::new(|raw: $raw| {
+                    <$ty>::try_from(raw).map_err(|e| e.to_string())
+                }))
             }
         }
     };
 }
 
-struct CheckedVisitor<T, R>(std::marker::PhantomData<(T, R)>);
+/// Deserialises an `R` from whatever the YAML holds, then checks it into a `T` within the same visit.
+struct CheckedVisitor<R, T, F> {
+    check: F,
+    types: std::marker::PhantomData<fn(R) -> T>,
+}
 
-impl<T, R> CheckedVisitor<T, R>
-where
-    T: TryFrom<R>,
-    T::Error: std::fmt::Display,
-{
-    fn check<E: de::Error>(raw: Result<R, E>) -> Result<T, E> {
-        T::try_from(raw?).map_err(E::custom)
+impl<R, T, F: FnOnce(R) -> Result<T, String>> CheckedVisitor<R, T, F> {
+    fn new(check: F) -> Self {
+        Self {
+            check,
+            types: std::marker::PhantomData,
+        }
+    }
+
+    fn check<E: de::Error>(self, raw: Result<R, E>) -> Result<T, E> {
+        (self.check)(raw?).map_err(E::custom)
     }
 }
 
-impl<'de, T, R> de::Visitor<'de> for CheckedVisitor<T, R>
+impl<'de, R, T, F> de::Visitor<'de> for CheckedVisitor<R, T, F>
 where
-    T: TryFrom<R>,
-    T::Error: std::fmt::Display,
     R: Deserialize<'de>,
+    F: FnOnce(R) -> Result<T, String>,
 {
     type Value = T;
 
@@ -91,28 +100,28 @@ where
         )
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
-        Self::check(R::deserialize(v.into_deserializer()))
+        self.check(R::deserialize(v.into_deserializer()))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        Self::check(R::deserialize(v.into_deserializer()))
+        self.check(R::deserialize(v.into_deserializer()))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        Self::check(R::deserialize(v.into_deserializer()))
+        self.check(R::deserialize(v.into_deserializer()))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
-        Self::check(R::deserialize(v.into_deserializer()))
+        self.check(R::deserialize(v.into_deserializer()))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        Self::check(R::deserialize(v.into_deserializer()))
+        self.check(R::deserialize(v.into_deserializer()))
     }
     fn visit_unit<E: de::Error>(self) -> Result<T, E> {
-        Self::check(R::deserialize(().into_deserializer()))
+        self.check(R::deserialize(().into_deserializer()))
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
-        Self::check(R::deserialize(de::value::SeqAccessDeserializer::new(seq)))
+        self.check(R::deserialize(de::value::SeqAccessDeserializer::new(seq)))
     }
     fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-        Self::check(R::deserialize(de::value::MapAccessDeserializer::new(map)))
+        self.check(R::deserialize(de::value::MapAccessDeserializer::new(map)))
     }
 }
 
@@ -127,6 +136,10 @@ struct PolicyFile {
     #[serde(default)]
     exempt_namespaces: Vec<NamespaceName>,
     #[serde(default)]
+    profile: Option<Profile>,
+    #[serde(default)]
+    follow_pod_security_labels: bool,
+    #[serde(default)]
     defaults: Values,
     #[serde(default)]
     namespaces: Vec<RuleFile>,
@@ -134,11 +147,17 @@ struct PolicyFile {
 
 impl PolicyFile {
     fn into_policy(self) -> Policy {
+        // The profile's fields come first; `defaults:` may only name the same values for them (each of those
+        // fields accepts just the one secure value), and adds others.
+        let mut defaults = self.profile.map(Profile::defaults).unwrap_or_default();
+        defaults.overlay(&self.defaults.into_defaults());
         Policy {
             mode: self.mode,
             exempt_namespaces: self.exempt_namespaces.into_iter().map(|n| n.0).collect(),
-            defaults: self.defaults.into_defaults(),
+            defaults,
             rules: self.namespaces.into_iter().map(|r| r.0).collect(),
+            profile: self.profile,
+            follow_pod_security_labels: self.follow_pod_security_labels,
         }
     }
 }
@@ -154,75 +173,61 @@ enum Kind {
     Policy,
 }
 
-/// The fields of `defaults:` and of a rule's `set:`.
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Values {
-    #[serde(default)]
-    run_as_user: Option<NonRootId>,
-    #[serde(default)]
-    run_as_group: Option<NonRootId>,
-    #[serde(default)]
-    fs_group: Option<AnyId>,
-    #[serde(default)]
-    fs_group_change_policy: Option<FsGroupChangePolicy>,
-    #[serde(default)]
-    allow_privilege_escalation: Option<NoEscalation>,
-}
+/// The fields of `defaults:` and of a rule's `set:`: a map from field names of the table to values each field
+/// checks itself, so a field added to the table is read here without a change.
+#[derive(Default)]
+struct Values(Defaults);
 
 impl Values {
     fn into_defaults(self) -> Defaults {
-        Defaults {
-            run_as_user: self.run_as_user.map(|i| i.0),
-            run_as_group: self.run_as_group.map(|i| i.0),
-            fs_group: self.fs_group.map(|i| i.0),
-            fs_group_change_policy: self.fs_group_change_policy,
-            disallow_privilege_escalation: self.allow_privilege_escalation.is_some(),
-        }
+        self.0
     }
 }
 
-/// An ID in 0..=2147483647.
-struct AnyId(Id);
-checked_from!(AnyId, i64);
-
-impl TryFrom<i64> for AnyId {
-    type Error = String;
-    fn try_from(value: i64) -> Result<Self, String> {
-        Id::new(value)
-            .map(AnyId)
-            .ok_or_else(|| format!("{value} is outside the valid ID range 0..={}", Id::MAX))
+impl<'de> Deserialize<'de> for Values {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValuesVisitor;
+        impl<'de> de::Visitor<'de> for ValuesVisitor {
+            type Value = Values;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a map of fields: {}", Field::names())
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Values, A::Error> {
+                let mut values = Defaults::default();
+                while let Some(name) = map.next_key::<String>()? {
+                    let Some(field) = Field::by_name(&name) else {
+                        return Err(de::Error::custom(format!(
+                            "unknown field `{name}`, expected one of {}",
+                            Field::names()
+                        )));
+                    };
+                    if values.get(field).is_some() {
+                        return Err(de::Error::custom(format!("duplicate field `{name}`")));
+                    }
+                    // Checked inside the value's own deserialisation, so the error names its path and line.
+                    let value = map.next_value_seed(FieldValue(field))?;
+                    values.set(field, value);
+                }
+                Ok(Values(values))
+            }
+        }
+        deserializer.deserialize_map(ValuesVisitor)
     }
 }
 
-/// An ID in 1..=2147483647: root (0) is not a secure default for runAsUser or runAsGroup.
-struct NonRootId(Id);
-checked_from!(NonRootId, i64);
+/// One field's value, checked by the field.
+struct FieldValue(Field);
 
-impl TryFrom<i64> for NonRootId {
-    type Error = String;
-    fn try_from(value: i64) -> Result<Self, String> {
-        if value == 0 {
-            return Err(
-                "0 is root, which is not a secure default; choose a non-zero ID".to_owned(),
-            );
-        }
-        AnyId::try_from(value).map(|id| NonRootId(id.0))
-    }
-}
-
-/// `allowPrivilegeEscalation` may only be defaulted to `false`.
-struct NoEscalation;
-checked_from!(NoEscalation, bool);
-
-impl TryFrom<bool> for NoEscalation {
-    type Error = &'static str;
-    fn try_from(value: bool) -> Result<Self, &'static str> {
-        if value {
-            Err("true is not a secure default; use false, or leave the field out to not default it")
-        } else {
-            Ok(NoEscalation)
-        }
+impl<'de> de::DeserializeSeed<'de> for FieldValue {
+    type Value = serde_json::Value;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        let field = self.0;
+        deserializer.deserialize_any(CheckedVisitor::new(move |raw: serde_json::Value| {
+            field.check(&raw).map(|()| raw)
+        }))
     }
 }
 
@@ -259,7 +264,7 @@ struct RuleFields {
     #[serde(default)]
     set: Option<Values>,
     #[serde(default)]
-    skip: Vec<Field>,
+    skip: Vec<FieldName>,
     #[serde(default)]
     exempt: bool,
 }
@@ -282,7 +287,7 @@ impl TryFrom<RuleFields> for RuleFile {
             return Err("match.names is empty, so the entry would never apply".to_owned());
         }
         let set = raw.set.map(Values::into_defaults).unwrap_or_default();
-        let skip: BTreeSet<Field> = raw.skip.into_iter().collect();
+        let skip: BTreeSet<Field> = raw.skip.into_iter().map(|f| f.0).collect();
         let action = if raw.exempt {
             if !set.is_empty() || !skip.is_empty() {
                 return Err(
@@ -291,8 +296,8 @@ impl TryFrom<RuleFields> for RuleFile {
             }
             Action::Exempt
         } else {
-            if let Some(field) = skip.iter().find(|f| set.names(**f)) {
-                return Err(format!("{} is both in `set` and in `skip`", field.as_str()));
+            if let Some(field) = skip.iter().find(|f| set.get(**f).is_some()) {
+                return Err(format!("{field} is both in `set` and in `skip`"));
             }
             if set.is_empty() && skip.is_empty() {
                 return Err(
@@ -307,6 +312,22 @@ impl TryFrom<RuleFields> for RuleFile {
             labels: labels.map(|l| l.0),
             action,
         }))
+    }
+}
+
+/// A field named in a `skip:` list.
+struct FieldName(Field);
+checked_from!(FieldName, String);
+
+impl TryFrom<String> for FieldName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        Field::by_name(&name).map(FieldName).ok_or_else(|| {
+            format!(
+                "unknown variant `{name}`, expected one of {}",
+                Field::names()
+            )
+        })
     }
 }
 
@@ -328,7 +349,7 @@ struct SelectorFields {
     match_expressions: Vec<ExpressionFile>,
 }
 
-struct SelectorFile(LabelSelector);
+struct SelectorFile(Selector);
 checked_from!(SelectorFile, SelectorFields);
 
 impl TryFrom<SelectorFields> for SelectorFile {
@@ -337,11 +358,23 @@ impl TryFrom<SelectorFields> for SelectorFile {
         if raw.match_labels.is_empty() && raw.match_expressions.is_empty() {
             return Err("labels needs matchLabels or matchExpressions; an empty selector would match every namespace".to_owned());
         }
-        Ok(SelectorFile(LabelSelector {
-            match_labels: raw.match_labels,
-            match_expressions: raw.match_expressions.into_iter().map(|e| e.0).collect(),
-        }))
+        let selector = LabelSelector {
+            match_labels: Some(raw.match_labels),
+            match_expressions: Some(raw.match_expressions.into_iter().map(|e| e.0).collect()),
+        };
+        Selector::try_from(selector)
+            .map(SelectorFile)
+            .map_err(|e| e.to_string())
     }
+}
+
+/// The operators of a label selector expression, read as an enum so that a typo is refused at its own line.
+#[derive(Clone, Copy, Debug, Deserialize)]
+enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
 }
 
 #[derive(Deserialize)]
@@ -353,7 +386,7 @@ struct ExpressionFields {
     values: Vec<String>,
 }
 
-struct ExpressionFile(Requirement);
+struct ExpressionFile(LabelSelectorRequirement);
 checked_from!(ExpressionFile, ExpressionFields);
 
 impl TryFrom<ExpressionFields> for ExpressionFile {
@@ -377,10 +410,10 @@ impl TryFrom<ExpressionFields> for ExpressionFile {
         if raw.key.is_empty() {
             return Err("a match expression needs a non-empty key".to_owned());
         }
-        Ok(ExpressionFile(Requirement {
+        Ok(ExpressionFile(LabelSelectorRequirement {
             key: raw.key,
-            operator: raw.operator,
-            values: raw.values.into_iter().collect(),
+            operator: format!("{:?}", raw.operator),
+            values: Some(raw.values),
         }))
     }
 }
@@ -562,8 +595,15 @@ namespaces:
         );
         let policy = parse(text.as_bytes(), Path::new("p.yaml")).unwrap();
         assert_eq!(policy.rules.len(), 2);
-        assert_eq!(policy.defaults.run_as_user, Id::new(65532));
-        assert!(policy.defaults.disallow_privilege_escalation);
+        let field = |name| Field::by_name(name).unwrap();
+        assert_eq!(
+            policy.defaults.get(field("runAsUser")),
+            Some(&serde_json::json!(65532))
+        );
+        assert_eq!(
+            policy.defaults.get(field("allowPrivilegeEscalation")),
+            Some(&serde_json::json!(false))
+        );
         assert_eq!(policy.rules[1].action, Action::Exempt);
     }
 

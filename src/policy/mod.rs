@@ -7,8 +7,12 @@ pub mod file;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use kube::core::{Selector, SelectorExt as _};
+
 pub use describe::describe;
 pub use file::{PolicyError, load, parse};
+
+use crate::fields::{Defaults, Field};
 
 /// The namespace label that opts a namespace in (`enabled`) or, in cluster-wide mode, out (`disabled`).
 pub const INJECT_LABEL: &str = "secure-defaults.io/inject";
@@ -33,223 +37,15 @@ impl fmt::Display for Mode {
     }
 }
 
-/// A user or group ID in the range Kubernetes accepts, 0..=2147483647.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Id(i64);
-
-impl Id {
-    pub const MAX: i64 = 2_147_483_647;
-
-    pub fn new(value: i64) -> Option<Self> {
-        (0..=Self::MAX).contains(&value).then_some(Self(value))
-    }
-
-    pub fn get(self) -> i64 {
-        self.0
-    }
-}
-
-impl fmt::Display for Id {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-pub enum FsGroupChangePolicy {
-    OnRootMismatch,
-    Always,
-}
-
-impl FsGroupChangePolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FsGroupChangePolicy::OnRootMismatch => "OnRootMismatch",
-            FsGroupChangePolicy::Always => "Always",
-        }
-    }
-}
-
-/// A field the engine can default; also the names used in a rule's `skip` list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Field {
-    RunAsUser,
-    RunAsGroup,
-    FsGroup,
-    FsGroupChangePolicy,
-    AllowPrivilegeEscalation,
-}
-
-impl Field {
-    pub const ALL: [Field; 5] = [
-        Field::RunAsUser,
-        Field::RunAsGroup,
-        Field::FsGroup,
-        Field::FsGroupChangePolicy,
-        Field::AllowPrivilegeEscalation,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Field::RunAsUser => "runAsUser",
-            Field::RunAsGroup => "runAsGroup",
-            Field::FsGroup => "fsGroup",
-            Field::FsGroupChangePolicy => "fsGroupChangePolicy",
-            Field::AllowPrivilegeEscalation => "allowPrivilegeEscalation",
-        }
-    }
-}
-
-/// The values to fill in where a pod leaves a field absent. `None` (or `false`) means "do not default this field".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Defaults {
-    pub run_as_user: Option<Id>,
-    pub run_as_group: Option<Id>,
-    pub fs_group: Option<Id>,
-    pub fs_group_change_policy: Option<FsGroupChangePolicy>,
-    /// Add `allowPrivilegeEscalation: false` to containers that leave it absent.
-    pub disallow_privilege_escalation: bool,
-}
-
-impl Defaults {
-    pub fn is_empty(&self) -> bool {
-        *self == Defaults::default()
-    }
-
-    /// Overlays the fields `other` names onto `self` (later rules win).
-    fn overlay(&mut self, other: &Defaults) {
-        if other.run_as_user.is_some() {
-            self.run_as_user = other.run_as_user;
-        }
-        if other.run_as_group.is_some() {
-            self.run_as_group = other.run_as_group;
-        }
-        if other.fs_group.is_some() {
-            self.fs_group = other.fs_group;
-        }
-        if other.fs_group_change_policy.is_some() {
-            self.fs_group_change_policy = other.fs_group_change_policy;
-        }
-        if other.disallow_privilege_escalation {
-            self.disallow_privilege_escalation = true;
-        }
-    }
-
-    fn clear(&mut self, field: Field) {
-        match field {
-            Field::RunAsUser => self.run_as_user = None,
-            Field::RunAsGroup => self.run_as_group = None,
-            Field::FsGroup => self.fs_group = None,
-            Field::FsGroupChangePolicy => self.fs_group_change_policy = None,
-            Field::AllowPrivilegeEscalation => self.disallow_privilege_escalation = false,
-        }
-    }
-
-    pub fn names(&self, field: Field) -> bool {
-        match field {
-            Field::RunAsUser => self.run_as_user.is_some(),
-            Field::RunAsGroup => self.run_as_group.is_some(),
-            Field::FsGroup => self.fs_group.is_some(),
-            Field::FsGroupChangePolicy => self.fs_group_change_policy.is_some(),
-            Field::AllowPrivilegeEscalation => self.disallow_privilege_escalation,
-        }
-    }
-}
-
-impl fmt::Display for Defaults {
-    /// `runAsUser=65532,fsGroup=65532,allowPrivilegeEscalation=false`, or `nothing`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts: Vec<String> = Vec::new();
-        if let Some(id) = self.run_as_user {
-            parts.push(format!("runAsUser={id}"));
-        }
-        if let Some(id) = self.run_as_group {
-            parts.push(format!("runAsGroup={id}"));
-        }
-        if let Some(id) = self.fs_group {
-            parts.push(format!("fsGroup={id}"));
-        }
-        if let Some(p) = self.fs_group_change_policy {
-            parts.push(format!("fsGroupChangePolicy={}", p.as_str()));
-        }
-        if self.disallow_privilege_escalation {
-            parts.push("allowPrivilegeEscalation=false".to_owned());
-        }
-        if parts.is_empty() {
-            f.write_str("nothing")
-        } else {
-            f.write_str(&parts.join(","))
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-pub enum Operator {
-    In,
-    NotIn,
-    Exists,
-    DoesNotExist,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Requirement {
-    pub key: String,
-    pub operator: Operator,
-    pub values: BTreeSet<String>,
-}
-
-/// A Kubernetes label selector: every `matchLabels` pair and every expression must hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LabelSelector {
-    pub match_labels: BTreeMap<String, String>,
-    pub match_expressions: Vec<Requirement>,
-}
-
-impl LabelSelector {
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|r| {
-                let value = labels.get(&r.key);
-                match r.operator {
-                    Operator::In => value.is_some_and(|v| r.values.contains(v)),
-                    Operator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
-                    Operator::Exists => value.is_some(),
-                    Operator::DoesNotExist => value.is_none(),
-                }
-            })
-    }
-}
-
-impl fmt::Display for LabelSelector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts: Vec<String> = self
-            .match_labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        for r in &self.match_expressions {
-            let values = r.values.iter().cloned().collect::<Vec<_>>().join(",");
-            parts.push(match r.operator {
-                Operator::In => format!("{} in ({values})", r.key),
-                Operator::NotIn => format!("{} notin ({values})", r.key),
-                Operator::Exists => r.key.clone(),
-                Operator::DoesNotExist => format!("!{}", r.key),
-            });
-        }
-        f.write_str(&parts.join(","))
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// No defaulting at all in matching namespaces.
     Exempt,
     /// Override some defaults and drop others.
     Adjust {
+        /// Fields set to other values (or defaulted only here).
         set: Defaults,
+        /// Fields not defaulted here.
         skip: BTreeSet<Field>,
     },
 }
@@ -257,8 +53,11 @@ pub enum Action {
 /// One entry of `namespaces:`. A match with both names and labels needs both to hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
+    /// The namespace names it matches, if it matches by name.
     pub names: Option<BTreeSet<String>>,
-    pub labels: Option<LabelSelector>,
+    /// The label selector it matches, if it matches by labels (never empty: that would match everything).
+    pub labels: Option<Selector>,
+    /// What it does where it matches.
     pub action: Action,
 }
 
@@ -277,6 +76,7 @@ impl Rule {
 /// What is known of a namespace's labels when a pod in it is admitted.
 #[derive(Clone, Copy, Debug)]
 pub enum NamespaceLabels<'a> {
+    /// The namespace's labels.
     Known(&'a BTreeMap<String, String>),
     /// Label lookups are switched off: the mode check is left to the webhook's namespaceSelector,
     /// and label selectors in rules never match.
@@ -312,18 +112,65 @@ impl fmt::Display for Exemption {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Apply(Defaults),
+    /// Fill in these defaults.
+    Apply(Plan),
+    /// Leave the pod alone, for this reason.
     Exempt(Exemption),
+}
+
+/// What a served namespace gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The values to fill in.
+    pub defaults: Defaults,
+    /// The namespace enforces Pod Security "restricted" (its `pod-security.kubernetes.io/enforce` label), so
+    /// explicit values that profile forbids are warned about.
+    pub enforces_restricted: bool,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.defaults.fmt(f)
+    }
+}
+
+/// The value of `profile:`: a named set of fields turned on together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Every field Pod Security "restricted" needs, with the value it needs.
+    Restricted,
+}
+
+impl Profile {
+    /// The fields and values the profile turns on, from the field table.
+    pub fn defaults(self) -> Defaults {
+        let mut defaults = Defaults::default();
+        for field in Field::all() {
+            if let Some(value) = field.restricted() {
+                defaults.set(field, value);
+            }
+        }
+        defaults
+    }
 }
 
 /// A validated policy. Built only by [`parse`] or [`load`], so every value in it has been checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
+    /// Opt-in or cluster-wide.
     pub mode: Mode,
     /// The listed exempt namespaces (the system ones are always exempt in addition).
     pub exempt_namespaces: BTreeSet<String>,
+    /// What every served namespace gets, before its entries adjust it.
     pub defaults: Defaults,
+    /// The `namespaces:` entries, in file order.
     pub rules: Vec<Rule>,
+    /// The `profile:` the defaults include, if any.
+    pub profile: Option<Profile>,
+    /// A namespace labelled `pod-security.kubernetes.io/enforce: restricted` gets what "restricted" needs even
+    /// where the defaults do not list it (an entry's `skip` still wins).
+    pub follow_pod_security_labels: bool,
 }
 
 impl Policy {
@@ -348,6 +195,7 @@ impl Policy {
             }
         }
         let mut effective = self.defaults.clone();
+        let mut skipped = BTreeSet::new();
         for (index, rule) in self.rules.iter().enumerate() {
             if !rule.matches(namespace, labels) {
                 continue;
@@ -358,11 +206,31 @@ impl Policy {
                     effective.overlay(set);
                     for field in skip {
                         effective.clear(*field);
+                        skipped.insert(*field);
                     }
                 }
             }
         }
-        Decision::Apply(effective)
+        let enforces_restricted = match labels {
+            NamespaceLabels::Known(labels) => {
+                labels
+                    .get(crate::restricted::ENFORCE_LABEL)
+                    .map(String::as_str)
+                    == Some("restricted")
+            }
+            NamespaceLabels::Unknown => false,
+        };
+        if enforces_restricted && self.follow_pod_security_labels {
+            for (field, value) in Profile::Restricted.defaults().iter() {
+                if effective.get(field).is_none() && !skipped.contains(&field) {
+                    effective.set(field, value.clone());
+                }
+            }
+        }
+        Decision::Apply(Plan {
+            defaults: effective,
+            enforces_restricted,
+        })
     }
 }
 
@@ -466,30 +334,30 @@ mod tests {
 
     #[test]
     fn selector_operators() {
-        let req = |key: &str, operator, values: &[&str]| Requirement {
-            key: key.to_owned(),
-            operator,
-            values: values.iter().map(|v| (*v).to_owned()).collect(),
-        };
         let l = labels(&[("tier", "web"), ("env", "prod")]);
+        // (matchExpressions entry, whether it holds for the labels above)
         let cases = [
-            (req("tier", Operator::In, &["web", "api"]), true),
-            (req("tier", Operator::In, &["api"]), false),
-            (req("missing", Operator::In, &["x"]), false),
-            (req("tier", Operator::NotIn, &["api"]), true),
-            (req("tier", Operator::NotIn, &["web"]), false),
-            (req("missing", Operator::NotIn, &["x"]), true),
-            (req("env", Operator::Exists, &[]), true),
-            (req("missing", Operator::Exists, &[]), false),
-            (req("missing", Operator::DoesNotExist, &[]), true),
-            (req("env", Operator::DoesNotExist, &[]), false),
+            ("{key: tier, operator: In, values: [web, api]}", true),
+            ("{key: tier, operator: In, values: [api]}", false),
+            ("{key: missing, operator: In, values: [x]}", false),
+            ("{key: tier, operator: NotIn, values: [api]}", true),
+            ("{key: tier, operator: NotIn, values: [web]}", false),
+            ("{key: missing, operator: NotIn, values: [x]}", true),
+            ("{key: env, operator: Exists}", true),
+            ("{key: missing, operator: Exists}", false),
+            ("{key: missing, operator: DoesNotExist}", true),
+            ("{key: env, operator: DoesNotExist}", false),
         ];
-        for (r, want) in cases {
-            let sel = LabelSelector {
-                match_labels: BTreeMap::new(),
-                match_expressions: vec![r.clone()],
-            };
-            assert_eq!(sel.matches(&l), want, "{r:?}");
+        for (expression, holds) in cases {
+            let p = policy(
+                "cluster-wide",
+                &format!(
+                    "namespaces:\n  - match: {{labels: {{matchExpressions: [{expression}]}}}}\n    exempt: true\n"
+                ),
+            );
+            let exempt =
+                p.decide("app", NamespaceLabels::Known(&l)) == Decision::Exempt(Exemption::Rule(0));
+            assert_eq!(exempt, holds, "{expression}");
         }
     }
 
@@ -507,6 +375,52 @@ mod tests {
             p.decide("kube-system", NamespaceLabels::Unknown),
             Decision::Exempt(Exemption::System)
         );
+    }
+
+    #[test]
+    fn the_restricted_profile_and_the_namespace_label() {
+        let head = "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: cluster-wide\n";
+        let p = parse(
+            format!("{head}profile: restricted\ndefaults: {{runAsUser: 1000}}\n").as_bytes(),
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        let Decision::Apply(plan) = p.decide("app", NamespaceLabels::Known(&labels(&[]))) else {
+            panic!("exempt")
+        };
+        assert_eq!(
+            plan.to_string(),
+            "runAsUser=1000,runAsNonRoot=true,seccompProfile=RuntimeDefault,allowPrivilegeEscalation=false,capabilities.drop=ALL"
+        );
+        assert!(!plan.enforces_restricted);
+        assert!(describe(&p).contains("profile restricted: the defaults include runAsNonRoot"));
+
+        let p = parse(
+            format!("{head}followPodSecurityLabels: true\ndefaults: {{runAsUser: 1000}}\nnamespaces:\n  - match: {{names: [db]}}\n    skip: [runAsNonRoot]\n").as_bytes(),
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        let decide = |ns: &str, level: &str| match p.decide(
+            ns,
+            NamespaceLabels::Known(&labels(&[("pod-security.kubernetes.io/enforce", level)])),
+        ) {
+            Decision::Apply(plan) => (plan.to_string(), plan.enforces_restricted),
+            Decision::Exempt(why) => (why.to_string(), false),
+        };
+        assert_eq!(
+            decide("app", "baseline"),
+            ("runAsUser=1000".to_owned(), false)
+        );
+        assert_eq!(
+            decide("app", "restricted"),
+            ("runAsUser=1000,runAsNonRoot=true,seccompProfile=RuntimeDefault,allowPrivilegeEscalation=false,capabilities.drop=ALL".to_owned(), true)
+        );
+        assert_eq!(
+            decide("db", "restricted").0,
+            "runAsUser=1000,seccompProfile=RuntimeDefault,allowPrivilegeEscalation=false,capabilities.drop=ALL",
+            "an entry's skip wins over the label"
+        );
+        assert!(describe(&p).contains("pod-security.kubernetes.io/enforce=restricted also get"));
     }
 
     #[test]

@@ -211,6 +211,7 @@ impl Server {
         let stop_serving = CancellationToken::new();
         let limits = serve::Limits {
             header_timeout: config.header_timeout,
+            idle_timeout: config.idle_timeout,
             max_connections: config.max_connections.get(),
             shutdown_timeout: config.shutdown_timeout,
         };

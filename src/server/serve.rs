@@ -1,23 +1,18 @@
-//! The webhook endpoint: HTTPS (HTTP/1.1 and HTTP/2) with `POST /mutate`, bounded in body size, header time,
-//! request time and connections, and drained gracefully at shutdown.
+//! The webhook endpoint: HTTPS (HTTP/1.1 and HTTP/2) with `POST /mutate`, bounded in body size, handshake and
+//! header time, request time, idle time and connections, and drained gracefully at shutdown.
 
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
-use hyper::{Method, Request, Response, StatusCode, header};
+use hyper::{Method, Request, Response, StatusCode, Version, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncBufRead as _, AsyncWriteExt as _};
+use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -30,6 +25,12 @@ use crate::namespaces::Namespaces;
 /// The API server's own limit on an object; a review holds the object (twice for an update) plus a little.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
+/// How often an HTTP/2 connection pings its peer, so a peer that vanished without closing is noticed.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a ping may go unanswered before the HTTP/2 connection is closed as dead.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What a request handler needs, shared by every connection.
 pub struct App {
     pub policy: PolicyStore,
@@ -38,9 +39,18 @@ pub struct App {
     pub request_timeout: Duration,
 }
 
+/// What one client may hold: without these bounds a client that connects and waits could keep a connection
+/// slot for ever.
+#[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// Deadline for the TLS handshake, and then for the first request to start (for HTTP/2, the connection
+    /// preface and the first stream's headers; for HTTP/1.1, also each request's head).
     pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 with GOAWAY).
+    pub idle_timeout: Duration,
+    /// Connections served at once; at the cap, new ones wait in the kernel's backlog.
     pub max_connections: usize,
+    /// How long open connections get to finish at shutdown, or once told to close.
     pub shutdown_timeout: Duration,
 }
 
@@ -60,29 +70,79 @@ fn error(status: StatusCode, reason: String) -> Response<Body> {
     reply(status, format!("{reason}\n"), "text/plain; charset=utf-8")
 }
 
+/// Marks an HTTP/1 answer as the connection's last: its request body was not read to the end, so hyper closes
+/// the connection after it, and the client must know not to send another request on it. (HTTP/2 ends only the
+/// stream; the header is not allowed there.)
+fn closing(version: Version, mut response: Response<Body>) -> Response<Body> {
+    if version == Version::HTTP_11 || version == Version::HTTP_10 {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
+/// Answers one request to the webhook port. Every answer is bounded in time and body size, and an HTTP/1.1
+/// answer that leaves the connection unusable says so, so no client can hold the handler or lose a request.
 pub async fn handle<B>(app: &App, request: Request<B>) -> Response<Body>
 where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if request.uri().path() != "/mutate" {
-        return error(
+        let response = error(
             StatusCode::NOT_FOUND,
             format!(
                 "no such path {:?}; the webhook serves POST /mutate",
                 request.uri().path()
             ),
         );
+        return refuse(app, request, response).await;
     }
     if request.method() != Method::POST {
         let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "use POST".to_owned());
         response
             .headers_mut()
             .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-        return response;
+        return refuse(app, request, response).await;
     }
     let started = Instant::now();
-    match tokio::time::timeout(app.request_timeout, mutate(app, request, started)).await {
+    let deadline = tokio::time::Instant::now() + app.request_timeout;
+    let version = request.version();
+    let read = Limited::new(request.into_body(), MAX_BODY_BYTES).collect();
+    let body = match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) => {
+            app.metrics.count_request("unknown", "bad_request");
+            let response = if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read request body: {e}"),
+                )
+            };
+            return closing(version, response);
+        }
+        Err(_) => {
+            // The client's fault, not the server's: counted and answered apart from the server's own failures.
+            app.metrics.count_request("unknown", "client_timeout");
+            tracing::warn!(timeout = ?app.request_timeout, "request body not received within the request deadline");
+            let response = error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("request body not received within {:?}", app.request_timeout),
+            );
+            return closing(version, response);
+        }
+    };
+    match tokio::time::timeout_at(deadline, decide(app, &body, started)).await {
         Ok(response) => response,
         Err(_) => {
             app.metrics.count_request("unknown", "error");
@@ -95,33 +155,37 @@ where
     }
 }
 
-async fn mutate<B>(app: &App, request: Request<B>, started: Instant) -> Response<Body>
+/// Sends a refusal (wrong path or method) only once the request's body is read and dropped, within the same
+/// bounds as a review's body: an HTTP/1 connection can then carry the client's next request. A body that is too
+/// large, too slow or broken closes the connection instead, and the answer says so.
+async fn refuse<B>(app: &App, request: Request<B>, response: Response<Body>) -> Response<Body>
 where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            app.metrics.count_request("unknown", "bad_request");
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body exceeds {MAX_BODY_BYTES} bytes"),
-                );
+    let version = request.version();
+    let body = request.into_body();
+    if body.is_end_stream() {
+        return response;
+    }
+    let drain = async {
+        let mut body = std::pin::pin!(Limited::new(body, MAX_BODY_BYTES));
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                return false;
             }
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read request body: {e}"),
-            );
         }
+        true
     };
-    let review = match admission::parse(&body) {
+    match tokio::time::timeout(app.request_timeout, drain).await {
+        Ok(true) => response,
+        Ok(false) | Err(_) => closing(version, response),
+    }
+}
+
+/// Answers a review whose body has been read: parse, look the namespace up, decide, count and log.
+async fn decide(app: &App, body: &[u8], started: Instant) -> Response<Body> {
+    let review = match admission::parse(body) {
         Ok(review) => review,
         Err(e) => {
             app.metrics.count_request("unknown", "bad_request");
@@ -166,7 +230,15 @@ where
             .map_or(crate::policy::NamespaceLabels::Unknown, |l| {
                 l.as_policy_input()
             });
-        let response = admission::respond(&review, &current.policy, input);
+        let response = match admission::respond(&review, &current.policy, input) {
+            Ok(response) => response,
+            Err(e) => {
+                let reason = crate::error_chain(&e);
+                app.metrics.count_request(route.as_str(), "error");
+                tracing::error!(uid = &*request.uid, %reason, "cannot answer the review");
+                return error(StatusCode::INTERNAL_SERVER_ERROR, reason);
+            }
+        };
         let elapsed = started.elapsed();
 
         let m = &app.metrics;
@@ -203,8 +275,9 @@ where
 
 /// Serves until `stop` fires, then stops accepting and gives open connections `shutdown_timeout` to finish.
 ///
-/// The protocol is the one the TLS handshake settled (ALPN): HTTP/2 for "h2", HTTP/1.1 otherwise. An HTTP/1
-/// connection between requests holds only its TLS stream: see [`serve_http1`].
+/// hyper_util's automatic builder serves each connection as HTTP/2 or HTTP/1.1 (the ALPN offers both; the
+/// builder reads the client's first bytes to tell which). Each connection is also watched for idleness: see
+/// [`serve_connection`].
 pub async fn serve(
     listener: TcpListener,
     tls: TlsAcceptor,
@@ -212,16 +285,21 @@ pub async fn serve(
     limits: Limits,
     stop: CancellationToken,
 ) {
-    let mut http1 = http1::Builder::new();
-    http1
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         // Bodies stream through; the buffer only has to hold a request head.
         .max_buf_size(8192)
         .keep_alive(true);
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
-    http2.timer(TokioTimer::new()).max_concurrent_streams(256);
-    let (http1, http2) = (Arc::new(http1), Arc::new(http2));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
+    let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
 
     loop {
@@ -245,43 +323,14 @@ pub async fn serve(
             () = stop.cancelled() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let (tls, app, http1, http2, stop) = (
+        tokio::spawn(serve_connection(
+            Accepted { tcp, peer, permit },
             tls.clone(),
             app.clone(),
-            http1.clone(),
-            http2.clone(),
+            builder.clone(),
+            limits,
             stop.clone(),
-        );
-        let header_timeout = limits.header_timeout;
-        let task = async move {
-            let _permit = permit;
-            let stream = match tokio::time::timeout(header_timeout, tls.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    app.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    app.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            app.metrics.open_connections.inc();
-            // The HTTP/2 connection state is large and HTTP/2 connections few: boxed, it does not size every
-            // connection's task.
-            let served = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                Box::pin(serve_http2(stream, &app, &http2, &stop)).await
-            } else {
-                serve_http1(stream, &app, &http1, header_timeout, &stop).await
-            };
-            if let Err(error) = served {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-            app.metrics.open_connections.dec();
-        };
-        tokio::spawn(task);
+        ));
     }
     drop(listener);
     tracing::info!("stopped accepting; finishing in-flight requests");
@@ -295,297 +344,181 @@ pub async fn serve(
     }
 }
 
-type Tls = tokio_rustls::server::TlsStream<TcpStream>;
-type ConnError = Box<dyn std::error::Error + Send + Sync>;
-
-async fn serve_http2(
-    stream: Tls,
-    app: &Arc<App>,
-    builder: &http2::Builder<TokioExecutor>,
-    stop: &CancellationToken,
-) -> Result<(), ConnError> {
-    let app = app.clone();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(handle(&app, request).await) }
-    });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        served = conn.as_mut() => return Ok(served?),
-        () = stop.cancelled() => {}
-    }
-    conn.as_mut().graceful_shutdown();
-    Ok(conn.await?)
+/// An accepted TCP connection and the connection slot it holds until it ends.
+struct Accepted {
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    permit: OwnedSemaphorePermit,
 }
 
-/// Serves HTTP/1.1 on one TLS connection, holding hyper's connection state only while a request is on it.
-///
-/// hyper keeps an 8 KiB read buffer, an 8 KiB header buffer and a slot for the handler's future for as long as
-/// its connection object lives, so a keep-alive connection that waits for its next request would hold ~20 KiB.
-/// Instead, once a request is answered, flushed and hyper finds nothing more to read, the connection object is
-/// taken apart ([`http1::Connection::into_parts`]); the TLS stream waits on its own (rustls's buffers only) for the
-/// client's next bytes, then a new connection object serves them. As with hyper, an idle connection is closed when
-/// no request head arrives within the header timeout.
-async fn serve_http1(
-    mut tls: Tls,
-    app: &Arc<App>,
-    builder: &http1::Builder,
-    header_timeout: Duration,
-    stop: &CancellationToken,
-) -> Result<(), ConnError> {
-    let activity = Arc::new(Activity::default());
-    // Bytes read from the stream but not yet parsed as HTTP, handed from one connection object to the next.
-    let mut unparsed = Bytes::new();
-    loop {
-        let mut timeout_left = header_timeout;
-        if unparsed.is_empty() {
-            let idle_since = Instant::now();
-            let _idle = Held::new(&app.metrics.idle_connections);
-            tokio::select! {
-                ready = std::future::poll_fn(|cx| {
-                    Pin::new(&mut tls).poll_fill_buf(cx).map_ok(|buffered| buffered.is_empty())
-                }) => {
-                    if ready? {
-                        return Ok(()); // the client closed the connection
-                    }
-                }
-                () = tokio::time::sleep(header_timeout) => return Err("no request within the header timeout".into()),
-                () = stop.cancelled() => {
-                    let _ = tls.shutdown().await;
-                    return Ok(());
-                }
-            }
-            timeout_left = header_timeout.saturating_sub(idle_since.elapsed());
+/// Why a connection is being closed from this side.
+#[derive(Debug)]
+enum Closing {
+    /// No request started within the header timeout of the handshake.
+    NoRequest,
+    /// No request in flight for the idle timeout.
+    Idle,
+    /// The server is stopping.
+    Stop,
+}
+
+/// Serves one connection: the TLS handshake within the header timeout, then HTTP until the client closes, the
+/// connection goes idle (no request started within the header timeout, or none in flight for the idle timeout),
+/// or the server stops. The last two close gracefully: requests in flight finish, HTTP/2 sends GOAWAY, and the
+/// close is bounded by the shutdown timeout.
+async fn serve_connection(
+    accepted: Accepted,
+    tls: TlsAcceptor,
+    app: Arc<App>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let Accepted { tcp, peer, permit } = accepted;
+    let _permit = permit;
+    let stream = match tokio::time::timeout(limits.header_timeout, tls.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            app.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            return;
         }
-        activity.rebuilt();
-        let io = Watched {
-            prefix: std::mem::take(&mut unparsed),
-            io: TokioIo::new(tls),
-            activity: activity.clone(),
-        };
-        let service = {
-            let (app, activity) = (app.clone(), activity.clone());
-            hyper::service::service_fn(move |request: Request<Incoming>| {
-                let (app, activity) = (app.clone(), activity.clone());
-                async move { Ok::<_, Infallible>(activity.answer(&app, request).await) }
-            })
-        };
-        let mut conn = {
-            let mut builder = builder.clone();
-            builder.header_read_timeout(timeout_left);
-            Box::new(builder.serve_connection(io, service))
-        };
-        let cancelled = stop.cancelled();
-        let mut cancelled = std::pin::pin!(cancelled);
-        let mut draining = false;
-        let ended = std::future::poll_fn(|cx| {
-            if !draining && cancelled.as_mut().poll(cx).is_ready() {
-                draining = true;
-                Pin::new(&mut *conn).graceful_shutdown();
-            }
-            match Pin::new(&mut *conn).poll(cx) {
-                Poll::Ready(served) => Poll::Ready(Some(served)),
-                Poll::Pending if !draining && activity.idle() => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+        Err(_) => {
+            app.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    app.metrics.open_connections.inc();
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let (app, activity) = (app.clone(), activity.clone());
+        hyper::service::service_fn(move |request: Request<Incoming>| {
+            // Counted from the moment hyper hands the request over, before its body is read.
+            let in_flight = activity.started();
+            let app = app.clone();
+            async move {
+                let response = handle(&app, request).await;
+                drop(in_flight);
+                Ok::<_, Infallible>(response)
             }
         })
-        .await;
-        if let Some(served) = ended {
-            return Ok(served?);
+    };
+    // Boxed: the HTTP/2 connection state is large, and need not size every connection's task.
+    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(stream), service));
+    let closing = tokio::select! {
+        served = conn.as_mut() => {
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+            app.metrics.open_connections.dec();
+            return;
         }
-        let parts = conn.into_parts();
-        let Watched { prefix, io, .. } = parts.io;
-        tls = io.into_inner();
-        // hyper has read its whole prefix before a read could block; an empty buffer is dropped, not kept (an
-        // empty `Bytes` from hyper still owns its 8 KiB allocation).
-        unparsed = match (parts.read_buf.is_empty(), prefix.is_empty()) {
-            (true, true) => Bytes::new(),
-            (false, true) => parts.read_buf,
-            (true, false) => prefix,
-            (false, false) => [parts.read_buf, prefix].concat().into(),
-        };
+        closing = activity.idle(limits.header_timeout, limits.idle_timeout) => closing,
+        () = stop.cancelled() => Closing::Stop,
+    };
+    tracing::debug!(%peer, ?closing, "closing the connection");
+    conn.as_mut().graceful_shutdown();
+    match tokio::time::timeout(limits.shutdown_timeout, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%peer, %error, "connection ended with an error"),
+        Err(_) => {
+            tracing::debug!(%peer, "connection not closed within the shutdown timeout; dropped")
+        }
     }
+    app.metrics.open_connections.dec();
 }
 
-/// One unit of a gauge, held until dropped, whichever way the holder leaves.
-struct Held(prometheus_client::metrics::gauge::Gauge);
-
-impl Held {
-    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
-        gauge.inc();
-        Held(gauge.clone())
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// What an HTTP/1 connection object is doing, seen from its stream and its handler. One task polls the
-/// connection, its stream and its handlers, so relaxed atomics are enough.
-#[derive(Default)]
+/// What a connection's requests are doing, so that a connection that carries none can be closed.
 struct Activity {
-    /// Requests whose handler has not returned.
-    in_flight: AtomicUsize,
-    /// Requests answered by the current connection object.
-    answered: AtomicUsize,
-    /// A handler returned without reading its request body to the end: hyper keeps the connection to its end.
-    body_left: AtomicBool,
-    /// Written since the last completed flush.
-    unflushed: AtomicBool,
-    /// The last read found nothing to read, and nothing was written or answered since.
-    read_blocked: AtomicBool,
+    state: Mutex<ActivityState>,
+    /// Signalled when the first request starts and whenever the last one in flight ends: the moments the
+    /// deadline in [`Activity::idle`] changes.
+    changed: Notify,
+}
+
+struct ActivityState {
+    /// Requests started and not yet answered.
+    in_flight: usize,
+    /// When the connection was set up, or when its last request was answered.
+    since: tokio::time::Instant,
+    /// Whether any request has started on the connection.
+    used: bool,
 }
 
 impl Activity {
-    fn rebuilt(&self) {
-        self.answered.store(0, Relaxed);
-        self.unflushed.store(false, Relaxed);
-        self.read_blocked.store(false, Relaxed);
-    }
-
-    /// Between requests: an answer was sent and flushed, and hyper waits for bytes that have not come.
-    fn idle(&self) -> bool {
-        self.in_flight.load(Relaxed) == 0
-            && self.answered.load(Relaxed) > 0
-            && !self.body_left.load(Relaxed)
-            && !self.unflushed.load(Relaxed)
-            && self.read_blocked.load(Relaxed)
-    }
-
-    async fn answer(&self, app: &App, request: Request<Incoming>) -> Response<Body> {
-        self.in_flight.fetch_add(1, Relaxed);
-        self.read_blocked.store(false, Relaxed);
-        let ended = Arc::new(AtomicBool::new(false));
-        let request = request.map(|body| EndNoted {
-            body,
-            ended: ended.clone(),
-        });
-        let response = handle(app, request).await;
-        if !ended.load(Relaxed) {
-            self.body_left.store(true, Relaxed);
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                since: tokio::time::Instant::now(),
+                used: false,
+            }),
+            changed: Notify::new(),
         }
-        self.in_flight.fetch_sub(1, Relaxed);
-        self.answered.fetch_add(1, Relaxed);
-        self.read_blocked.store(false, Relaxed);
-        response
     }
-}
 
-/// A request body that notes when it has been read to its end (or had none).
-struct EndNoted {
-    body: Incoming,
-    ended: Arc<AtomicBool>,
-}
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        // The state is a counter, a time and a flag, consistent after any panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 
-impl hyper::body::Body for EndNoted {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || this.body.is_end_stream() {
-            this.ended.store(true, Relaxed);
+    /// Notes a request started; the returned guard notes its end when dropped, however the handler ends.
+    fn started(self: &Arc<Self>) -> InFlight {
+        let mut state = self.lock();
+        state.in_flight += 1;
+        let first = !state.used;
+        state.used = true;
+        drop(state);
+        if first {
+            self.changed.notify_one();
         }
-        polled
+        InFlight(self.clone())
     }
 
-    fn is_end_stream(&self) -> bool {
-        let ended = self.body.is_end_stream();
-        if ended {
-            self.ended.store(true, Relaxed);
-        }
-        ended
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// The TLS stream as one HTTP/1 connection object sees it: first the bytes an earlier one read but did not
-/// parse, then the stream; reads, writes and flushes are noted in [`Activity`].
-struct Watched {
-    prefix: Bytes,
-    io: TokioIo<Tls>,
-    activity: Arc<Activity>,
-}
-
-impl hyper::rt::Read for Watched {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            this.activity.read_blocked.store(false, Relaxed);
-            return Poll::Ready(Ok(()));
-        }
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        this.activity
-            .read_blocked
-            .store(polled.is_pending(), Relaxed);
-        polled
-    }
-}
-
-impl Watched {
-    fn wrote(&self, polled: &Poll<std::io::Result<usize>>) {
-        // A write the socket refused (Pending) leaves hyper holding the bytes: as unflushed as a written one.
-        if matches!(polled, Poll::Pending | Poll::Ready(Ok(1..))) {
-            self.activity.unflushed.store(true, Relaxed);
-            self.activity.read_blocked.store(false, Relaxed);
+    /// Completes once the connection has had no request in flight for `idle` (or, before its first request, for
+    /// `first`), counted from the handshake or the end of the last request.
+    async fn idle(&self, first: Duration, idle: Duration) -> Closing {
+        loop {
+            // Taken before the state is read, so a change made after the read still wakes this wait (a
+            // notification with no waiter is kept for the next one).
+            let changed = self.changed.notified();
+            let (deadline, why) = {
+                let state = self.lock();
+                if state.in_flight > 0 {
+                    (None, Closing::Idle)
+                } else if state.used {
+                    (Some(state.since + idle), Closing::Idle)
+                } else {
+                    (Some(state.since + first), Closing::NoRequest)
+                }
+            };
+            match deadline {
+                None => changed.await,
+                Some(deadline) if deadline <= tokio::time::Instant::now() => return why,
+                Some(deadline) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline) => {}
+                        () = changed => {}
+                    }
+                }
+            }
         }
     }
 }
 
-impl hyper::rt::Write for Watched {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.wrote(&polled);
-        polled
-    }
+/// One request in flight on a connection, until dropped.
+struct InFlight(Arc<Activity>);
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.wrote(&polled);
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_flush(cx);
-        if matches!(polled, Poll::Ready(Ok(()))) {
-            this.activity.unflushed.store(false, Relaxed);
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        state.since = tokio::time::Instant::now();
+        let quiet = state.in_flight == 0;
+        drop(state);
+        if quiet {
+            self.0.changed.notify_one();
         }
-        polled
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

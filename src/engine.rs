@@ -1,102 +1,30 @@
-//! The defaulting rules: given a pod and the defaults that apply to its namespace, the `add` operations that
-//! fill in what the pod leaves absent. Pure functions: no I/O, no async.
+//! The defaulting engine: given a pod and the defaults that apply to its namespace, the `add` operations that
+//! fill in what the pod leaves absent. It walks the field table ([`crate::fields`]) and knows no field by name.
+//! Pure functions: no I/O, no async.
 //!
-//! The rules never touch a value the pod states, falsy ones included, and skip (with a warning) whatever would
-//! make the pod invalid or unrunnable. Running them again on their own result yields nothing.
+//! The engine never touches a value the pod states, falsy ones included, and skips (with a warning) whatever a
+//! field's guard says would make the pod invalid or unrunnable. Running it again on its own result yields nothing.
 
 use std::collections::HashSet;
-use std::fmt;
 
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, PatchOperation};
 use serde_json::{Map, Value, json};
 
-use crate::patch::{Add, Pointer};
-use crate::pod::{self, Container, ContainerList, Pod};
-use crate::policy::{Defaults, Field, FsGroupChangePolicy, Id};
+use crate::fields::{Applied, Defaults, Field, Guard, Level, PodState, stated};
+use crate::pod::{self, Container, ContainerList, Pod, SecurityContext};
 
 /// What the engine did to one pod.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Outcome {
-    pub patch: Vec<Add>,
+    /// The JSON Patch: `add` operations only.
+    pub patch: Vec<PatchOperation>,
     /// What was set, as recorded in the pod's annotation (`runAsUser=65532,...`); empty when nothing was.
     pub summary: String,
     /// One line per skipped default, naming the container (where there is one) and the reason.
     pub warnings: Vec<String>,
+    /// What was set, field by field.
     pub applied: Applied,
-}
-
-/// The defaults that were set, for the pod's annotation, the audit log and metrics.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Applied {
-    pub run_as_user: Option<Id>,
-    pub run_as_group: Option<Id>,
-    pub fs_group: Option<Id>,
-    pub fs_group_change_policy: Option<FsGroupChangePolicy>,
-    /// Names of the containers that got `allowPrivilegeEscalation: false`.
-    pub no_escalation: Vec<String>,
-}
-
-impl Applied {
-    pub fn is_empty(&self) -> bool {
-        *self == Applied::default()
-    }
-
-    /// The fields that were set, each once.
-    pub fn fields(&self) -> impl Iterator<Item = Field> + '_ {
-        Field::ALL.into_iter().filter(|f| match f {
-            Field::RunAsUser => self.run_as_user.is_some(),
-            Field::RunAsGroup => self.run_as_group.is_some(),
-            Field::FsGroup => self.fs_group.is_some(),
-            Field::FsGroupChangePolicy => self.fs_group_change_policy.is_some(),
-            Field::AllowPrivilegeEscalation => !self.no_escalation.is_empty(),
-        })
-    }
-}
-
-impl Applied {
-    /// `runAsUser=65532,fsGroup=65532,allowPrivilegeEscalation=false(app,init-db)`; written by hand, as it is
-    /// for every patched pod.
-    pub fn summary(&self) -> String {
-        let mut out = String::with_capacity(128);
-        let item = |out: &mut String, name: &str| {
-            if !out.is_empty() {
-                out.push(',');
-            }
-            out.push_str(name);
-            out.push('=');
-        };
-        for (name, id) in [
-            ("runAsUser", self.run_as_user),
-            ("runAsGroup", self.run_as_group),
-            ("fsGroup", self.fs_group),
-        ] {
-            if let Some(id) = id {
-                item(&mut out, name);
-                crate::json::push_decimal(&mut out, id.get().unsigned_abs(), 1);
-            }
-        }
-        if let Some(p) = self.fs_group_change_policy {
-            item(&mut out, "fsGroupChangePolicy");
-            out.push_str(p.as_str());
-        }
-        if !self.no_escalation.is_empty() {
-            item(&mut out, "allowPrivilegeEscalation");
-            out.push_str("false(");
-            for (i, name) in self.no_escalation.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(name);
-            }
-            out.push(')');
-        }
-        out
-    }
-}
-
-impl fmt::Display for Applied {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.summary())
-    }
 }
 
 /// Defaults a pod being created.
@@ -105,23 +33,12 @@ pub fn default_pod(pod: &Pod<'_>, defaults: &Defaults) -> Outcome {
     let Some(spec) = &pod.spec else {
         return out;
     };
-    if pod.annotations().is_some_and(|a| a.mirror) {
-        out.warnings
-            .push("secure-defaults: mirror pod of a static pod left unchanged".to_owned());
+    if left_alone(pod, &mut out) {
         return out;
     }
-    if let Some(reason) = windows(pod) {
-        out.warnings.push(format!(
-            "secure-defaults: Windows pod ({reason}) left unchanged"
-        ));
-        return out;
-    }
-
     pod_level(spec, defaults, &mut out);
-    if defaults.disallow_privilege_escalation {
-        for (list, index, container) in spec.all_containers() {
-            no_escalation(list, index, container, &mut out);
-        }
+    for (list, index, container) in spec.all_containers() {
+        container_level(list, index, container, defaults, &mut out);
     }
     if !out.applied.is_empty() {
         out.summary = out.applied.summary();
@@ -138,17 +55,25 @@ pub fn default_new_ephemeral(pod: &Pod<'_>, old: &Pod<'_>, defaults: &Defaults) 
     let Some(spec) = &pod.spec else {
         return out;
     };
-    if !defaults.disallow_privilege_escalation {
+    if !Field::all().any(|f| f.level() == Level::Container && defaults.get(f).is_some()) {
         return out;
     }
-    if let Some(reason) = windows(pod) {
-        out.warnings.push(format!(
-            "secure-defaults: Windows pod ({reason}) left unchanged"
-        ));
+    if left_alone(pod, &mut out) {
         return out;
     }
-    let existing: HashSet<&str> = old
-        .spec
+    let existing = ephemeral_names(old);
+    let list = ContainerList::EphemeralContainers;
+    for (index, container) in spec.list(list).iter().enumerate() {
+        if !existing.contains(container.name()) {
+            container_level(list, index, container, defaults, &mut out);
+        }
+    }
+    out.summary = out.applied.summary();
+    out
+}
+
+fn ephemeral_names<'p>(pod: &'p Pod<'_>) -> HashSet<&'p str> {
+    pod.spec
         .as_ref()
         .map(|s| {
             s.list(ContainerList::EphemeralContainers)
@@ -156,191 +81,198 @@ pub fn default_new_ephemeral(pod: &Pod<'_>, old: &Pod<'_>, defaults: &Defaults) 
                 .map(Container::name)
                 .collect()
         })
-        .unwrap_or_default();
-    for (index, container) in spec
-        .list(ContainerList::EphemeralContainers)
-        .iter()
-        .enumerate()
-    {
-        if !existing.contains(container.name()) {
-            no_escalation(
-                ContainerList::EphemeralContainers,
-                index,
-                container,
-                &mut out,
-            );
-        }
-    }
-    if !out.applied.is_empty() {
-        out.summary = out.applied.summary();
-    }
-    out
+        .unwrap_or_default()
 }
 
-/// Why a pod counts as a Windows pod, where the Linux fields this engine sets are invalid.
-fn windows(pod: &Pod<'_>) -> Option<&'static str> {
-    let spec = pod.spec.as_ref()?;
-    if spec.os.as_ref().and_then(|os| os.name.as_deref()) == Some("windows") {
-        return Some("spec.os.name is windows");
+/// The names of the ephemeral containers `pod` has and `old` does not: those an ephemeral-container update adds.
+pub fn new_ephemeral_names<'p>(pod: &'p Pod<'_>, old: &Pod<'_>) -> Vec<&'p str> {
+    let existing = ephemeral_names(old);
+    ephemeral_names(pod)
+        .into_iter()
+        .filter(|name| !existing.contains(name))
+        .collect()
+}
+
+/// Mirror pods and Windows pods are never defaulted; says so in a warning.
+fn left_alone(pod: &Pod<'_>, out: &mut Outcome) -> bool {
+    if pod.is_mirror() {
+        out.warnings
+            .push("secure-defaults: mirror pod of a static pod left unchanged".to_owned());
+        return true;
     }
-    let host_process =
-        |w: &Option<pod::WindowsOptions>| w.as_ref().and_then(|w| w.host_process) == Some(true);
-    let pod_hpc = spec
-        .security_context
-        .as_ref()
-        .is_some_and(|sc| host_process(&sc.windows_options));
-    let container_hpc = spec.all_containers().any(|(_, _, c)| {
-        c.security_context
-            .as_ref()
-            .is_some_and(|sc| host_process(&sc.windows_options))
-    });
-    (pod_hpc || container_hpc).then_some("windowsOptions.hostProcess is true")
+    if let Some(reason) = pod.spec.as_ref().and_then(pod::Spec::windows) {
+        out.warnings.push(format!(
+            "secure-defaults: Windows pod ({reason}) left unchanged"
+        ));
+        return true;
+    }
+    false
+}
+
+fn skipped(field: Field, reason: &str) -> String {
+    format!("secure-defaults: {field} not defaulted: {reason}")
 }
 
 fn pod_level(spec: &pod::Spec<'_>, defaults: &Defaults, out: &mut Outcome) {
     let sc = spec.security_context.as_ref();
-    let has = |present: fn(&pod::PodSecurityContext) -> bool| sc.is_some_and(present);
-    let applied = &mut out.applied;
-
-    if !has(|s| s.run_as_user.is_some()) {
-        applied.run_as_user = defaults.run_as_user;
-    }
-    if !has(|s| s.run_as_group.is_some())
-        && let Some(group) = defaults.run_as_group
-    {
-        // A runtime refuses a group without a user, so every container must end up with a runAsUser.
-        let pod_user = has(|s| s.run_as_user.is_some()) || applied.run_as_user.is_some();
-        let without_user: Vec<&str> = spec
-            .all_containers()
-            .filter(|(_, _, c)| {
-                !(pod_user
-                    || c.security_context
-                        .as_ref()
-                        .is_some_and(|sc| sc.run_as_user.is_some()))
-            })
-            .map(|(_, _, c)| c.name())
-            .collect();
-        if without_user.is_empty() {
-            applied.run_as_group = Some(group);
-        } else {
-            for name in without_user {
-                out.warnings.push(format!(
-                    "secure-defaults: runAsGroup not defaulted: container {name:?} has no runAsUser and none is defaulted"
-                ));
+    let mut added = Map::new();
+    for (field, value) in defaults.iter() {
+        if field.level() != Level::Pod || stated(sc, &field.path()) {
+            continue;
+        }
+        let state = PodState {
+            spec,
+            applied: &out.applied,
+        };
+        match field.pod_guard(&state) {
+            Guard::Set(notes) => {
+                insert(&mut added, &field.path(), value.clone());
+                out.applied.pod(field, value.clone());
+                out.warnings.extend(
+                    notes
+                        .iter()
+                        .map(|n| format!("secure-defaults: {field} set: {n}")),
+                );
             }
+            Guard::Skip(reasons) => out
+                .warnings
+                .extend(reasons.iter().map(|r| skipped(field, r))),
         }
     }
-    if !has(|s| s.fs_group.is_some()) {
-        applied.fs_group = defaults.fs_group;
-    }
-    let has_fs_group = has(|s| s.fs_group.is_some()) || applied.fs_group.is_some();
-    if !has(|s| s.fs_group_change_policy.is_some()) && has_fs_group {
-        applied.fs_group_change_policy = defaults.fs_group_change_policy;
-    }
+    let at = PointerBuf::from_tokens(["spec", "securityContext"]);
+    add_below(at, sc, added, &mut out.patch);
+}
 
-    let mut fields = Map::with_capacity(4);
-    if let Some(id) = applied.run_as_user {
-        fields.insert("runAsUser".into(), id.get().into());
+fn container_level(
+    list: ContainerList,
+    index: usize,
+    container: &Container<'_>,
+    defaults: &Defaults,
+    out: &mut Outcome,
+) {
+    let sc = container.security_context.as_ref();
+    let mut added = Map::new();
+    for (field, value) in defaults.iter() {
+        if field.level() != Level::Container || stated(sc, &field.path()) {
+            continue;
+        }
+        match field.container_guard(container) {
+            None => {
+                insert(&mut added, &field.path(), value.clone());
+                out.applied.container(field, value, container.name());
+            }
+            Some(reason) => out.warnings.push(skipped(field, &reason)),
+        }
     }
-    if let Some(id) = applied.run_as_group {
-        fields.insert("runAsGroup".into(), id.get().into());
+    let at = PointerBuf::from_tokens(["spec", list.key()])
+        .with_trailing_token(index)
+        .with_trailing_token("securityContext");
+    add_below(at, sc, added, &mut out.patch);
+}
+
+/// Puts `value` into `tree` at `path`, creating the objects on the way.
+fn insert(tree: &mut Map<String, Value>, path: &[&str], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut map = tree;
+    for key in parents {
+        let entry = map
+            .entry((*key).to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(inner) = entry else { return };
+        map = inner;
     }
-    if let Some(id) = applied.fs_group {
-        fields.insert("fsGroup".into(), id.get().into());
-    }
-    if let Some(p) = applied.fs_group_change_policy {
-        fields.insert("fsGroupChangePolicy".into(), p.as_str().into());
-    }
-    if fields.is_empty() {
+    map.insert((*last).to_owned(), value);
+}
+
+/// The `add` operations that put `added` into the object at `at`, whose current value is `existing`: one `add`
+/// of the whole object where it is absent, else one per key, going down into objects the pod already has. Only
+/// absent (or null) keys are ever added, so a stated value is never replaced.
+fn add_below(
+    at: PointerBuf,
+    existing: Option<&SecurityContext>,
+    added: Map<String, Value>,
+    patch: &mut Vec<PatchOperation>,
+) {
+    if added.is_empty() {
         return;
     }
-    let path = Pointer::root().key("spec").key("securityContext");
-    if sc.is_some() {
-        for (key, value) in fields {
-            out.patch.push(Add::new(path.clone().key(&key), value));
+    let Some(existing) = existing else {
+        patch.push(add(at, Value::Object(added)));
+        return;
+    };
+    for (key, value) in added {
+        let path = at.with_trailing_token(&key);
+        match (existing.get(&key), value) {
+            (Some(Value::Object(inner)), Value::Object(more)) => {
+                add_below(path, Some(inner), more, patch);
+            }
+            (_, value) => patch.push(add(path, value)),
         }
-    } else {
-        out.patch.push(Add::new(path, Value::Object(fields)));
     }
 }
 
-fn no_escalation(list: ContainerList, index: usize, container: &Container<'_>, out: &mut Outcome) {
-    let sc = container.security_context.as_ref();
-    if sc.is_some_and(|sc| sc.allow_privilege_escalation.is_some()) {
-        return;
-    }
-    let name = container.name();
-    // The API server rejects allowPrivilegeEscalation=false together with either of these.
-    if sc.and_then(|sc| sc.privileged) == Some(true) {
-        out.warnings.push(format!(
-            "secure-defaults: allowPrivilegeEscalation not defaulted: container {name:?} is privileged"
-        ));
-        return;
-    }
-    let adds_sys_admin = sc
-        .and_then(|sc| sc.capabilities.as_ref())
-        .and_then(|c| c.add.as_ref())
-        .is_some_and(|add| {
-            add.iter().any(|cap| {
-                cap.eq_ignore_ascii_case("SYS_ADMIN") || cap.eq_ignore_ascii_case("CAP_SYS_ADMIN")
-            })
-        });
-    if adds_sys_admin {
-        out.warnings.push(format!(
-            "secure-defaults: allowPrivilegeEscalation not defaulted: container {name:?} adds CAP_SYS_ADMIN"
-        ));
-        return;
-    }
-    let path = Pointer::root()
-        .key("spec")
-        .key(list.key())
-        .index(index)
-        .key("securityContext");
-    out.patch.push(match sc {
-        Some(_) => Add::new(path.key("allowPrivilegeEscalation"), false),
-        None => Add::new(path, json!({"allowPrivilegeEscalation": false})),
-    });
-    out.applied.no_escalation.push(name.to_owned());
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
 }
 
 /// Records what was defaulted in the pod's annotation, unless the pod already carries one: the engine only
 /// adds, so an earlier record (from a first invocation, or copied from another pod) is left as it is.
-fn annotate(pod: &Pod<'_>, summary: &str, patch: &mut Vec<Add>) {
-    let value = summary;
-    let meta = Pointer::root().key("metadata");
+fn annotate(pod: &Pod<'_>, summary: &str, patch: &mut Vec<PatchOperation>) {
     let op = match (&pod.metadata, pod.annotations()) {
         (_, Some(a)) if a.defaulted => return,
-        (_, Some(_)) => Add::new(
-            meta.key("annotations").key(pod::DEFAULTED_ANNOTATION),
-            value,
+        (_, Some(_)) => add(
+            PointerBuf::from_tokens(["metadata", "annotations", pod::DEFAULTED_ANNOTATION]),
+            json!(summary),
         ),
-        (Some(_), None) => Add::new(
-            meta.key("annotations"),
-            json!({ pod::DEFAULTED_ANNOTATION: value }),
+        (Some(_), None) => add(
+            PointerBuf::from_tokens(["metadata", "annotations"]),
+            json!({ pod::DEFAULTED_ANNOTATION: summary }),
         ),
-        (None, None) => Add::new(
-            meta,
-            json!({"annotations": { pod::DEFAULTED_ANNOTATION: value }}),
+        (None, None) => add(
+            PointerBuf::from_tokens(["metadata"]),
+            json!({"annotations": { pod::DEFAULTED_ANNOTATION: summary }}),
         ),
     };
     patch.push(op);
 }
-
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::patch;
+
+    fn field(name: &str) -> Field {
+        Field::by_name(name).unwrap()
+    }
 
     fn full() -> Defaults {
-        Defaults {
-            run_as_user: Id::new(65532),
-            run_as_group: Id::new(65533),
-            fs_group: Id::new(65534),
-            fs_group_change_policy: Some(FsGroupChangePolicy::OnRootMismatch),
-            disallow_privilege_escalation: true,
+        let mut d = Defaults::default();
+        for (name, value) in [
+            ("runAsUser", json!(65532)),
+            ("runAsGroup", json!(65533)),
+            ("fsGroup", json!(65534)),
+            ("fsGroupChangePolicy", json!("OnRootMismatch")),
+            ("allowPrivilegeEscalation", json!(false)),
+        ] {
+            d.set(field(name), value);
         }
+        d
+    }
+
+    fn without(name: &str) -> Defaults {
+        let mut d = full();
+        d.clear(field(name));
+        d
+    }
+
+    fn paths(outcome: &Outcome) -> Vec<String> {
+        outcome
+            .patch
+            .iter()
+            .map(|op| op.path().to_string())
+            .collect()
     }
 
     /// Runs the engine on `pod`, applies the patch, checks that a second run adds nothing, and returns both.
@@ -349,7 +281,7 @@ mod tests {
         let view: Pod = serde_json::from_str(&text).unwrap();
         let outcome = default_pod(&view, defaults);
         let mut patched = pod.clone();
-        patch::apply(&mut patched, &outcome.patch).unwrap();
+        json_patch::patch(&mut patched, &outcome.patch).unwrap();
         let again_text = patched.to_string();
         let again: Pod = serde_json::from_str(&again_text).unwrap();
         assert_eq!(
@@ -565,15 +497,15 @@ mod tests {
             patched.pointer("/spec/securityContext/runAsUser"),
             Some(&json!(65532))
         );
-        assert_eq!(outcome.applied.no_escalation, vec!["app".to_owned()]);
+        assert_eq!(
+            outcome.applied.sets().last().map(|s| s.containers.clone()),
+            Some(vec!["app".to_owned()])
+        );
     }
 
     #[test]
     fn run_as_group_needs_a_user_for_every_container() {
-        let no_user = Defaults {
-            run_as_user: None,
-            ..full()
-        };
+        let no_user = without("runAsUser");
         // No pod user, no default user, one container without its own: no group.
         let pod = json!({"spec": {"containers": [{"name": "a", "securityContext": {"runAsUser": 5}}, {"name": "b"}]}});
         let (patched, outcome) = run(&pod, &no_user);
@@ -613,10 +545,7 @@ mod tests {
 
     #[test]
     fn fs_group_change_policy_needs_an_fs_group() {
-        let no_fs_group = Defaults {
-            fs_group: None,
-            ..full()
-        };
+        let no_fs_group = without("fsGroup");
         let (patched, _) = run(&json!({"spec": {"containers": []}}), &no_fs_group);
         assert!(
             patched
@@ -682,9 +611,11 @@ mod tests {
         let old_view: Pod = serde_json::from_str(&old_text).unwrap();
         let new_view: Pod = serde_json::from_str(&new_text).unwrap();
         let outcome = default_new_ephemeral(&new_view, &old_view, &full());
-        let paths: Vec<&str> = outcome.patch.iter().map(|op| op.path.as_str()).collect();
-        assert_eq!(paths, vec!["/spec/ephemeralContainers/1/securityContext"]);
-        assert_eq!(outcome.applied.no_escalation, vec!["dbg2".to_owned()]);
+        assert_eq!(
+            paths(&outcome),
+            vec!["/spec/ephemeralContainers/1/securityContext"]
+        );
+        assert_eq!(outcome.summary, "allowPrivilegeEscalation=false(dbg2)");
         assert!(
             outcome
                 .warnings
@@ -694,48 +625,192 @@ mod tests {
     }
 
     #[test]
-    fn applied_summary_is_short_and_readable() {
-        let applied = Applied {
-            run_as_user: Id::new(65532),
-            fs_group: Id::new(1),
-            no_escalation: vec!["app".into(), "init-db".into()],
-            ..Applied::default()
-        };
-        assert_eq!(
-            applied.to_string(),
-            "runAsUser=65532,fsGroup=1,allowPrivilegeEscalation=false(app,init-db)"
-        );
-        assert_eq!(
-            applied.fields().collect::<Vec<_>>(),
-            vec![
-                Field::RunAsUser,
-                Field::FsGroup,
-                Field::AllowPrivilegeEscalation
-            ]
+    fn mirror_pods_get_no_ephemeral_container_defaults() {
+        let old = json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "hash"}},
+            "spec": {"containers": [{"name": "app"}]}});
+        let new = json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "hash"}},
+            "spec": {"containers": [{"name": "app"}], "ephemeralContainers": [{"name": "dbg"}]}});
+        let (old_text, new_text) = (old.to_string(), new.to_string());
+        let old_view: Pod = serde_json::from_str(&old_text).unwrap();
+        let new_view: Pod = serde_json::from_str(&new_text).unwrap();
+        let outcome = default_new_ephemeral(&new_view, &old_view, &full());
+        assert!(outcome.patch.is_empty(), "{:?}", outcome.patch);
+        assert!(
+            outcome.warnings.iter().any(|w| w.contains("mirror pod")),
+            "{:?}",
+            outcome.warnings
         );
     }
 
     #[test]
-    fn summary_covers_every_field_and_the_edges_of_ids() {
-        let applied = Applied {
-            run_as_user: Id::new(0),
-            run_as_group: Id::new(Id::MAX),
-            fs_group: Id::new(10),
-            fs_group_change_policy: Some(FsGroupChangePolicy::OnRootMismatch),
-            no_escalation: vec!["one".into()],
-        };
-        assert_eq!(
-            applied.summary(),
-            "runAsUser=0,runAsGroup=2147483647,fsGroup=10,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(one)"
+    fn nested_fields_are_added_beneath_what_the_container_has() {
+        // A container-level field below a nested key, through the same tree builder the table uses.
+        let mut tree = Map::new();
+        insert(&mut tree, &["capabilities", "drop"], json!(["ALL"]));
+        insert(&mut tree, &["allowPrivilegeEscalation"], json!(false));
+        let existing = json!({"capabilities": {"add": ["NET_BIND_SERVICE"]}});
+        let mut patch = Vec::new();
+        add_below(
+            PointerBuf::from_tokens(["c"]),
+            existing.as_object(),
+            tree.clone(),
+            &mut patch,
         );
-        assert_eq!(Applied::default().summary(), "");
-        let only_escalation = Applied {
-            no_escalation: vec!["a".into(), "b".into()],
-            ..Applied::default()
-        };
+        let got: Vec<String> = patch.iter().map(|op| op.path().to_string()).collect();
         assert_eq!(
-            only_escalation.summary(),
-            "allowPrivilegeEscalation=false(a,b)"
+            got,
+            vec!["/c/capabilities/drop", "/c/allowPrivilegeEscalation"]
         );
+        let mut patch = Vec::new();
+        add_below(PointerBuf::from_tokens(["c"]), None, tree, &mut patch);
+        assert_eq!(
+            patch.len(),
+            1,
+            "one add of the whole object where it is absent"
+        );
+    }
+
+    fn restricted() -> Defaults {
+        let mut d = Defaults::default();
+        for (name, value) in [
+            ("runAsNonRoot", json!(true)),
+            ("seccompProfile", json!({"type": "RuntimeDefault"})),
+            ("allowPrivilegeEscalation", json!(false)),
+            ("capabilities.drop", json!(["ALL"])),
+        ] {
+            d.set(field(name), value);
+        }
+        d
+    }
+
+    #[test]
+    fn restricted_fields_follow_their_guards() {
+        // (name, pod, pointer -> value after defaulting (Null: stays absent), words a warning must hold or "")
+        let cases: Vec<(&str, Value, Vec<(&str, Value)>, &str)> = vec![
+            (
+                "bare pod",
+                json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "app"}]}}),
+                vec![
+                    ("/spec/securityContext/runAsNonRoot", json!(true)),
+                    (
+                        "/spec/securityContext/seccompProfile",
+                        json!({"type": "RuntimeDefault"}),
+                    ),
+                    (
+                        "/spec/containers/0/securityContext/capabilities",
+                        json!({"drop": ["ALL"]}),
+                    ),
+                ],
+                "",
+            ),
+            (
+                "an added capability stays and the drop list joins it",
+                json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "web",
+                    "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}]}}),
+                vec![(
+                    "/spec/containers/0/securityContext/capabilities",
+                    json!({"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]}),
+                )],
+                "",
+            ),
+            (
+                "an explicit drop list stays",
+                json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "web",
+                    "securityContext": {"capabilities": {"drop": ["NET_RAW"]}}}]}}),
+                vec![(
+                    "/spec/containers/0/securityContext/capabilities/drop",
+                    json!(["NET_RAW"]),
+                )],
+                "",
+            ),
+            (
+                "a container running as root keeps the pod from runAsNonRoot",
+                json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "db",
+                    "securityContext": {"runAsUser": 0}}]}}),
+                vec![("/spec/securityContext/runAsNonRoot", Value::Null)],
+                "runAsNonRoot not defaulted: container \"db\" runs as user 0",
+            ),
+            (
+                "a pod running as root keeps the pod from runAsNonRoot",
+                json!({"spec": {"securityContext": {"runAsUser": 0}, "containers": [{"name": "app"}]}}),
+                vec![("/spec/securityContext/runAsNonRoot", Value::Null)],
+                "container \"app\" runs as user 0",
+            ),
+            (
+                "no user anywhere: set, with a warning",
+                json!({"spec": {"containers": [{"name": "app"}]}}),
+                vec![("/spec/securityContext/runAsNonRoot", json!(true))],
+                "runAsNonRoot set: container \"app\" has no runAsUser",
+            ),
+            (
+                "a container's own seccomp profile stays, and the pod gets the default",
+                json!({"spec": {"securityContext": {"runAsUser": 1}, "containers": [{"name": "app",
+                    "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}}]}}),
+                vec![
+                    (
+                        "/spec/containers/0/securityContext/seccompProfile/type",
+                        json!("Localhost"),
+                    ),
+                    (
+                        "/spec/securityContext/seccompProfile/type",
+                        json!("RuntimeDefault"),
+                    ),
+                ],
+                "",
+            ),
+            (
+                "privileged containers get no drop list",
+                json!({"spec": {"securityContext": {"runAsUser": 1}, "containers": [{"name": "vpn",
+                    "securityContext": {"privileged": true}}]}}),
+                vec![(
+                    "/spec/containers/0/securityContext/capabilities",
+                    Value::Null,
+                )],
+                "capabilities.drop not defaulted: container \"vpn\" is privileged",
+            ),
+        ];
+        for (name, pod, expectations, words) in cases {
+            let (patched, outcome) = run(&pod, &restricted());
+            for (pointer, want) in expectations {
+                let got = patched.pointer(pointer).cloned().unwrap_or(Value::Null);
+                assert_eq!(got, want, "{name}: {pointer}: {patched}");
+            }
+            if words.is_empty() {
+                assert!(
+                    outcome.warnings.is_empty(),
+                    "{name}: {:?}",
+                    outcome.warnings
+                );
+            } else {
+                assert!(
+                    outcome.warnings.iter().any(|w| w.contains(words)),
+                    "{name}: no {words:?} in {:?}",
+                    outcome.warnings
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn new_ephemeral_containers_get_the_container_level_restricted_fields_only() {
+        let old = json!({"spec": {"containers": [{"name": "app"}]}});
+        let new = json!({"spec": {"containers": [{"name": "app"}], "ephemeralContainers": [{"name": "debugger",
+            "securityContext": {"capabilities": {"add": ["SYS_PTRACE"]}}}]}});
+        let (old_text, new_text) = (old.to_string(), new.to_string());
+        let old_view: Pod = serde_json::from_str(&old_text).unwrap();
+        let new_view: Pod = serde_json::from_str(&new_text).unwrap();
+        let outcome = default_new_ephemeral(&new_view, &old_view, &restricted());
+        assert_eq!(
+            paths(&outcome),
+            vec![
+                "/spec/ephemeralContainers/0/securityContext/allowPrivilegeEscalation",
+                "/spec/ephemeralContainers/0/securityContext/capabilities/drop"
+            ]
+        );
+        assert_eq!(
+            outcome.summary,
+            "allowPrivilegeEscalation=false(debugger),capabilities.drop=ALL(debugger)"
+        );
+        assert_eq!(new_ephemeral_names(&new_view, &old_view), vec!["debugger"]);
     }
 }

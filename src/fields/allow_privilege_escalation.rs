@@ -1,0 +1,55 @@
+//! `allowPrivilegeEscalation: false` on each container: no setuid binary or file capability can raise a
+//! process's privileges. The API server rejects it beside `privileged: true` or an added `CAP_SYS_ADMIN`, so
+//! those containers are skipped.
+
+use serde_json::{Value, json};
+
+use super::{FieldDef, Level};
+use crate::pod::Container;
+
+pub struct AllowPrivilegeEscalation;
+
+impl FieldDef for AllowPrivilegeEscalation {
+    fn name(&self) -> &'static str {
+        "allowPrivilegeEscalation"
+    }
+
+    fn level(&self) -> Level {
+        Level::Container
+    }
+
+    fn check(&self, value: &Value) -> Result<(), String> {
+        match value {
+            Value::Bool(false) => Ok(()),
+            Value::Bool(true) => Err(
+                "true is not a secure default; use false, or leave the field out to not default it"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "invalid type: {}, expected false",
+                super::id::kind(other)
+            )),
+        }
+    }
+
+    fn examples(&self) -> (Vec<Value>, Value) {
+        (vec![json!(false)], json!(true))
+    }
+
+    fn restricted(&self) -> Option<Value> {
+        Some(json!(false))
+    }
+
+    fn container_guard(&self, container: &Container<'_>) -> Option<String> {
+        if container.privileged() {
+            return Some(format!("container {:?} is privileged", container.name()));
+        }
+        if container.adds_capability("SYS_ADMIN") {
+            return Some(format!(
+                "container {:?} adds CAP_SYS_ADMIN",
+                container.name()
+            ));
+        }
+        None
+    }
+}

@@ -1,0 +1,472 @@
+//! The fields secure-defaults can fill in, as one table: each field is one file here behind [`FieldDef`], and
+//! everything else (the policy parser, `check`, the engine, the annotation, metrics, the property tests)
+//! iterates [`Field::ALL`]. Adding a field is its own file plus one line in [`TABLE`].
+//!
+//! A field's value is kept as the JSON value the patch adds, checked once when the policy is read.
+
+mod allow_privilege_escalation;
+mod drop_capabilities;
+mod fs_group;
+mod fs_group_change_policy;
+mod run_as_group;
+mod run_as_non_root;
+mod run_as_user;
+mod seccomp_profile;
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::pod::{Container, Spec};
+
+/// Where a field lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// `spec.securityContext`.
+    Pod,
+    /// Each container's `securityContext` (containers, init containers, new ephemeral containers).
+    Container,
+}
+
+/// One defaultable field: its name, where it lives, what values a policy may give it, and the guards that keep
+/// it off pods it would break.
+pub trait FieldDef: Sync {
+    /// The key in the policy (`defaults:`, `set:`, `skip:`), the annotation, `check` and the metrics label.
+    fn name(&self) -> &'static str;
+    /// Pod or container level.
+    fn level(&self) -> Level;
+    /// The keys below the `securityContext` it sits at: its name, unless it is nested.
+    fn path(&self) -> Vec<&'static str> {
+        vec![self.name()]
+    }
+    /// Checks a value from the policy file; the reason is shown with the field's path and line.
+    fn check(&self, value: &Value) -> Result<(), String>;
+    /// Valid policy values, then one the policy must refuse: used by `check`'s tests and the property tests.
+    fn examples(&self) -> (Vec<Value>, Value);
+    /// The value Pod Security "restricted" needs, for fields it needs: what `profile: restricted` and
+    /// `followPodSecurityLabels` turn on.
+    fn restricted(&self) -> Option<Value> {
+        None
+    }
+    /// Pod level: whether the field may be set on this pod, with the warnings to give either way.
+    fn pod_guard(&self, _pod: &PodState<'_, '_>) -> Guard {
+        Guard::Set(Vec::new())
+    }
+    /// Container level: why the field must not be set on this container, if it must not.
+    fn container_guard(&self, _container: &Container<'_>) -> Option<String> {
+        None
+    }
+    /// The value as the annotation and `check` show it.
+    fn show(&self, value: &Value) -> String {
+        match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A pod-level guard's answer; each string is a warning, naming the container where there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// Set the field, and say these things about it.
+    Set(Vec<String>),
+    /// Do not set it, for these reasons (none: a silent skip).
+    Skip(Vec<String>),
+}
+
+/// The table, in the order fields are decided, shown and patched. A pod-level field may read the fields before it
+/// (`runAsGroup` reads `runAsUser`).
+static TABLE: [&dyn FieldDef; 8] = [
+    &run_as_user::RunAsUser,
+    &run_as_group::RunAsGroup,
+    &fs_group::FsGroup,
+    &fs_group_change_policy::FsGroupChangePolicy,
+    &run_as_non_root::RunAsNonRoot,
+    &seccomp_profile::SeccompProfile,
+    &allow_privilege_escalation::AllowPrivilegeEscalation,
+    &drop_capabilities::DropCapabilities,
+];
+
+/// How many fields there are.
+pub const COUNT: usize = TABLE.len();
+
+/// A field of the table.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Field(usize);
+
+impl Field {
+    /// Every field, in table order.
+    pub fn all() -> impl Iterator<Item = Field> {
+        (0..COUNT).map(Field)
+    }
+
+    /// The field of a policy key.
+    pub fn by_name(name: &str) -> Option<Field> {
+        Field::all().find(|f| f.name() == name)
+    }
+
+    /// Its place in the table, for arrays indexed by field.
+    pub fn index(self) -> usize {
+        self.0
+    }
+
+    fn def(self) -> &'static dyn FieldDef {
+        TABLE[self.0]
+    }
+
+    /// See [`FieldDef::name`].
+    pub fn name(self) -> &'static str {
+        self.def().name()
+    }
+
+    /// See [`FieldDef::level`].
+    pub fn level(self) -> Level {
+        self.def().level()
+    }
+
+    /// See [`FieldDef::path`].
+    pub fn path(self) -> Vec<&'static str> {
+        self.def().path()
+    }
+
+    /// See [`FieldDef::restricted`].
+    pub fn restricted(self) -> Option<Value> {
+        self.def().restricted()
+    }
+
+    /// See [`FieldDef::check`].
+    pub fn check(self, value: &Value) -> Result<(), String> {
+        self.def().check(value)
+    }
+
+    /// See [`FieldDef::examples`].
+    pub fn examples(self) -> (Vec<Value>, Value) {
+        self.def().examples()
+    }
+
+    /// See [`FieldDef::show`].
+    pub fn show(self, value: &Value) -> String {
+        self.def().show(value)
+    }
+
+    pub(crate) fn pod_guard(self, pod: &PodState<'_, '_>) -> Guard {
+        self.def().pod_guard(pod)
+    }
+
+    pub(crate) fn container_guard(self, container: &Container<'_>) -> Option<String> {
+        self.def().container_guard(container)
+    }
+
+    /// The comma-separated list of every field's name, for error messages.
+    pub fn names() -> String {
+        Field::all().map(Field::name).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl fmt::Debug for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether the value at `path` below `object` counts as stated. Missing or `null` is absent; a non-object on the
+/// way down counts as stated, so nothing is ever added beneath a value the pod sets.
+pub fn stated(object: Option<&Map<String, Value>>, path: &[&str]) -> bool {
+    let mut current = object;
+    for (i, key) in path.iter().enumerate() {
+        let Some(map) = current else { return false };
+        match map.get(*key) {
+            None | Some(Value::Null) => return false,
+            Some(Value::Object(inner)) if i + 1 < path.len() => current = Some(inner),
+            Some(_) => return true,
+        }
+    }
+    true
+}
+
+/// The values to fill in, one slot per field; `None` means "do not default this field". Boxed, so a decision
+/// that carries it stays small.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Defaults(Box<[Option<Value>; COUNT]>);
+
+impl Defaults {
+    /// The value for `field`, if it is defaulted.
+    pub fn get(&self, field: Field) -> Option<&Value> {
+        self.0[field.0].as_ref()
+    }
+
+    /// Sets a value that [`Field::check`] accepted.
+    pub fn set(&mut self, field: Field, value: Value) {
+        self.0[field.0] = Some(value);
+    }
+
+    /// Stops defaulting `field`.
+    pub fn clear(&mut self, field: Field) {
+        self.0[field.0] = None;
+    }
+
+    /// True when no field is defaulted.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+
+    /// The defaulted fields and their values, in table order.
+    pub fn iter(&self) -> impl Iterator<Item = (Field, &Value)> {
+        Field::all().filter_map(|f| self.get(f).map(|v| (f, v)))
+    }
+
+    /// Overlays the fields `other` sets onto `self` (later policy entries win).
+    pub fn overlay(&mut self, other: &Defaults) {
+        for (field, value) in other.iter() {
+            self.set(field, value.clone());
+        }
+    }
+}
+
+impl fmt::Debug for Defaults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Defaults({self})")
+    }
+}
+
+impl fmt::Display for Defaults {
+    /// `runAsUser=65532,fsGroup=65532,allowPrivilegeEscalation=false`, or `nothing`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("nothing");
+        }
+        let mut out = String::new();
+        for (field, value) in self.iter() {
+            push_item(&mut out, field, value, &[]);
+        }
+        f.write_str(&out)
+    }
+}
+
+/// One field set on a pod: its value, and for a container-level field the containers that got it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Set {
+    /// The field.
+    pub field: Field,
+    /// The value added.
+    pub value: Value,
+    /// The containers that got it (container-level fields only).
+    pub containers: Vec<String>,
+}
+
+/// What was set on one pod, in table order: for its annotation, the audit log, logs and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied(Vec<Set>);
+
+impl Applied {
+    /// True when nothing was set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// What was set, field by field.
+    pub fn sets(&self) -> &[Set] {
+        &self.0
+    }
+
+    /// The fields that were set, each once.
+    pub fn fields(&self) -> impl Iterator<Item = Field> + '_ {
+        self.0.iter().map(|s| s.field)
+    }
+
+    /// The value set for `field`, if it was.
+    pub fn get(&self, field: Field) -> Option<&Value> {
+        self.0.iter().find(|s| s.field == field).map(|s| &s.value)
+    }
+
+    /// Records a pod-level field.
+    pub(crate) fn pod(&mut self, field: Field, value: Value) {
+        self.insert(Set {
+            field,
+            value,
+            containers: Vec::new(),
+        });
+    }
+
+    /// Records a container-level field on one more container.
+    pub(crate) fn container(&mut self, field: Field, value: &Value, name: &str) {
+        match self.0.iter_mut().find(|s| s.field == field) {
+            Some(set) => set.containers.push(name.to_owned()),
+            None => self.insert(Set {
+                field,
+                value: value.clone(),
+                containers: vec![name.to_owned()],
+            }),
+        }
+    }
+
+    fn insert(&mut self, set: Set) {
+        let at = self.0.partition_point(|s| s.field < set.field);
+        self.0.insert(at, set);
+    }
+
+    /// `runAsUser=65532,fsGroup=65532,allowPrivilegeEscalation=false(app,init-db)`, or empty.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for set in &self.0 {
+            push_item(&mut out, set.field, &set.value, &set.containers);
+        }
+        out
+    }
+}
+
+/// The one formatter of `name=value` items, shared by the policy's description and the pod's annotation.
+fn push_item(out: &mut String, field: Field, value: &Value, containers: &[String]) {
+    if !out.is_empty() {
+        out.push(',');
+    }
+    out.push_str(field.name());
+    out.push('=');
+    out.push_str(&field.show(value));
+    if !containers.is_empty() {
+        out.push('(');
+        out.push_str(&containers.join(","));
+        out.push(')');
+    }
+}
+
+/// What a pod-level guard may read: the pod, and the pod-level fields decided before this one.
+pub struct PodState<'s, 'a> {
+    pub(crate) spec: &'s Spec<'a>,
+    pub(crate) applied: &'s Applied,
+}
+
+impl<'a> PodState<'_, 'a> {
+    /// The pod-level value of `field` after defaulting so far: the pod's own, else the one being set.
+    pub fn value(&self, field: &str) -> Option<&Value> {
+        let own = self
+            .spec
+            .security_context
+            .as_ref()
+            .and_then(|sc| sc.get(field))
+            .filter(|v| !v.is_null());
+        own.or_else(|| Field::by_name(field).and_then(|f| self.applied.get(f)))
+    }
+
+    /// Every container of the pod.
+    pub fn containers(&self) -> impl Iterator<Item = &Container<'a>> {
+        self.spec.all_containers().map(|(_, _, c)| c)
+    }
+}
+
+/// Checks shared by the ID fields.
+mod id {
+    use serde_json::Value;
+
+    /// The largest user or group ID Kubernetes accepts.
+    pub const MAX: i64 = 2_147_483_647;
+
+    /// An ID in 0..=2147483647.
+    pub fn any(value: &Value) -> Result<i64, String> {
+        let Some(n) = value.as_i64() else {
+            return Err(format!(
+                "invalid type: {}, expected an integer ID",
+                kind(value)
+            ));
+        };
+        if (0..=MAX).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{n} is outside the valid ID range 0..={MAX}"))
+        }
+    }
+
+    /// An ID in 1..=2147483647: root (0) is not a secure default.
+    pub fn non_root(value: &Value) -> Result<i64, String> {
+        match any(value)? {
+            0 => Err("0 is root, which is not a secure default; choose a non-zero ID".to_owned()),
+            n => Ok(n),
+        }
+    }
+
+    /// How a value's type reads in an error.
+    pub fn kind(value: &Value) -> String {
+        match value {
+            Value::Null => "null".to_owned(),
+            Value::Bool(b) => format!("boolean `{b}`"),
+            Value::Number(n) => format!("number {n}"),
+            Value::String(s) => format!("string {s:?}"),
+            Value::Array(_) => "sequence".to_owned(),
+            Value::Object(_) => "map".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_found() {
+        let names: std::collections::BTreeSet<&str> = Field::all().map(Field::name).collect();
+        assert_eq!(names.len(), COUNT);
+        for field in Field::all() {
+            assert_eq!(Field::by_name(field.name()), Some(field));
+        }
+        assert_eq!(Field::by_name("runAsUsr"), None);
+    }
+
+    #[test]
+    fn every_field_accepts_its_examples_and_refuses_its_counterexample() {
+        for field in Field::all() {
+            let (good, bad) = field.examples();
+            assert!(!good.is_empty(), "{field}");
+            for value in good {
+                assert_eq!(field.check(&value), Ok(()), "{field} {value}");
+            }
+            assert!(field.check(&bad).is_err(), "{field} accepted {bad}");
+        }
+    }
+
+    #[test]
+    fn stated_follows_the_path() {
+        let sc = json!({"a": null, "b": 0, "c": {"d": false}, "e": "x"});
+        let sc = sc.as_object();
+        assert!(!stated(sc, &["a"]));
+        assert!(!stated(sc, &["missing"]));
+        assert!(stated(sc, &["b"]), "falsy values are stated");
+        assert!(stated(sc, &["c", "d"]));
+        assert!(!stated(sc, &["c", "z"]));
+        assert!(
+            stated(sc, &["e", "z"]),
+            "nothing is added beneath a non-object"
+        );
+        assert!(!stated(None, &["b"]));
+    }
+
+    #[test]
+    fn summary_lists_fields_in_table_order_with_their_containers() {
+        let field = |name| Field::by_name(name).unwrap();
+        let mut applied = Applied::default();
+        applied.container(field("allowPrivilegeEscalation"), &json!(false), "app");
+        applied.pod(field("fsGroup"), json!(1));
+        applied.pod(field("runAsUser"), json!(65532));
+        applied.container(field("allowPrivilegeEscalation"), &json!(false), "init-db");
+        assert_eq!(
+            applied.summary(),
+            "runAsUser=65532,fsGroup=1,allowPrivilegeEscalation=false(app,init-db)"
+        );
+        assert_eq!(Applied::default().summary(), "");
+        let mut defaults = Defaults::default();
+        assert_eq!(defaults.to_string(), "nothing");
+        defaults.set(field("fsGroupChangePolicy"), json!("OnRootMismatch"));
+        defaults.set(field("runAsGroup"), json!(2147483647));
+        assert_eq!(
+            defaults.to_string(),
+            "runAsGroup=2147483647,fsGroupChangePolicy=OnRootMismatch"
+        );
+    }
+}
