@@ -3,8 +3,12 @@
 # e2e tests: etcd, kube-apiserver and kube-controller-manager (no kubelet, no
 # scheduler, so pods stay Pending, which is all an admission webhook needs).
 #
-#   e2e/cluster.sh up DIR     start; prints `export KUBECONFIG=DIR/kubeconfig`
-#   e2e/cluster.sh down DIR   stop everything `up` started (idempotent)
+#   e2e/cluster.sh up DIR               start; prints `export KUBECONFIG=DIR/kubeconfig`
+#   e2e/cluster.sh down DIR             stop everything `up` started (idempotent)
+#   e2e/cluster.sh stop-apiserver DIR   stop only kube-apiserver (an outage; etcd and the
+#                                       controller-manager keep running)
+#   e2e/cluster.sh start-apiserver DIR  start it again with the same flags and port, and
+#                                       wait until it is ready
 #
 # DIR ends up with:
 #   kubeconfig  admin credentials (O=system:masters)
@@ -12,6 +16,7 @@
 #               CA_KEY (the CA the apiserver trusts for clients; tests may sign
 #               a webhook serving cert with it too), ETCD_URL
 #   pki/        certificates and keys      logs/<component>.log
+#   kube-apiserver.args  its flags, NUL-separated, for start-apiserver
 #   etcd/       etcd data                  pids  "<name> <pid>" per process
 #   flexvolume/ (empty; keeps the controller-manager out of system paths)
 #
@@ -25,7 +30,7 @@ UP_TIMEOUT="${CLUSTER_UP_TIMEOUT:-180}"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager)
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
-usage() { echo "usage: $0 up|down DIR" >&2; exit 2; }
+usage() { echo "usage: $0 up|down|stop-apiserver|start-apiserver DIR" >&2; exit 2; }
 
 # ---------------------------------------------------------------------------
 # Process bookkeeping
@@ -62,21 +67,26 @@ stop_all() { # <dir>
   # there, instead of retrying against a dependency that vanished.
   local i
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    log "stopping ${names[i]} (pid ${pids[i]})"
-    signal TERM "${pids[i]}"
-    # Bounded wait for a clean exit, then KILL.
-    deadline=$((SECONDS + 10))
-    while is_ours "${names[i]}" "${pids[i]}"; do
-      if ((SECONDS >= deadline)); then
-        log "killing ${names[i]} (still running 10s after TERM)"
-        signal KILL "${pids[i]}"
-        sleep 0.5
-        break
-      fi
-      sleep 0.1
-    done
+    stop_one "${names[i]}" "${pids[i]}"
   done
   rm -f "$pidfile"
+}
+
+stop_one() { # <name> <pid>
+  local deadline
+  log "stopping $1 (pid $2)"
+  signal TERM "$2"
+  # Bounded wait for a clean exit, then KILL.
+  deadline=$((SECONDS + 10))
+  while is_ours "$1" "$2"; do
+    if ((SECONDS >= deadline)); then
+      log "killing $1 (still running 10s after TERM)"
+      signal KILL "$2"
+      sleep 0.5
+      break
+    fi
+    sleep 0.1
+  done
 }
 
 # ---------------------------------------------------------------------------
@@ -329,29 +339,33 @@ cmd_up() {
   # --endpoint-reconciler-type=none: the reconciler that publishes the
   # apiserver as the `kubernetes` Service's endpoint rejects a loopback
   # address, and nothing in this cluster reaches the apiserver through it.
-  start kube-apiserver \
-    --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 \
-    --secure-port="$api_port" \
-    --etcd-servers="$etcd_url" \
-    --tls-cert-file="$pki/apiserver.crt" \
-    --tls-private-key-file="$pki/apiserver.key" \
-    --client-ca-file="$pki/ca.crt" \
-    --authorization-mode=RBAC \
-    --service-account-issuer="$api_url" \
-    --service-account-key-file="$pki/sa.pub" \
-    --service-account-signing-key-file="$pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 \
-    --requestheader-client-ca-file="$pki/front-proxy-ca.crt" \
-    --requestheader-allowed-names=front-proxy-client \
-    --requestheader-username-headers=X-Remote-User \
-    --requestheader-group-headers=X-Remote-Group \
-    --requestheader-extra-headers-prefix=X-Remote-Extra- \
-    --proxy-client-cert-file="$pki/front-proxy-client.crt" \
-    --proxy-client-key-file="$pki/front-proxy-client.key" \
-    --allow-privileged=true \
-    --endpoint-reconciler-type=none \
+  local -a apiserver_args=(
+    --bind-address=127.0.0.1
+    --advertise-address=127.0.0.1
+    --secure-port="$api_port"
+    --etcd-servers="$etcd_url"
+    --tls-cert-file="$pki/apiserver.crt"
+    --tls-private-key-file="$pki/apiserver.key"
+    --client-ca-file="$pki/ca.crt"
+    --authorization-mode=RBAC
+    --service-account-issuer="$api_url"
+    --service-account-key-file="$pki/sa.pub"
+    --service-account-signing-key-file="$pki/sa.key"
+    --service-cluster-ip-range=10.0.0.0/24
+    --requestheader-client-ca-file="$pki/front-proxy-ca.crt"
+    --requestheader-allowed-names=front-proxy-client
+    --requestheader-username-headers=X-Remote-User
+    --requestheader-group-headers=X-Remote-Group
+    --requestheader-extra-headers-prefix=X-Remote-Extra-
+    --proxy-client-cert-file="$pki/front-proxy-client.crt"
+    --proxy-client-key-file="$pki/front-proxy-client.key"
+    --allow-privileged=true
+    --endpoint-reconciler-type=none
     --profiling=false
+  )
+  # Kept for start-apiserver, which restarts it after an outage with the same flags (and so the same port).
+  printf '%s\0' "${apiserver_args[@]}" >"$DIR/kube-apiserver.args"
+  start kube-apiserver "${apiserver_args[@]}"
   wait_for kube-apiserver "kube-apiserver /readyz" apiserver_ready
 
   # kube-controller-manager: runs the controllers that turn a Deployment into
@@ -396,6 +410,38 @@ cmd_up() {
 }
 
 # ---------------------------------------------------------------------------
+# An API server outage: stop and start kube-apiserver alone.
+
+cmd_stop_apiserver() {
+  local pid
+  pid="$(pid_of kube-apiserver)"
+  [[ -n "$pid" ]] && is_ours kube-apiserver "$pid" || { log "no kube-apiserver running from $DIR"; exit 1; }
+  # Its line stays (a pid that is no longer ours is skipped by `down`); start-apiserver puts the new pid in
+  # it, so `down` still stops the components in reverse start order.
+  stop_one kube-apiserver "$pid"
+}
+
+cmd_start_apiserver() {
+  local pid
+  pid="$(pid_of kube-apiserver)"
+  if [[ -n "$pid" ]] && is_ours kube-apiserver "$pid"; then
+    log "kube-apiserver is already running from $DIR (pid $pid)"
+    exit 1
+  fi
+  [[ -f "$DIR/kube-apiserver.args" ]] || { log "no $DIR/kube-apiserver.args: was the cluster started by this script?"; exit 1; }
+  BIN="$(. "$DIR/env" && printf '%s' "$BIN")"
+  local -a args=()
+  mapfile -d '' args <"$DIR/kube-apiserver.args"
+  # Appended to its own log: the outage stays readable in one file.
+  CURRENT=kube-apiserver
+  log "starting kube-apiserver"
+  setsid "$BIN/kube-apiserver" "${args[@]}" >>"$DIR/logs/kube-apiserver.log" 2>&1 </dev/null &
+  awk -v pid="$!" '$1 == "kube-apiserver" { $2 = pid } { print }' "$DIR/pids" >"$DIR/pids.tmp"
+  mv "$DIR/pids.tmp" "$DIR/pids"
+  wait_for kube-apiserver "kube-apiserver /readyz" apiserver_ready
+}
+
+# ---------------------------------------------------------------------------
 
 [[ $# -eq 2 ]] || usage
 case "$1" in
@@ -403,6 +449,14 @@ case "$1" in
     mkdir -p "$2"
     DIR="$(cd "$2" && pwd)"
     cmd_up
+    ;;
+  stop-apiserver)
+    DIR="$(cd "$2" && pwd)"
+    cmd_stop_apiserver
+    ;;
+  start-apiserver)
+    DIR="$(cd "$2" && pwd)"
+    cmd_start_apiserver
     ;;
   down)
     # Nothing to do for a directory that was never created.

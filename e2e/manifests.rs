@@ -703,7 +703,7 @@ fn check_self_managed(overlay: &str, docs: &[Value]) {
         json!([
             // create cannot be restricted by name; everything else is.
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
-            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get", "update"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get", "list", "watch", "update"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease], "verbs": ["get", "update"]}
         ]),
@@ -1522,11 +1522,15 @@ async fn self_managed_rbac_suffices(env: &ClusterEnv, client: &Client, docs: &[V
         all.extend_from_slice(args);
         run_kubectl(env, &all, None).status.success()
     };
-    let allowed: [&[&str]; 9] = [
+    // A list or watch restricted to one name is what the API server authorises for a request carrying the
+    // field selector metadata.name=<that name>; `can-i list secrets/NAME` asks exactly that.
+    let allowed: [&[&str]; 11] = [
         &["watch", "namespaces"],
         &["get", "namespaces/anything"],
         &["create", "secrets"],
         &["get", "secrets/secure-defaults-tls"],
+        &["list", "secrets/secure-defaults-tls"],
+        &["watch", "secrets/secure-defaults-tls"],
         &["update", "secrets/secure-defaults-tls"],
         &["create", "leases.coordination.k8s.io"],
         &[
@@ -1548,10 +1552,11 @@ async fn self_managed_rbac_suffices(env: &ClusterEnv, client: &Client, docs: &[V
         })
         .await;
     }
-    let denied: [&[&str]; 14] = [
+    let denied: [&[&str]; 15] = [
         &["get", "secrets/other"],
         &["list", "secrets"],
-        &["watch", "secrets/secure-defaults-tls"],
+        &["watch", "secrets"],
+        &["watch", "secrets/other"],
         &["patch", "secrets/secure-defaults-tls"],
         &["delete", "secrets/secure-defaults-tls"],
         &["get", "secrets/secure-defaults-tls", "-n", "default"],

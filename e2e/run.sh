@@ -25,3 +25,6 @@ trap 'exit 130' INT TERM
 export E2E_CLUSTER_DIR="$DIR"
 cd "$ROOT"
 cargo test --locked --test e2e -- --test-threads="${E2E_THREADS:-3}" "$@"
+# Tests that disturb the control plane itself (an API server outage) are #[ignore]d, so that they never run
+# beside the others, and run here alone, one at a time, once the others are done.
+cargo test --locked --test e2e -- --ignored --test-threads=1 "$@"

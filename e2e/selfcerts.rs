@@ -261,3 +261,116 @@ async fn served_pod(
         Err(format!("{name} not defaulted"))
     }
 }
+
+/// The Lease is judged by when this replica saw it change, never by the holder's clock: a holder whose clock
+/// is an hour behind keeps its Lease for as long as it renews, and a dead holder whose clock was an hour ahead
+/// loses it one lease duration (5 s here) after its last renewal.
+#[tokio::test]
+async fn self_managed_lease_expiry_ignores_the_holders_clock() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+    let env = cluster_env();
+    let client = client(&env).await;
+    let test = "self-certs-skew";
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("e2e")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("policy.yaml"), policy_yaml("opt-in", "")).unwrap();
+    let home = TestNamespace::create(&client, &env, test, "e2e-self-certs-skew", &[]).await;
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &home.name);
+    let name = "secure-defaults-certificates";
+    let hour = SignedDuration::from_hours(1);
+    let at =
+        |offset: SignedDuration| Some(MicroTime(Timestamp::now().checked_add(offset).unwrap()));
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"holderIdentity": "skewed", "leaseDurationSeconds": 5}
+    }))
+    .unwrap();
+    let mut lease = leases.create(&PostParams::default(), &lease).await.unwrap();
+
+    // Nothing to inject into: the replica logs that and carries on.
+    let replica = replica(
+        &env,
+        &dir,
+        "replica-c",
+        &home.name,
+        "absent.e2e.secure-defaults.io",
+        free_port(),
+    );
+    let ready = format!("127.0.0.1:{}", replica.admin_port);
+
+    // A live holder whose clock is an hour behind: renewing every 500 ms for three lease durations, it keeps
+    // the Lease (a replica comparing renewTime with its own clock would take it at once).
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        let spec = lease.spec.as_mut().unwrap();
+        assert_eq!(
+            spec.holder_identity.as_deref(),
+            Some("skewed"),
+            "the live holder lost its Lease"
+        );
+        spec.renew_time = at(-hour);
+        lease = leases
+            .replace(name, &PostParams::default(), &lease)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "renewing as the live holder after {:?}: {e}",
+                    start.elapsed()
+                )
+            });
+        // Pacing the holder's renewals; the loop is bounded by its 15 s.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        http_get(&ready, "/readyz")
+            .await
+            .is_some_and(|(code, _)| code != 200),
+        "ready without a certificate"
+    );
+
+    // The holder dies with its clock an hour ahead: its Lease looks valid for another hour by its renewTime.
+    let spec = lease.spec.as_mut().unwrap();
+    spec.renew_time = at(hour);
+    // Before the write, so that no replica can have seen the last renewal earlier than this.
+    let died = Instant::now();
+    leases
+        .replace(name, &PostParams::default(), &lease)
+        .await
+        .unwrap();
+    eventually(
+        "the replica to take the dead holder's Lease",
+        DEADLINE,
+        || async {
+            let lease = leases.get(name).await.ok()?;
+            (lease.spec?.holder_identity.as_deref() == Some("replica-c")).then_some(())
+        },
+    )
+    .await;
+    // A safety bound, not a speed one: taking the Lease sooner would mean trusting the holder's clock.
+    let taken_after = died.elapsed();
+    assert!(
+        taken_after >= Duration::from_secs(5),
+        "taken {taken_after:?} after the last renewal, before the lease duration"
+    );
+    eventually(
+        "the replica to issue its certificate and turn ready",
+        DEADLINE,
+        || {
+            let ready = ready.clone();
+            async move {
+                http_get(&ready, "/readyz")
+                    .await
+                    .filter(|(code, _)| *code == 200)
+                    .map(|_| ())
+            }
+        },
+    )
+    .await;
+    drop(replica);
+}

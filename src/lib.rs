@@ -5,7 +5,7 @@
 //!  kube-apiserver ──TLS──▶ server::serve ──▶ admission::parse ──▶ namespaces (label cache)
 //!                                              │                        │
 //!                                              ▼                        ▼
-//!                          admission::respond ◀── policy::store (Arc<Policy>, reloaded live)
+//!                          admission::respond ◀── server::policy_store (Arc<Policy>, reloaded live)
 //!                                              │
 //!                                              ▼
 //!                          defaults::default_pod (pure rules over a borrowed pod view) ──▶ JSON Patch (adds only)

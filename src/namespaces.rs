@@ -1,24 +1,35 @@
-//! Namespace labels, for opt-in mode and label-selected policy entries: a reflector over namespace metadata
-//! (a metadata-only list/watch), with a direct lookup for a namespace the cache has not seen yet.
+//! Namespace labels, for opt-in mode and label-selected policy entries: a cache of every namespace's name and
+//! labels kept by a metadata-only list/watch, with a direct lookup for a namespace the cache does not know and
+//! for every namespace while the watch is not healthy.
+//!
+//! Healthy means: a complete list has been stored since the last watch error. After an error the watch is
+//! started over with a fresh list (after a short backoff) rather than resumed, so that the cache is known to
+//! be current again only once that list is in; until then a label changed while the API server was away would
+//! be invisible to a resumed watch that has nothing new to say, so lookups go to the API server.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PartialObjectMeta};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{LookupLabels, Metrics};
 use crate::policy::NamespaceLabels;
+use crate::watch::{Outage, Report};
 
 type Meta = PartialObjectMeta<Namespace>;
+/// What decisions read of a namespace; the rest of its metadata (managedFields and annotations alone are
+/// about 3 KiB per namespace) is dropped as it arrives.
+type LabelMap = BTreeMap<String, String>;
 
-static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+static NO_LABELS: LabelMap = BTreeMap::new();
 
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
@@ -38,18 +49,19 @@ pub enum NamespaceError {
 pub enum Labels {
     /// Lookups are off.
     Unknown,
-    Cached(Arc<Meta>),
+    Cached(Arc<LabelMap>),
     Fetched(Box<Meta>),
 }
 
 impl Labels {
     pub fn as_policy_input(&self) -> NamespaceLabels<'_> {
-        let meta = match self {
-            Labels::Unknown => return NamespaceLabels::Unknown,
-            Labels::Cached(meta) => meta.as_ref(),
-            Labels::Fetched(meta) => meta.as_ref(),
-        };
-        NamespaceLabels::Known(meta.metadata.labels.as_ref().unwrap_or(&NO_LABELS))
+        match self {
+            Labels::Unknown => NamespaceLabels::Unknown,
+            Labels::Cached(labels) => NamespaceLabels::Known(labels),
+            Labels::Fetched(meta) => {
+                NamespaceLabels::Known(meta.metadata.labels.as_ref().unwrap_or(&NO_LABELS))
+            }
+        }
     }
 }
 
@@ -62,53 +74,32 @@ pub enum Namespaces {
 
 pub struct Cluster {
     api: Api<Meta>,
-    store: Store<Meta>,
+    cache: RwLock<HashMap<String, Arc<LabelMap>>>,
+    /// A complete list has been stored at least once (readiness).
     synced: AtomicBool,
+    /// A complete list has been stored since the last watch error: the cache can be trusted.
+    healthy: AtomicBool,
     lookup_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl Namespaces {
-    /// Starts the reflector; it runs until `stop`.
+    /// Starts the watch; it runs until `stop`.
     pub fn start(
         client: kube::Client,
         lookup_timeout: Duration,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> Self {
-        let api: Api<Meta> = Api::all(client);
-        let (store, writer) = reflector::store();
         let cluster = Arc::new(Cluster {
-            api: api.clone(),
-            store,
+            api: Api::all(client),
+            cache: RwLock::new(HashMap::new()),
             synced: AtomicBool::new(false),
+            healthy: AtomicBool::new(false),
             lookup_timeout,
             metrics,
         });
-        let events = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer);
-        tokio::spawn(async move {
-            let mut events = std::pin::pin!(events);
-            loop {
-                tokio::select! {
-                    event = events.next() => match event {
-                        Some(Ok(_)) => {}
-                        // The watcher retries with backoff; the cache keeps serving what it has.
-                        Some(Err(error)) => tracing::warn!(%error, "namespace watch failed; retrying"),
-                        None => return,
-                    },
-                    () = stop.cancelled() => return,
-                }
-            }
-        });
-        let waiter = cluster.clone();
-        tokio::spawn(async move {
-            if waiter.store.wait_until_ready().await.is_ok() {
-                waiter.synced.store(true, Ordering::Release);
-                tracing::info!(namespaces = waiter.store.len(), "namespace cache synced");
-            }
-        });
+        tokio::spawn(cluster.clone().follow(stop));
         Namespaces::Cluster(cluster)
     }
 
@@ -124,34 +115,42 @@ impl Namespaces {
         let Namespaces::Cluster(c) = self else {
             return Ok(Labels::Unknown);
         };
-        if let Some(meta) = c.store.get(&ObjectRef::new(name)) {
+        let cached = c.cached(name);
+        if let Some(labels) = &cached
+            && c.healthy.load(Ordering::Acquire)
+        {
             c.count("cache");
-            return Ok(Labels::Cached(meta));
+            return Ok(Labels::Cached(labels.clone()));
         }
-        // Created a moment ago, or the cache is still syncing: ask once, briefly.
+        // Created a moment ago, the cache is still syncing, or the watch is not healthy: ask, briefly.
         let lookup = tokio::time::timeout(c.lookup_timeout, c.api.get_opt(name)).await;
-        match lookup {
+        let failed = match lookup {
             Ok(Ok(Some(meta))) => {
                 c.count("direct");
-                Ok(Labels::Fetched(Box::new(meta)))
+                return Ok(Labels::Fetched(Box::new(meta)));
             }
             Ok(Ok(None)) => {
                 c.count("failed");
-                Err(NamespaceError::NotFound(name.to_owned()))
+                return Err(NamespaceError::NotFound(name.to_owned()));
             }
-            Ok(Err(e)) => {
-                c.count("failed");
-                Err(NamespaceError::Lookup(name.to_owned(), e))
-            }
-            Err(_) => {
-                c.count("failed");
-                Err(NamespaceError::LookupTimeout(
-                    name.to_owned(),
-                    c.lookup_timeout,
-                ))
-            }
+            Ok(Err(e)) => NamespaceError::Lookup(name.to_owned(), e),
+            Err(_) => NamespaceError::LookupTimeout(name.to_owned(), c.lookup_timeout),
+        };
+        // The API server cannot be asked either: what the cache last knew beats failing the request.
+        if let Some(labels) = cached {
+            c.count("cache");
+            tracing::debug!(namespace = name, error = %crate::error_chain(&failed), "namespace lookup failed; using the labels last cached");
+            return Ok(Labels::Cached(labels));
         }
+        c.count("failed");
+        Err(failed)
     }
+}
+
+/// A watch event's namespace, reduced to what is kept.
+fn entry(meta: Meta) -> Option<(String, Arc<LabelMap>)> {
+    let name = meta.metadata.name?;
+    Some((name, Arc::new(meta.metadata.labels.unwrap_or_default())))
 }
 
 impl Cluster {
@@ -160,5 +159,130 @@ impl Cluster {
             .namespace_lookups
             .get_or_create(&LookupLabels { source })
             .inc();
+    }
+
+    fn cached(&self, name: &str) -> Option<Arc<LabelMap>> {
+        self.cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<LabelMap>>> {
+        // A poisoned lock only means a writer panicked between two map operations; each entry is whole.
+        self.cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Lists and watches until `stop`; after an error, waits a short backoff and starts over with a list.
+    async fn follow(self: Arc<Self>, stop: CancellationToken) {
+        let mut backoff = crate::watch::retry_backoff();
+        let mut outage = Outage::new(crate::watch::REPORT_EVERY);
+        loop {
+            let ended = tokio::select! {
+                ended = self.watch(&mut backoff, &mut outage) => ended,
+                () = stop.cancelled() => return,
+            };
+            self.healthy.store(false, Ordering::Release);
+            if let Some(error) = ended {
+                match outage.failed(Instant::now()) {
+                    Some(Report::Began) => {
+                        tracing::warn!(error = %crate::error_chain(&error), "namespace watch failed; looking labels up directly until the cache is re-listed")
+                    }
+                    Some(Report::Continuing { failures, for_ }) => {
+                        tracing::warn!(error = %crate::error_chain(&error), failures, failing_for = ?for_, "namespace watch still failing; looking labels up directly")
+                    }
+                    None => {}
+                }
+            }
+            let wait = backoff.next().unwrap_or(Duration::from_secs(2));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// One watch from a fresh list, until its first error (`None` if the stream ended, which kube's watcher
+    /// does not do).
+    async fn watch(
+        &self,
+        backoff: &mut impl Backoff,
+        outage: &mut Outage,
+    ) -> Option<watcher::Error> {
+        let events = watcher(self.api.clone(), watcher::Config::default());
+        let mut events = std::pin::pin!(events);
+        let mut listing: HashMap<String, Arc<LabelMap>> = HashMap::new();
+        loop {
+            let event = match events.next().await? {
+                Ok(event) => event,
+                Err(error) => return Some(error),
+            };
+            match event {
+                watcher::Event::Init => listing.clear(),
+                watcher::Event::InitApply(meta) => listing.extend(entry(meta)),
+                watcher::Event::InitDone => {
+                    let count = listing.len();
+                    let previous =
+                        std::mem::replace(&mut *self.write(), std::mem::take(&mut listing));
+                    // Freed after the lock is released: lookups never wait for thousands of entries to drop.
+                    drop(previous);
+                    self.healthy.store(true, Ordering::Release);
+                    backoff.reset();
+                    if !self.synced.swap(true, Ordering::AcqRel) {
+                        tracing::info!(namespaces = count, "namespace cache synced");
+                    }
+                    if let Some(lasted) = outage.succeeded(Instant::now()) {
+                        tracing::info!(
+                            namespaces = count,
+                            ?lasted,
+                            "namespace watch recovered; cache re-listed"
+                        );
+                    }
+                }
+                watcher::Event::Apply(meta) => {
+                    if let Some((name, labels)) = entry(meta) {
+                        self.write().insert(name, labels);
+                    }
+                }
+                watcher::Event::Delete(meta) => {
+                    if let Some(name) = meta.metadata.name {
+                        self.write().remove(&name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_name_and_labels_are_kept() {
+        let meta: Meta = serde_json::from_value(serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadata",
+            "metadata": {
+                "name": "team-a",
+                "resourceVersion": "42",
+                "labels": {"secure-defaults.io/inject": "enabled"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Update", "apiVersion": "v1"}]
+            }
+        }))
+        .unwrap();
+        let (name, labels) = entry(meta).unwrap();
+        assert_eq!(name, "team-a");
+        assert_eq!(
+            *labels,
+            LabelMap::from([("secure-defaults.io/inject".to_owned(), "enabled".to_owned())])
+        );
+        let unlabelled: Meta =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "plain"}})).unwrap();
+        assert_eq!(entry(unlabelled).map(|(_, l)| l.len()), Some(0));
     }
 }

@@ -1,5 +1,6 @@
-//! Polling: a cancellable ticker for the server's periodic work, and change detection by content for the
-//! files it reloads (policy, certificate, key).
+//! Keeping things current: a cancellable ticker and change detection by content for the files the server
+//! reloads (policy, certificate, key), and for the API watches (namespaces, certificate Secret) a short retry
+//! cap and a failure reporter that says an outage once instead of once per retry.
 //!
 //! A ConfigMap or Secret volume is updated by the kubelet swapping a `..data` symlink, so neither the inode nor
 //! the mtime of the path is a reliable signal. Re-reading a few kilobytes every interval and comparing bytes is,
@@ -7,6 +8,8 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -69,5 +72,136 @@ impl FileSet {
         // Remember what was seen even if it fails to load, so a bad file is reported once, not every interval.
         self.last = Some(contents.clone());
         Change::Changed(contents)
+    }
+}
+
+/// The retry delays of an API watch: from 250 ms doubling to 2 s, plus up to as much again of jitter so that
+/// replicas do not reconnect in step. kube's default grows to 30 s (plus jitter) and only shrinks after two
+/// quiet minutes, which left the namespace cache stale for over a minute after an API server came back; a
+/// watch of one kind costs the API server one list per retry, which it can take every few seconds.
+pub fn retry_backoff() -> kube::runtime::watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(2))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
+
+/// How often a continuing outage is reported after its first failure.
+pub const REPORT_EVERY: Duration = Duration::from_secs(30);
+
+/// Turns the stream of failures and successes of a retried operation into few log lines: the first failure,
+/// then at most one line per `every` with the number of failures since the last line, and one line on
+/// recovery. Retries every few seconds would otherwise log an error every few seconds for as long as an API
+/// server is away.
+#[derive(Debug)]
+pub struct Outage {
+    every: Duration,
+    /// Set while failing: when the outage began, when it was last reported, failures not yet reported.
+    current: Option<Failing>,
+}
+
+#[derive(Debug)]
+struct Failing {
+    began: Instant,
+    reported: Instant,
+    unreported: u64,
+}
+
+/// What to log after a failure.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Report {
+    /// The first failure after a success (or since start).
+    Began,
+    /// Still failing: `failures` since the last line, `for_` since the outage began.
+    Continuing { failures: u64, for_: Duration },
+}
+
+impl Outage {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            current: None,
+        }
+    }
+
+    /// True between a failure and the next success.
+    pub fn failing(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Records a failure at `now`; returns what to log, if anything.
+    pub fn failed(&mut self, now: Instant) -> Option<Report> {
+        let Some(failing) = &mut self.current else {
+            self.current = Some(Failing {
+                began: now,
+                reported: now,
+                unreported: 0,
+            });
+            return Some(Report::Began);
+        };
+        failing.unreported += 1;
+        if now.saturating_duration_since(failing.reported) < self.every {
+            return None;
+        }
+        let report = Report::Continuing {
+            failures: failing.unreported,
+            for_: now.saturating_duration_since(failing.began),
+        };
+        failing.reported = now;
+        failing.unreported = 0;
+        Some(report)
+    }
+
+    /// Records a success at `now`; returns how long the outage lasted if this ends one.
+    pub fn succeeded(&mut self, now: Instant) -> Option<Duration> {
+        self.current
+            .take()
+            .map(|failing| now.saturating_duration_since(failing.began))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_reported_once_then_at_a_bounded_rate_then_on_recovery() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut outage = Outage::new(Duration::from_secs(30));
+        assert_eq!(outage.succeeded(at(0)), None, "no outage to end");
+        assert_eq!(outage.failed(at(1)), Some(Report::Began));
+        assert!(outage.failing());
+        // A retry every 2 s: silent until 30 s after the first line.
+        for secs in (3..31).step_by(2) {
+            assert_eq!(outage.failed(at(secs)), None, "at {secs} s");
+        }
+        assert_eq!(
+            outage.failed(at(31)),
+            Some(Report::Continuing {
+                failures: 15,
+                for_: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(outage.failed(at(33)), None);
+        assert_eq!(outage.succeeded(at(40)), Some(Duration::from_secs(39)));
+        assert!(!outage.failing());
+        assert_eq!(outage.succeeded(at(41)), None, "recovery is said once");
+        assert_eq!(outage.failed(at(50)), Some(Report::Began), "a new outage");
+    }
+
+    #[test]
+    fn retry_delays_stay_short() {
+        let mut delays = retry_backoff();
+        for _ in 0..50 {
+            let delay = delays.next();
+            assert!(
+                delay.is_some_and(|d| d <= Duration::from_secs(4)),
+                "{delay:?}"
+            );
+        }
     }
 }

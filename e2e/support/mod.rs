@@ -74,12 +74,21 @@ where
     }
 }
 
+/// A loopback port nothing listens on, never the same twice in this process: the kernel may hand out a port
+/// just released again, and two of a server's addresses on one port stop it at start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A namespace of one test, deleted on drop. On a failing test it prints the pods the API server stored.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -12,12 +13,14 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::store::{CertStore, certified_key};
 use super::{Authority, CertError, Material, Plan, Settings};
 use crate::metrics::Metrics;
-use crate::server::tls::{CertStore, certified_key};
-use crate::watch::Every;
+use crate::watch::{Every, Outage, Report};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterCertError {
@@ -103,7 +106,9 @@ fn secret_data(m: &Material) -> BTreeMap<String, ByteString> {
     data
 }
 
-/// Every replica: serve what the Secret holds, swapping it in when it changes.
+/// Every replica: serve what the Secret holds, swapping it in when it changes. A watch on the one Secret (a
+/// field selector on its name, which is what lets RBAC restrict list and watch to that name) rather than a
+/// read per second per replica: a rotation reaches every replica as soon as it is written.
 pub async fn follow(
     client: kube::Client,
     target: Target,
@@ -112,21 +117,49 @@ pub async fn follow(
     stop: CancellationToken,
 ) {
     let api: Api<Secret> = Api::namespaced(client, &target.namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", target.secret));
+    let secrets = watcher(api, config)
+        .backoff(crate::watch::retry_backoff())
+        .applied_objects();
+    let mut secrets = std::pin::pin!(secrets);
     let mut served: Option<(Vec<u8>, Vec<u8>)> = None;
-    let mut every = Every::new(Duration::from_secs(1), stop);
-    while every.tick().await {
-        let secret = match api.get_opt(&target.secret).await {
-            Ok(Some(secret)) => secret,
-            Ok(None) => continue,
-            Err(error) => {
-                tracing::warn!(%error, secret = target.secret, "cannot read the certificate Secret; serving the current certificate");
+    let mut outage = Outage::new(crate::watch::REPORT_EVERY);
+    loop {
+        let next = tokio::select! {
+            next = secrets.next() => next,
+            () = stop.cancelled() => return,
+        };
+        let secret = match next {
+            Some(Ok(secret)) => {
+                if let Some(lasted) = outage.succeeded(Instant::now()) {
+                    tracing::info!(
+                        secret = target.secret,
+                        ?lasted,
+                        "watching the certificate Secret again"
+                    );
+                }
+                secret
+            }
+            // The watcher retries with backoff; the certificate in use stays.
+            Some(Err(error)) => {
+                match outage.failed(Instant::now()) {
+                    Some(Report::Began) => {
+                        tracing::warn!(error = %crate::error_chain(&error), secret = target.secret, "cannot watch the certificate Secret; serving the current certificate and retrying")
+                    }
+                    Some(Report::Continuing { failures, for_ }) => {
+                        tracing::warn!(error = %crate::error_chain(&error), secret = target.secret, failures, failing_for = ?for_, "still cannot watch the certificate Secret; serving the current certificate")
+                    }
+                    None => {}
+                }
                 continue;
             }
+            None => return,
         };
         let Some(data) = secret.data else { continue };
         let (Some(cert), Some(key)) = (data.get(super::TLS_CERT), data.get(super::TLS_KEY)) else {
             continue;
         };
+        // A re-list after a reconnect delivers the Secret again, unchanged.
         if served
             .as_ref()
             .is_some_and(|(c, k)| *c == cert.0 && *k == key.0)
@@ -159,9 +192,13 @@ pub async fn manage(
     settings: Settings,
     stop: CancellationToken,
 ) {
-    let mut every = Every::new(target.check_interval, stop);
+    // The holder renews at least three times per lease duration, so that the others, who judge expiry by how
+    // long they have seen the Lease unchanged, never see a live holder's Lease unchanged for that long.
+    let period = target.check_interval.min(target.lease_duration / 3);
+    let mut every = Every::new(period.max(Duration::from_millis(100)), stop);
+    let mut seen = None;
     while every.tick().await {
-        if let Err(error) = round(&client, &target, &settings).await {
+        if let Err(error) = round(&client, &target, &settings, &mut seen).await {
             tracing::warn!(error = %crate::error_chain(&error), "certificate management round failed; retrying");
         }
     }
@@ -171,8 +208,9 @@ async fn round(
     client: &kube::Client,
     target: &Target,
     settings: &Settings,
+    seen: &mut Option<Seen>,
 ) -> Result<(), ClusterCertError> {
-    if !hold_lease(client, target).await? {
+    if !hold_lease(client, target, seen).await? {
         return Ok(());
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
@@ -215,10 +253,66 @@ async fn round(
     Ok(())
 }
 
+/// A Lease as another replica left it: what changes on every renewal. The times are opaque values written by
+/// that replica's clock; only whether they changed matters here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub holder: Option<String>,
+    pub renew_time: Option<String>,
+    pub lease_duration_seconds: Option<i32>,
+    pub resource_version: Option<String>,
+}
+
+impl Record {
+    fn of(lease: &Lease) -> Self {
+        let spec = lease.spec.as_ref();
+        Self {
+            holder: spec
+                .and_then(|s| s.holder_identity.clone())
+                .filter(|h| !h.is_empty()),
+            renew_time: spec.and_then(|s| s.renew_time.as_ref().map(|t| t.0.to_string())),
+            lease_duration_seconds: spec.and_then(|s| s.lease_duration_seconds),
+            resource_version: lease.metadata.resource_version.clone(),
+        }
+    }
+}
+
+/// The Lease record this replica last saw and when it first saw it, by its own monotonic clock.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    record: Record,
+    since: Instant,
+}
+
+/// Whether another replica's Lease may be taken. As in client-go's leader election, expiry is judged by the
+/// local time at which this replica last saw the record change, never by the holder's `renewTime`: the holder's
+/// clock and ours may disagree by minutes, and a live holder would otherwise look expired (our clock ahead) or
+/// a dead one live for ever (ours behind). A holder that renews changes the record every round; a record seen
+/// unchanged for the lease's duration belongs to a holder that stopped. A Lease without a holder is free.
+/// Updates `seen` with `record` observed at `now`.
+pub fn takeable(seen: &mut Option<Seen>, record: Record, now: Instant, default: Duration) -> bool {
+    let since = match seen {
+        Some(last) if last.record == record => last.since,
+        _ => now,
+    };
+    let duration = record
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(default, Duration::from_secs);
+    let free = record.holder.is_none();
+    *seen = Some(Seen { record, since });
+    free || now.saturating_duration_since(since) >= duration
+}
+
 /// Takes the Lease if it is free or expired, renews it if held; returns whether this replica holds it.
-async fn hold_lease(client: &kube::Client, target: &Target) -> Result<bool, ClusterCertError> {
+async fn hold_lease(
+    client: &kube::Client,
+    target: &Target,
+    seen: &mut Option<Seen>,
+) -> Result<bool, ClusterCertError> {
     let api: Api<Lease> = Api::namespaced(client.clone(), &target.namespace);
     let err = |e| ClusterCertError::Lease(target.lease.clone(), e);
+    // Written for other readers (kubectl, client-go tools); this replica never compares them with its clock.
     let now = Timestamp::now();
     let duration = i32::try_from(target.lease_duration.as_secs()).unwrap_or(i32::MAX);
     let mut lease = match api.get_opt(&target.lease).await.map_err(err)? {
@@ -244,15 +338,13 @@ async fn hold_lease(client: &kube::Client, target: &Target) -> Result<bool, Clus
             };
         }
     };
-    let spec = lease.spec.get_or_insert_with(Default::default);
-    let mine = spec.holder_identity.as_deref() == Some(target.identity.as_str());
-    let expired = spec.renew_time.as_ref().is_none_or(|renewed| {
-        let held = i64::from(spec.lease_duration_seconds.unwrap_or(duration));
-        renewed.0.as_second() + held < now.as_second()
-    });
+    let record = Record::of(&lease);
+    let mine = record.holder.as_deref() == Some(target.identity.as_str());
+    let expired = takeable(seen, record, Instant::now(), target.lease_duration);
     if !mine && !expired {
         return Ok(false);
     }
+    let spec = lease.spec.get_or_insert_with(Default::default);
     if !mine {
         spec.holder_identity = Some(target.identity.clone());
         spec.acquire_time = Some(MicroTime(now));
@@ -260,6 +352,7 @@ async fn hold_lease(client: &kube::Client, target: &Target) -> Result<bool, Clus
     }
     spec.lease_duration_seconds = Some(duration);
     spec.renew_time = Some(MicroTime(now));
+    // Carries the resourceVersion read above: if another replica renewed or took it meanwhile, this fails.
     match api
         .replace(&target.lease, &PostParams::default(), &lease)
         .await
@@ -307,6 +400,121 @@ async fn inject(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_expiry_follows_the_local_clock_not_the_holders() {
+        // Our lease duration, for a Lease that does not say its own.
+        const OURS: Duration = Duration::from_secs(15);
+        // The holder's clock an hour behind ours, an hour ahead, or right: none of it may matter.
+        const BEHIND: &str = "2026-11-30T23:00:00Z";
+        const AHEAD: &str = "2026-12-01T01:00:00Z";
+        const RIGHT: &str = "2026-12-01T00:00:00Z";
+        // (local seconds since the first observation, holder, renewTime, resourceVersion, leaseDurationSeconds,
+        //  takeable?)
+        type Step = (
+            u64,
+            Option<&'static str>,
+            &'static str,
+            &'static str,
+            Option<i32>,
+            bool,
+        );
+        let table: &[(&str, &[Step])] = &[
+            (
+                "a live holder behind us renews: never takeable",
+                &[
+                    (0, Some("a"), BEHIND, "1", Some(15), false),
+                    (10, Some("a"), BEHIND, "2", Some(15), false),
+                    (20, Some("a"), BEHIND, "3", Some(15), false),
+                    (30, Some("a"), BEHIND, "4", Some(15), false),
+                ],
+            ),
+            (
+                "a live holder ahead of us renews: never takeable",
+                &[
+                    (0, Some("a"), AHEAD, "1", Some(15), false),
+                    (14, Some("a"), AHEAD, "2", Some(15), false),
+                    (28, Some("a"), AHEAD, "3", Some(15), false),
+                ],
+            ),
+            (
+                "a stale record behind us: takeable after its duration of local time, not at first sight",
+                &[
+                    (0, Some("a"), BEHIND, "1", Some(15), false),
+                    (14, Some("a"), BEHIND, "1", Some(15), false),
+                    (15, Some("a"), BEHIND, "1", Some(15), true),
+                ],
+            ),
+            (
+                "a stale record ahead of us: takeable after its duration, not an hour later",
+                &[
+                    (0, Some("a"), AHEAD, "1", Some(15), false),
+                    (15, Some("a"), AHEAD, "1", Some(15), true),
+                ],
+            ),
+            (
+                "a stale record with a right clock: the same",
+                &[
+                    (0, Some("a"), RIGHT, "1", Some(15), false),
+                    (15, Some("a"), RIGHT, "1", Some(15), true),
+                ],
+            ),
+            (
+                "a change of holder restarts the count",
+                &[
+                    (0, Some("a"), RIGHT, "1", Some(15), false),
+                    (10, Some("b"), RIGHT, "2", Some(15), false),
+                    (24, Some("b"), RIGHT, "2", Some(15), false),
+                    (25, Some("b"), RIGHT, "2", Some(15), true),
+                ],
+            ),
+            (
+                "a change of resourceVersion alone restarts the count",
+                &[
+                    (0, Some("a"), RIGHT, "1", Some(15), false),
+                    (10, Some("a"), RIGHT, "2", Some(15), false),
+                    (24, Some("a"), RIGHT, "2", Some(15), false),
+                ],
+            ),
+            (
+                "a Lease without a holder is free at once",
+                &[(0, None, AHEAD, "1", Some(15), true)],
+            ),
+            (
+                "the Lease's own duration wins over ours",
+                &[
+                    (0, Some("a"), AHEAD, "1", Some(2), false),
+                    (2, Some("a"), AHEAD, "1", Some(2), true),
+                ],
+            ),
+            (
+                "without one, ours applies",
+                &[
+                    (0, Some("a"), AHEAD, "1", None, false),
+                    (14, Some("a"), AHEAD, "1", None, false),
+                    (15, Some("a"), AHEAD, "1", None, true),
+                ],
+            ),
+        ];
+        let start = Instant::now();
+        for (case, steps) in table {
+            let mut seen = None;
+            for &(secs, holder, renew, version, duration, expected) in *steps {
+                let record = Record {
+                    holder: holder.map(str::to_owned),
+                    renew_time: Some(renew.to_owned()),
+                    lease_duration_seconds: duration,
+                    resource_version: Some(version.to_owned()),
+                };
+                let now = start + Duration::from_secs(secs);
+                assert_eq!(
+                    takeable(&mut seen, record, now, OURS),
+                    expected,
+                    "{case}, at {secs} s"
+                );
+            }
+        }
+    }
 
     #[test]
     fn secret_round_trip() {

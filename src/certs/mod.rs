@@ -1,8 +1,9 @@
-//! Self-managed serving certificates, for clusters without cert-manager: a CA and a serving certificate kept in
-//! a Secret, the CA bundle kept in the webhook configuration, both rotated well before expiry.
+//! The serving certificate: where it comes from (`source`), the store handshakes read it from (`store`), and
+//! self-managed certificates for clusters without cert-manager: a CA and a serving certificate kept in a
+//! Secret, the CA bundle kept in the webhook configuration, both rotated well before expiry.
 //!
-//! This module holds the pure part: given what the Secret holds and the time, what it should hold next.
-//! `cluster` does the reading and writing under a Lease, so only one replica writes at a time.
+//! This module holds the pure part of the self-managed mode: given what the Secret holds and the time, what it
+//! should hold next. `cluster` does the reading and writing under a Lease, so only one replica writes at a time.
 //!
 //! CA rotation never breaks a handshake. A new CA is first only *added* to the bundle, while the serving
 //! certificate stays signed by the old one. After an overlap long enough for every API server to see the
@@ -10,6 +11,8 @@
 //! expires.
 
 pub mod cluster;
+pub mod source;
+pub mod store;
 
 use std::net::IpAddr;
 use std::time::Duration;

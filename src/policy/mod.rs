@@ -1,10 +1,8 @@
 //! The policy: which namespaces are defaulted and with what. Pure data and decisions; `file` turns YAML into a
-//! validated [`Policy`], `store` and `reload` keep the current one live in the server.
+//! validated [`Policy`]; the server keeps the current one live (`server::policy_store`, `server::policy_reload`).
 
 pub mod describe;
 pub mod file;
-pub mod reload;
-pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

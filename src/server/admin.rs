@@ -19,7 +19,7 @@ use crate::namespaces::Namespaces;
 /// What readiness is made of.
 pub struct Health {
     pub namespaces: Namespaces,
-    pub certs: Arc<crate::server::tls::CertStore>,
+    pub certs: Arc<crate::certs::store::CertStore>,
     /// Set at SIGTERM, so the endpoint leaves the Service before the server stops.
     pub shutting_down: AtomicBool,
 }

@@ -2,36 +2,38 @@
 //! policy, certificate and namespace cache live, and drains on shutdown.
 
 pub mod admin;
+pub mod policy_reload;
+pub mod policy_store;
 pub mod serve;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::certs as self_managed;
+use crate::certs::source::{CertSource, SourceError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
-use crate::policy::{self, PolicyError, store::PolicyStore};
+use crate::policy::{self, PolicyError};
+use policy_store::PolicyStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot start without a valid policy")]
     LoadPolicy(#[source] PolicyError),
     #[error("cannot start without a valid serving certificate")]
-    LoadCertificate(#[source] tls::TlsError),
+    LoadCertificate(#[source] SourceError),
+    #[error("cannot set up TLS")]
+    SetUpTls(#[source] tls::TlsError),
     #[error(
         "no cluster credentials (in-cluster service account or KUBECONFIG); use --no-namespace-lookups for a local trial without a cluster"
     )]
     ConnectCluster(#[source] kube::Error),
-    #[error(
-        "self-managed certificates need the pod's namespace: set POD_NAMESPACE or run in a pod"
-    )]
-    NoNamespace,
     #[error("cannot listen on {addr} (webhook)")]
     BindWebhook {
         addr: SocketAddr,
@@ -51,15 +53,35 @@ pub struct Server {
     config: Config,
     webhook: TcpListener,
     admin: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
     app: Arc<serve::App>,
     health: Arc<admin::Health>,
-    cert_store: Arc<tls::CertStore>,
-    acceptor: tokio_rustls::TlsAcceptor,
+    background: Background,
+}
+
+/// What runs beside the listeners until shutdown and keeps the server current: the policy file's reload and
+/// the certificate source's work. (The namespace cache starts in `bind`, so that it syncs while the rest
+/// starts, under the same `stop`.)
+struct Background {
+    policy_file: PathBuf,
+    /// The policy bytes loaded at start, so only later changes count as reloads.
     loaded_policy: Vec<u8>,
-    loaded_certs: Vec<Vec<u8>>,
-    background: CancellationToken,
-    client: Option<kube::Client>,
-    cert_target: Option<self_managed::cluster::Target>,
+    certs: CertSource,
+    stop: CancellationToken,
+}
+
+impl Background {
+    fn start(self, app: &serve::App, interval: std::time::Duration) {
+        tokio::spawn(policy_reload::run(
+            self.policy_file,
+            self.loaded_policy,
+            app.policy.clone(),
+            app.metrics.clone(),
+            interval,
+            self.stop.clone(),
+        ));
+        self.certs.start(app.metrics.clone(), self.stop);
+    }
 }
 
 impl Server {
@@ -75,38 +97,36 @@ impl Server {
         let policy =
             policy::parse(&loaded_policy, &config.policy).map_err(ServeError::LoadPolicy)?;
         metrics.policy_generation.set(1);
-        let (cert_store, loaded_certs) = if config.self_managed.is_some() {
-            (tls::CertStore::empty(), Vec::new())
-        } else {
-            tls::CertStore::load(&config.tls_cert, &config.tls_key)
-                .map_err(ServeError::LoadCertificate)?
+        // The certificate files are checked before connecting to the cluster: a broken certificate is the
+        // likelier mistake, and is reported as such.
+        let (certs, client) = match &config.self_managed {
+            None => {
+                let files =
+                    CertSource::files(&config.tls_cert, &config.tls_key, config.reload_interval)
+                        .map_err(ServeError::LoadCertificate)?;
+                let client = if config.namespace_lookups {
+                    Some(connect().await?)
+                } else {
+                    None
+                };
+                (files, client)
+            }
+            Some(managed) => {
+                let client = connect().await?;
+                let source = CertSource::self_managed(managed, client.clone())
+                    .map_err(ServeError::LoadCertificate)?;
+                (source, Some(client))
+            }
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(
-            cert_store
-                .server_config()
-                .map_err(ServeError::LoadCertificate)?,
-        );
+        let acceptor = tls::acceptor(certs.store()).map_err(ServeError::SetUpTls)?;
 
-        let background = CancellationToken::new();
-        let client = if config.namespace_lookups || config.self_managed.is_some() {
-            Some(
-                kube::Client::try_default()
-                    .await
-                    .map_err(ServeError::ConnectCluster)?,
-            )
-        } else {
-            None
-        };
-        let cert_target = match &config.self_managed {
-            Some(managed) => Some(cert_target(managed)?),
-            None => None,
-        };
+        let stop = CancellationToken::new();
         let namespaces = if let (true, Some(client)) = (config.namespace_lookups, &client) {
             Namespaces::start(
                 client.clone(),
                 config.namespace_lookup_timeout,
                 metrics.clone(),
-                background.clone(),
+                stop.clone(),
             )
         } else {
             tracing::warn!(
@@ -135,22 +155,22 @@ impl Server {
         });
         let health = Arc::new(admin::Health {
             namespaces,
-            certs: cert_store.clone(),
+            certs: certs.store().clone(),
             shutting_down: false.into(),
         });
         Ok(Self {
-            config,
             webhook,
             admin,
+            acceptor,
             app,
             health,
-            cert_store,
-            acceptor,
-            loaded_policy,
-            loaded_certs,
-            background,
-            client,
-            cert_target,
+            background: Background {
+                policy_file: config.policy.clone(),
+                loaded_policy,
+                certs,
+                stop,
+            },
+            config,
         })
     }
 
@@ -174,56 +194,18 @@ impl Server {
             config,
             webhook,
             admin,
+            acceptor,
             app,
             health,
-            cert_store,
-            acceptor,
-            loaded_policy,
-            loaded_certs,
             background,
-            client,
-            cert_target,
         } = self;
-        let interval = config.reload_interval;
-        tokio::spawn(policy::reload::run(
-            config.policy.clone(),
-            loaded_policy,
-            app.policy.clone(),
-            app.metrics.clone(),
-            interval,
-            background.clone(),
-        ));
-        match (&config.self_managed, client, cert_target) {
-            (Some(managed), Some(client), Some(target)) => {
-                let settings = cert_settings(managed, &target);
-                tokio::spawn(self_managed::cluster::follow(
-                    client.clone(),
-                    target.clone(),
-                    cert_store.clone(),
-                    app.metrics.clone(),
-                    background.clone(),
-                ));
-                tokio::spawn(self_managed::cluster::manage(
-                    client,
-                    target,
-                    settings,
-                    background.clone(),
-                ));
-            }
-            _ => {
-                tokio::spawn(cert_store.reload(
-                    loaded_certs,
-                    app.metrics.clone(),
-                    interval,
-                    background.clone(),
-                ));
-            }
-        }
+        let stop = background.stop.clone();
+        background.start(&app, config.reload_interval);
         tokio::spawn(admin::serve(
             admin,
             health.clone(),
             app.metrics.clone(),
-            background.clone(),
+            stop.clone(),
         ));
 
         let stop_serving = CancellationToken::new();
@@ -250,63 +232,13 @@ impl Server {
         if let Err(error) = serving.await {
             tracing::error!(%error, "webhook server task failed");
         }
-        background.cancel();
+        stop.cancel();
         tracing::info!("stopped");
     }
 }
 
-/// Where the self-managed certificate lives: the pod's namespace (POD_NAMESPACE, else the service account's),
-/// and who this replica is (POD_NAME, else the host name).
-fn cert_target(
-    managed: &crate::config::SelfManaged,
-) -> Result<self_managed::cluster::Target, ServeError> {
-    let namespace = std::env::var("POD_NAMESPACE")
-        .ok()
-        .or_else(|| {
-            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
-        })
-        .map(|ns| ns.trim().to_owned())
-        .filter(|ns| !ns.is_empty())
-        .ok_or(ServeError::NoNamespace)?;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let identity = std::env::var("POD_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| format!("{}-{}", host.trim(), std::process::id()));
-    Ok(self_managed::cluster::Target {
-        secret: managed.tls_secret.clone(),
-        lease: format!("{}-certificates", managed.service),
-        webhook_configuration: managed.webhook_configuration.clone(),
-        identity,
-        check_interval: managed.check_interval,
-        lease_duration: managed.lease_duration,
-        namespace,
-    })
-}
-
-fn cert_settings(
-    managed: &crate::config::SelfManaged,
-    target: &self_managed::cluster::Target,
-) -> self_managed::Settings {
-    let (svc, ns) = (&managed.service, &target.namespace);
-    let mut dns_names = vec![
-        format!("{svc}.{ns}.svc"),
-        format!("{svc}.{ns}.svc.cluster.local"),
-        format!("{svc}.{ns}"),
-        svc.clone(),
-    ];
-    let mut ip_addresses = Vec::new();
-    for name in &managed.extra_names {
-        match name.parse() {
-            Ok(ip) => ip_addresses.push(ip),
-            Err(_) => dns_names.push(name.clone()),
-        }
-    }
-    self_managed::Settings {
-        ca_validity: managed.ca_validity,
-        cert_validity: managed.cert_validity,
-        overlap: managed.ca_overlap,
-        dns_names,
-        ip_addresses,
-    }
+async fn connect() -> Result<kube::Client, ServeError> {
+    kube::Client::try_default()
+        .await
+        .map_err(ServeError::ConnectCluster)
 }

@@ -17,10 +17,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use super::policy_store::PolicyStore;
 use crate::admission::{self, Route, Verdict};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
-use crate::policy::store::PolicyStore;
 
 /// The API server's own limit on an object; a review holds the object (twice for an update) plus a little.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;

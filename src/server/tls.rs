@@ -1,226 +1,24 @@
-//! The serving certificate: loaded from PEM files, swapped in place when the files change. Handshakes read the
-//! current certificate per connection, so a swap never fails a handshake, and a bad new pair keeps the old one.
+//! The webhook's TLS configuration: TLS 1.3 and 1.2, HTTP/2 and HTTP/1.1 by ALPN, and the certificate taken
+//! from the certificate store at every handshake.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use rustls::ServerConfig;
-use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-use crate::watch::{Change, Every, FileSet};
+use crate::certs::store::{CertStore, provider};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}")]
-    ReadPem {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("no PEM certificate in {path}")]
-    NoCertificate { path: PathBuf },
-    #[error("invalid PEM certificate in {path}")]
-    ParseCertificate {
-        path: PathBuf,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("no usable PEM private key in {path}")]
-    ParseKey {
-        path: PathBuf,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("unsupported private key in {path}")]
-    LoadKey {
-        path: PathBuf,
-        #[source]
-        source: rustls::Error,
-    },
-    #[error("the key in {key} does not match the certificate in {cert}")]
-    KeyMismatch {
-        cert: PathBuf,
-        key: PathBuf,
-        #[source]
-        source: rustls::Error,
-    },
     #[error("cannot build the TLS configuration")]
     BuildConfig(#[source] rustls::Error),
 }
 
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Parses a certificate chain and its key, and checks that they belong together.
-pub fn certified_key(
-    cert: &Path,
-    cert_pem: &[u8],
-    key: &Path,
-    key_pem: &[u8],
-) -> Result<CertifiedKey, TlsError> {
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::ParseCertificate {
-            path: cert.to_owned(),
-            source,
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: cert.to_owned(),
-        });
-    }
-    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::ParseKey {
-        path: key.to_owned(),
-        source,
-    })?;
-    let signing_key = provider()
-        .key_provider
-        .load_private_key(der)
-        .map_err(|source| TlsError::LoadKey {
-            path: key.to_owned(),
-            source,
-        })?;
-    let certified = CertifiedKey::new(chain, signing_key);
-    certified
-        .keys_match()
-        .map_err(|source| TlsError::KeyMismatch {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-            source,
-        })?;
-    Ok(certified)
-}
-
-/// The certificate in use, shared with the TLS acceptor.
-#[derive(Debug)]
-pub struct CertStore {
-    /// `None` only with self-managed certificates, until the first one is issued: handshakes fail and the
-    /// server is not ready until then.
-    current: RwLock<Option<Arc<CertifiedKey>>>,
-    cert_path: PathBuf,
-    key_path: PathBuf,
-}
-
-impl CertStore {
-    /// Loads the pair; returns the store and the bytes read, for change detection.
-    pub fn load(cert_path: &Path, key_path: &Path) -> Result<(Arc<Self>, Vec<Vec<u8>>), TlsError> {
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::ReadPem {
-                path: path.to_owned(),
-                source,
-            })
-        };
-        let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
-        let key = certified_key(cert_path, &cert_pem, key_path, &key_pem)?;
-        let store = Arc::new(Self {
-            current: RwLock::new(Some(Arc::new(key))),
-            cert_path: cert_path.to_owned(),
-            key_path: key_path.to_owned(),
-        });
-        Ok((store, vec![cert_pem, key_pem]))
-    }
-
-    /// A store with no certificate yet, filled by [`CertStore::replace`] (self-managed certificates).
-    pub fn empty() -> Arc<Self> {
-        Arc::new(Self {
-            current: RwLock::new(None),
-            cert_path: PathBuf::new(),
-            key_path: PathBuf::new(),
-        })
-    }
-
-    pub fn replace(&self, key: CertifiedKey) {
-        // A poisoned lock only means a writer panicked mid-assignment of an Arc; the value is still whole.
-        let mut current = self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *current = Some(Arc::new(key));
-    }
-
-    pub fn is_loaded(&self) -> bool {
-        self.current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some()
-    }
-
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
-        let mut config = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(TlsError::BuildConfig)?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
-    }
-
-    /// Polls the files and swaps in a changed pair once it loads; a pair that does not load is logged and counted,
-    /// and the certificate in use stays.
-    pub async fn reload(
-        self: Arc<Self>,
-        loaded: Vec<Vec<u8>>,
-        metrics: Arc<Metrics>,
-        interval: Duration,
-        stop: CancellationToken,
-    ) {
-        let mut files = FileSet::new(vec![self.cert_path.clone(), self.key_path.clone()], loaded);
-        let mut every = Every::new(interval, stop);
-        // A pair that fails to load is only reported once the same bytes are seen on a second poll: the two
-        // files are read one after the other, and a volume update between the reads is not a bad certificate.
-        let mut refused: Option<TlsError> = None;
-        let mut unreadable_reported = false;
-        while every.tick().await {
-            match files.poll() {
-                Change::Unchanged => {
-                    unreadable_reported = false;
-                    if let Some(error) = refused.take() {
-                        Metrics::count_reload(&metrics.certificate_reloads, false);
-                        tracing::error!(error = %crate::error_chain(&error), "new certificate refused; keeping the one in use");
-                    }
-                }
-                Change::Unreadable(path, error) => {
-                    refused = None;
-                    if !unreadable_reported {
-                        unreadable_reported = true;
-                        Metrics::count_reload(&metrics.certificate_reloads, false);
-                        tracing::warn!(path = %path.display(), %error, "certificate file unreadable; keeping the certificate in use");
-                    }
-                }
-                Change::Changed(contents) => {
-                    unreadable_reported = false;
-                    let [cert_pem, key_pem] = contents.as_slice() else {
-                        continue;
-                    };
-                    match certified_key(&self.cert_path, cert_pem, &self.key_path, key_pem) {
-                        Ok(key) => {
-                            refused = None;
-                            self.replace(key);
-                            Metrics::count_reload(&metrics.certificate_reloads, true);
-                            tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
-                        }
-                        Err(error) => refused = Some(error),
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let current = self
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        current.clone()
-    }
+pub fn acceptor(store: &Arc<CertStore>) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::BuildConfig)?
+        .with_no_client_auth()
+        .with_cert_resolver(store.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

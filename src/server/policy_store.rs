@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::Policy;
+use crate::policy::Policy;
 
 #[derive(Debug)]
 pub struct Current {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::store::PolicyStore;
+use super::policy_store::PolicyStore;
 use crate::metrics::Metrics;
 use crate::watch::{Change, Every, FileSet};
 
@@ -34,7 +34,7 @@ pub async fn run(
             Change::Changed(mut contents) => {
                 unreadable_reported = false;
                 let text = contents.pop().unwrap_or_default();
-                match super::parse(&text, &path) {
+                match crate::policy::parse(&text, &path) {
                     Ok(policy) => {
                         let generation = store.replace(policy);
                         metrics

@@ -1,0 +1,217 @@
+//! The serving certificate in use: parsed and checked from PEM, held in a store the TLS acceptor asks per
+//! handshake, swapped in place (from files that changed, or from the self-managed Secret). A swap never fails a
+//! handshake, and a bad new pair keeps the old one.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::watch::{Change, Every, FileSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot read {path}")]
+    ReadPem {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no PEM certificate in {path}")]
+    NoCertificate { path: PathBuf },
+    #[error("invalid PEM certificate in {path}")]
+    ParseCertificate {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("no usable PEM private key in {path}")]
+    ParseKey {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("unsupported private key in {path}")]
+    LoadKey {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("the key in {key} does not match the certificate in {cert}")]
+    KeyMismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Parses a certificate chain and its key, and checks that they belong together.
+pub fn certified_key(
+    cert: &Path,
+    cert_pem: &[u8],
+    key: &Path,
+    key_pem: &[u8],
+) -> Result<CertifiedKey, StoreError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| StoreError::ParseCertificate {
+            path: cert.to_owned(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(StoreError::NoCertificate {
+            path: cert.to_owned(),
+        });
+    }
+    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| StoreError::ParseKey {
+        path: key.to_owned(),
+        source,
+    })?;
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|source| StoreError::LoadKey {
+            path: key.to_owned(),
+            source,
+        })?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified
+        .keys_match()
+        .map_err(|source| StoreError::KeyMismatch {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            source,
+        })?;
+    Ok(certified)
+}
+
+/// The certificate in use, shared with the TLS acceptor.
+#[derive(Debug)]
+pub struct CertStore {
+    /// `None` only with self-managed certificates, until the first one is issued: handshakes fail and the
+    /// server is not ready until then.
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl CertStore {
+    /// Loads the pair; returns the store and the bytes read, for change detection.
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+    ) -> Result<(Arc<Self>, Vec<Vec<u8>>), StoreError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| StoreError::ReadPem {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
+        let key = certified_key(cert_path, &cert_pem, key_path, &key_pem)?;
+        let store = Arc::new(Self {
+            current: RwLock::new(Some(Arc::new(key))),
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+        });
+        Ok((store, vec![cert_pem, key_pem]))
+    }
+
+    /// A store with no certificate yet, filled by [`CertStore::replace`] (self-managed certificates).
+    pub fn empty() -> Arc<Self> {
+        Arc::new(Self {
+            current: RwLock::new(None),
+            cert_path: PathBuf::new(),
+            key_path: PathBuf::new(),
+        })
+    }
+
+    pub fn replace(&self, key: CertifiedKey) {
+        // A poisoned lock only means a writer panicked mid-assignment of an Arc; the value is still whole.
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *current = Some(Arc::new(key));
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Polls the files and swaps in a changed pair once it loads; a pair that does not load is logged and counted,
+    /// and the certificate in use stays.
+    pub async fn reload(
+        self: Arc<Self>,
+        loaded: Vec<Vec<u8>>,
+        metrics: Arc<Metrics>,
+        interval: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut files = FileSet::new(vec![self.cert_path.clone(), self.key_path.clone()], loaded);
+        let mut every = Every::new(interval, stop);
+        // A pair that fails to load is only reported once the same bytes are seen on a second poll: the two
+        // files are read one after the other, and a volume update between the reads is not a bad certificate.
+        let mut refused: Option<StoreError> = None;
+        let mut unreadable_reported = false;
+        while every.tick().await {
+            match files.poll() {
+                Change::Unchanged => {
+                    unreadable_reported = false;
+                    if let Some(error) = refused.take() {
+                        Metrics::count_reload(&metrics.certificate_reloads, false);
+                        tracing::error!(error = %crate::error_chain(&error), "new certificate refused; keeping the one in use");
+                    }
+                }
+                Change::Unreadable(path, error) => {
+                    refused = None;
+                    if !unreadable_reported {
+                        unreadable_reported = true;
+                        Metrics::count_reload(&metrics.certificate_reloads, false);
+                        tracing::warn!(path = %path.display(), %error, "certificate file unreadable; keeping the certificate in use");
+                    }
+                }
+                Change::Changed(contents) => {
+                    unreadable_reported = false;
+                    let [cert_pem, key_pem] = contents.as_slice() else {
+                        continue;
+                    };
+                    match certified_key(&self.cert_path, cert_pem, &self.key_path, key_pem) {
+                        Ok(key) => {
+                            refused = None;
+                            self.replace(key);
+                            Metrics::count_reload(&metrics.certificate_reloads, true);
+                            tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
+                        }
+                        Err(error) => refused = Some(error),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        current.clone()
+    }
+}
