@@ -13,17 +13,17 @@ use secure_defaults::{admission, preview};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
-        Command::Mutate(args) => mutate(args),
-        Command::Check(args) => check(args).map(|()| ExitCode::SUCCESS),
+    // `mutate` fails with 2, so that its `--exit-code` can say "would change" with 1.
+    let (result, failed) = match cli.command {
+        Command::Serve(args) => (serve(args).map(|()| ExitCode::SUCCESS), 1),
+        Command::Mutate(args) => (mutate(args), 2),
+        Command::Check(args) => (check(args).map(|()| ExitCode::SUCCESS), 1),
     };
     match result {
         Ok(code) => code,
-        // 2, so that `mutate --exit-code` can say "would change" with 1.
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(failed)
         }
     }
 }
