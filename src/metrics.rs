@@ -42,6 +42,12 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyInfoLabels {
+    /// The first 16 hex digits of the SHA-256 of the policy file: one series at a time.
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LookupLabels {
     /// cache, direct, failed.
     pub source: &'static str,
@@ -63,6 +69,16 @@ pub struct Metrics {
     pub fields_would_default: Family<FieldLabels, Counter>,
     /// Fields left out because a pod opted out of them, as its policy allows.
     pub exceptions: Family<FieldLabels, Counter>,
+    /// notAfter of the serving certificate in use (Unix seconds).
+    pub certificate_expiry: Gauge,
+    /// notAfter of the CA signing the self-managed serving certificate (Unix seconds).
+    pub ca_expiry: Gauge,
+    /// When the self-managed serving certificate in use was issued (Unix seconds).
+    pub certificate_last_rotation: Gauge,
+    /// When the policy in force was loaded: at start, then at each successful reload (Unix seconds).
+    pub policy_last_reload: Gauge,
+    /// The policy in force, by content hash; only the current hash has a series.
+    pub policy_info: Family<PolicyInfoLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -149,6 +165,36 @@ impl Metrics {
             "Fields left out because the pod opted out with secure-defaults.io/skip, as its policy allows, by field",
             exceptions.clone(),
         );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "Expiry (notAfter) of the serving certificate in use, as a Unix time",
+            certificate_expiry.clone(),
+        );
+        let ca_expiry = Gauge::default();
+        registry.register(
+            "ca_expiry_timestamp_seconds",
+            "Expiry (notAfter) of the CA that signs the self-managed serving certificate, as a Unix time (self-managed certificates only)",
+            ca_expiry.clone(),
+        );
+        let certificate_last_rotation = Gauge::default();
+        registry.register(
+            "certificate_last_rotation_timestamp_seconds",
+            "When the self-managed serving certificate in use was issued or last rotated, as a Unix time (self-managed certificates only)",
+            certificate_last_rotation.clone(),
+        );
+        let policy_last_reload = Gauge::default();
+        registry.register(
+            "policy_last_reload_timestamp_seconds",
+            "When the policy in force was loaded (at start, then at each successful reload), as a Unix time",
+            policy_last_reload.clone(),
+        );
+        let policy_info = Family::<PolicyInfoLabels, Gauge>::default();
+        registry.register(
+            "policy_info",
+            "The policy in force: 1 for the first 16 hex digits of the SHA-256 of its file; replicas that disagree serve different policies",
+            policy_info.clone(),
+        );
         Self {
             registry,
             requests,
@@ -163,7 +209,27 @@ impl Metrics {
             tls_handshake_failures,
             fields_would_default,
             exceptions,
+            certificate_expiry,
+            ca_expiry,
+            certificate_last_rotation,
+            policy_last_reload,
+            policy_info,
         }
+    }
+
+    /// Records a policy put in force now: its load time, and its hash as the one `policy_info` series (the
+    /// previous hash's series goes).
+    pub fn policy_loaded(&self, file: &[u8]) {
+        self.policy_loaded_at(file, unix_now());
+    }
+
+    fn policy_loaded_at(&self, file: &[u8], unix: i64) {
+        let hash = policy_hash(file);
+        self.policy_info.clear();
+        self.policy_info
+            .get_or_create(&PolicyInfoLabels { hash })
+            .set(1);
+        self.policy_last_reload.set(unix);
     }
 
     /// Counts an answered review, its time, and the fields it set (or, in report-only mode, would have set) or
@@ -232,6 +298,23 @@ impl Metrics {
     }
 }
 
+/// The first 16 hex digits of the SHA-256 of a policy file's bytes.
+pub fn policy_hash(file: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, file);
+    digest
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +370,65 @@ mod tests {
             text.contains("secure_defaults_fields_defaulted_total{field=\"runAsUser\"} 2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn policy_info_keeps_only_the_current_hash() {
+        let m = Metrics::new();
+        m.policy_loaded_at(b"first", 1_800_000_000);
+        let first = policy_hash(b"first");
+        assert_eq!(first.len(), 16);
+        assert!(first.chars().all(|c| c.is_ascii_hexdigit()), "{first}");
+        // sha256("abc") starts with ba7816bf8f01cfea.
+        assert_eq!(policy_hash(b"abc"), "ba7816bf8f01cfea");
+        let text = m.encode();
+        assert!(
+            text.contains(&format!(
+                "secure_defaults_policy_info{{hash=\"{first}\"}} 1"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("secure_defaults_policy_last_reload_timestamp_seconds 1800000000"),
+            "{text}"
+        );
+        m.policy_loaded_at(b"second", 1_800_000_060);
+        let second = policy_hash(b"second");
+        let text = m.encode();
+        assert!(
+            text.contains(&format!(
+                "secure_defaults_policy_info{{hash=\"{second}\"}} 1"
+            )),
+            "{text}"
+        );
+        assert!(
+            !text.contains(&first),
+            "the old hash's series stays: {text}"
+        );
+        assert_eq!(
+            text.matches("secure_defaults_policy_info{").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("secure_defaults_policy_last_reload_timestamp_seconds 1800000060"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn certificate_times_are_exposed_under_their_names() {
+        let m = Metrics::new();
+        m.certificate_expiry.set(1_900_000_000);
+        m.ca_expiry.set(1_950_000_000);
+        m.certificate_last_rotation.set(1_800_000_000);
+        let text = m.encode();
+        for line in [
+            "secure_defaults_certificate_expiry_timestamp_seconds 1900000000",
+            "secure_defaults_ca_expiry_timestamp_seconds 1950000000",
+            "secure_defaults_certificate_last_rotation_timestamp_seconds 1800000000",
+        ] {
+            assert!(text.contains(line), "{line} missing: {text}");
+        }
     }
 }

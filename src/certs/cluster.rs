@@ -17,7 +17,9 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{CertStore, certified_key};
+use rustls::sign::CertifiedKey;
+
+use super::store::{CertStore, certified_key, validity};
 use super::{Authority, CertError, Material, Plan, Settings};
 use crate::metrics::Metrics;
 use crate::watch::{Every, Outage, Report};
@@ -169,6 +171,7 @@ pub async fn follow(
         let name = std::path::Path::new(&target.secret);
         match certified_key(name, &cert.0, name, &key.0) {
             Ok(certified) => {
+                record_times(&metrics, &certified, &data);
                 store.replace(certified);
                 Metrics::count_reload(&metrics.certificate_reloads, true);
                 tracing::info!(
@@ -182,6 +185,21 @@ pub async fn follow(
             }
         }
         served = Some((cert.0.clone(), key.0.clone()));
+    }
+}
+
+/// The serving certificate's expiry and issue time, and its CA's expiry, for the metrics. Every replica reads
+/// them from the certificates themselves, so all report the same times, and a restart does not reset them. The
+/// issue time is the certificate's notBefore plus the backdate `issue` gives it.
+fn record_times(metrics: &Metrics, certified: &CertifiedKey, data: &BTreeMap<String, ByteString>) {
+    if let Some((not_before, not_after)) = validity(certified) {
+        metrics.certificate_expiry.set(not_after);
+        metrics
+            .certificate_last_rotation
+            .set(not_before.saturating_add(super::BACKDATE));
+    }
+    if let Some(ca_expiry) = text(data, super::CA_CERT).and_then(|pem| super::not_after(&pem)) {
+        metrics.ca_expiry.set(ca_expiry);
     }
 }
 
@@ -538,5 +556,34 @@ mod tests {
             ..Secret::default()
         };
         assert_eq!(read_material(&secret), Some(material));
+    }
+
+    #[test]
+    fn times_recorded_from_the_secret() {
+        let settings = Settings {
+            ca_validity: Duration::from_secs(3000),
+            cert_validity: Duration::from_secs(900),
+            overlap: Duration::from_secs(60),
+            dns_names: vec!["a.b.svc".to_owned()],
+            ip_addresses: vec![],
+        };
+        let now = 1_800_000_000;
+        let Plan::Write { material, .. } = super::super::plan(now, None, &settings).unwrap() else {
+            panic!("bootstrap writes");
+        };
+        let data = secret_data(&material);
+        let name = std::path::Path::new("secret");
+        let certified = certified_key(
+            name,
+            material.tls_cert.as_bytes(),
+            name,
+            material.tls_key.as_bytes(),
+        )
+        .unwrap();
+        let metrics = Metrics::new();
+        record_times(&metrics, &certified, &data);
+        assert_eq!(metrics.certificate_expiry.get(), now + 900);
+        assert_eq!(metrics.ca_expiry.get(), now + 3000);
+        assert_eq!(metrics.certificate_last_rotation.get(), now);
     }
 }

@@ -235,7 +235,7 @@ fn secs(d: Duration) -> i64 {
 }
 
 /// Clocks of API servers and nodes differ a little; start validity slightly in the past.
-const BACKDATE: i64 = 60;
+pub(crate) const BACKDATE: i64 = 60;
 
 fn authority(now: i64, settings: &Settings) -> Result<Authority, CertError> {
     let key = KeyPair::generate().map_err(CertError::GenerateKey)?;

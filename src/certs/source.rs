@@ -81,6 +81,9 @@ impl CertSource {
                 loaded,
                 interval,
             } => {
+                if let Some(expiry) = store.expiry() {
+                    metrics.certificate_expiry.set(expiry);
+                }
                 tokio::spawn(store.reload(loaded, metrics, interval, stop));
             }
             Self::SelfManaged(cluster) => {

@@ -97,6 +97,17 @@ pub fn certified_key(
     Ok(certified)
 }
 
+/// notBefore and notAfter (Unix seconds) of the leaf certificate of a pair.
+pub fn validity(key: &CertifiedKey) -> Option<(i64, i64)> {
+    let leaf = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
 /// The certificate in use, shared with the TLS acceptor.
 #[derive(Debug)]
 pub struct CertStore {
@@ -147,6 +158,18 @@ impl CertStore {
         *current = Some(Arc::new(key));
     }
 
+    /// notAfter (Unix seconds) of the serving certificate in use.
+    pub fn expiry(&self) -> Option<i64> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        current
+            .as_deref()
+            .and_then(validity)
+            .map(|(_, after)| after)
+    }
+
     pub fn is_loaded(&self) -> bool {
         self.current
             .read()
@@ -194,6 +217,9 @@ impl CertStore {
                     match certified_key(&self.cert_path, cert_pem, &self.key_path, key_pem) {
                         Ok(key) => {
                             refused = None;
+                            if let Some((_, expiry)) = validity(&key) {
+                                metrics.certificate_expiry.set(expiry);
+                            }
                             self.replace(key);
                             Metrics::count_reload(&metrics.certificate_reloads, true);
                             tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
@@ -213,5 +239,28 @@ impl ResolvesServerCert for CertStore {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         current.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_the_leafs_not_after() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.b.svc".to_owned()]).unwrap();
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let dir = std::env::temp_dir().join(format!("sd-store-expiry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let (store, _) = CertStore::load(&cert_path, &key_path).unwrap();
+        assert_eq!(store.expiry(), Some(1_900_000_000));
+        assert_eq!(CertStore::empty().expiry(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

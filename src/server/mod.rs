@@ -97,6 +97,7 @@ impl Server {
         let policy =
             policy::parse(&loaded_policy, &config.policy).map_err(ServeError::LoadPolicy)?;
         metrics.policy_generation.set(1);
+        metrics.policy_loaded(&loaded_policy);
         // The certificate files are checked before connecting to the cluster: a broken certificate is the
         // likelier mistake, and is reported as such.
         let (certs, client) = match &config.self_managed {

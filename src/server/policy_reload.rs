@@ -41,6 +41,7 @@ pub async fn run(
                             .policy_generation
                             .set(i64::try_from(generation).unwrap_or(i64::MAX));
                         Metrics::count_reload(&metrics.policy_reloads, true);
+                        metrics.policy_loaded(&text);
                         tracing::info!(path = %path.display(), generation, "policy reloaded");
                     }
                     Err(error) => {
