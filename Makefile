@@ -1,7 +1,7 @@
 # The one entry point: CI calls these same targets.
 CARGO ?= cargo
 
-.PHONY: build release test test-unit test-e2e lint fmt bench run
+.PHONY: build release test test-unit test-monitoring test-e2e lint fmt bench run
 
 build:
 	$(CARGO) build --locked
@@ -9,11 +9,18 @@ build:
 release:
 	$(CARGO) build --locked --release
 
-## Every test: unit, property, in-process integration, then end to end against a real control plane.
-test: test-unit test-e2e
+## Every test: unit, property, in-process integration, the alert rules, then end to end against a real control plane.
+test: test-unit test-monitoring test-e2e
 
 test-unit:
 	$(CARGO) test --locked
+
+## The alert rules: promtool (built once per version into ~/.cache/secure-defaults/tools/) checks them and runs
+## their unit tests. (`cargo test --test monitoring`, part of test-unit, checks the names they and the dashboard use.)
+test-monitoring:
+	@promtool=$$(e2e/build-promtool.sh | tail -1) && \
+	  "$$promtool" check rules manifests/monitoring/alerts.yaml && \
+	  "$$promtool" test rules manifests/monitoring/alerts_test.yaml
 
 test-e2e:
 	e2e/run.sh

@@ -165,6 +165,13 @@ impl Metrics {
             "Fields left out because the pod opted out with secure-defaults.io/skip, as its policy allows, by field",
             exceptions.clone(),
         );
+        // Both reload outcomes exist from the start, at 0: a failure is then an increase that rate() and
+        // increase() see, not a series appearing from nothing.
+        for family in [&policy_reloads, &certificate_reloads] {
+            for result in ["ok", "failed"] {
+                family.get_or_create(&ResultLabels { result });
+            }
+        }
         let certificate_expiry = Gauge::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -424,6 +431,8 @@ mod tests {
         m.certificate_last_rotation.set(1_800_000_000);
         let text = m.encode();
         for line in [
+            r#"secure_defaults_policy_reloads_total{result="failed"} 0"#,
+            r#"secure_defaults_certificate_reloads_total{result="failed"} 0"#,
             "secure_defaults_certificate_expiry_timestamp_seconds 1900000000",
             "secure_defaults_ca_expiry_timestamp_seconds 1950000000",
             "secure_defaults_certificate_last_rotation_timestamp_seconds 1800000000",
