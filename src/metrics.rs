@@ -169,7 +169,7 @@ impl Metrics {
         // increase() see, not a series appearing from nothing.
         for family in [&policy_reloads, &certificate_reloads] {
             for result in ["ok", "failed"] {
-                family.get_or_create(&ResultLabels { result });
+                family.get_or_create(&ResultLabels { result }).inc_by(0);
             }
         }
         let certificate_expiry = Gauge::default();
