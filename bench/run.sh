@@ -11,14 +11,16 @@
 #              then the closed loop again over HTTP/2 (32 streams on one connection, as kube-apiserver calls).
 #   3. e2e     a local control plane (e2e/cluster.sh): pod creations through kube-apiserver with no mutation, with
 #              the webhook, and with a MutatingAdmissionPolicy doing the same defaulting; then time to ready with
-#              10,000 namespaces. Torn down at the end.
+#              10,000 namespaces. Torn down at the end. The pod-creation latencies are drawn in
+#              target/bench/e2e-latency.svg (loadgen chart).
 #
 # Benchmarks report; they do not fail on a missed target. They do fail on a broken measurement (a refused or
 # non-2xx request, a configuration that does not mutate as it should, a server that does not start).
 #
 # Environment: BENCH_PHASES (default "engine server e2e"), BENCH_MEASUREMENT_TIME (criterion seconds, default 3),
 # BENCH_SECONDS (seconds per round of a server load phase, default 3), BENCH_ROUNDS (rounds per server load phase,
-# default 3; the median round is reported), BENCH_NAMESPACES (default 10000).
+# default 3; the median round is reported), BENCH_NAMESPACES (default 10000), BENCH_E2E_ROUNDS and BENCH_E2E_SECONDS
+# (rounds of pod creations per configuration and seconds per round, default 3 and 3).
 # Everything listens on and connects to 127.0.0.1 only.
 set -euo pipefail
 
@@ -29,6 +31,8 @@ MEASUREMENT_TIME="${BENCH_MEASUREMENT_TIME:-3}"
 SECONDS_PER_PHASE="${BENCH_SECONDS:-3}"
 ROUNDS="${BENCH_ROUNDS:-3}"
 NAMESPACES="${BENCH_NAMESPACES:-10000}"
+E2E_ROUNDS="${BENCH_E2E_ROUNDS:-3}"
+E2E_SECONDS="${BENCH_E2E_SECONDS:-3}"
 CALLGRIND_ITERATIONS=200
 OUT="$ROOT/target/bench"
 LOADGEN="$ROOT/target/loadgen/release/loadgen"
@@ -104,13 +108,15 @@ mkdir -p "$OUT"
 rm -f "$OUT"/results.json "$OUT"/results.md
 has_phase engine && rm -f "$OUT"/callgrind-*.out
 has_phase server && rm -f "$OUT"/server-*.json
-has_phase e2e && rm -f "$OUT"/e2e-*.json "$OUT"/ready-*.json "$OUT"/webhook-*
+has_phase e2e && rm -f "$OUT"/e2e-*.json "$OUT"/e2e-latency.svg "$OUT"/ready-*.json "$OUT"/webhook-*
 
 log "building (release): secure-defaults, the engine benchmark, the load generator"
 cargo build --locked --release --bin secure-defaults
-BENCH_EXE="$(cargo bench --locked --bench engine --no-run --message-format=json 2>/dev/null |
-  sed -n 's/.*"executable":"\([^"]*engine[^"]*\)".*/\1/p' | tail -n 1)"
-[[ -x "$BENCH_EXE" ]] || { echo "cannot find the engine benchmark executable" >&2; exit 1; }
+if has_phase engine; then
+  BENCH_EXE="$(cargo bench --locked --bench engine --no-run --message-format=json 2>/dev/null |
+    sed -n 's/.*"executable":"\([^"]*engine[^"]*\)".*/\1/p' | tail -n 1)"
+  [[ -x "$BENCH_EXE" ]] || { echo "cannot find the engine benchmark executable" >&2; exit 1; }
+fi
 cargo build --locked --release --manifest-path bench/loadgen/Cargo.toml --target-dir "$ROOT/target/loadgen"
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -320,11 +326,11 @@ EOF
   }
   webhook_call_metrics >"$OUT/webhook-calls-before.txt"
   log "3/3 e2e: pod creations, 1 creator (checks each configuration mutates as it should first)"
-  "$LOADGEN" create-pods --env "$CLUSTER" --connections 1 --rounds 3 --round-seconds 3 --containers 1 \
+  "$LOADGEN" create-pods --env "$CLUSTER" --connections 1 --rounds "$E2E_ROUNDS" --round-seconds "$E2E_SECONDS" --containers 1 \
     "${TARGETS[@]}" --out "$OUT/e2e-latency.json"
   webhook_call_metrics >"$OUT/webhook-calls-latency.txt"
   log "3/3 e2e: pod creations, 8 concurrent creators"
-  "$LOADGEN" create-pods --env "$CLUSTER" --connections 8 --rounds 3 --round-seconds 3 --containers 1 \
+  "$LOADGEN" create-pods --env "$CLUSTER" --connections 8 --rounds "$E2E_ROUNDS" --round-seconds "$E2E_SECONDS" --containers 1 \
     "${TARGETS[@]}" --out "$OUT/e2e-throughput.json"
   webhook_call_metrics >"$OUT/webhook-calls-after.txt"
   # Did the API server keep its connections to the webhook (or pay a TLS handshake per call)?
@@ -349,6 +355,8 @@ EOF
     --policy "$WORK/policy-e2e.yaml" --drain-seconds 0 --shutdown-timeout-seconds 1 --log-format json
   grep -o '"namespaces":[0-9]*' "$WORK/ready.log" | head -n 1 | sed 's/^/  cache synced: /' >&2 || true
 
+  log "3/3 e2e: chart of the pod-creation latencies: $OUT/e2e-latency.svg"
+  "$LOADGEN" chart --dir "$OUT" --out "$OUT/e2e-latency.svg"
   log "3/3 e2e: tearing the control plane down"
   "$ROOT/e2e/cluster.sh" down "$CLUSTER"
 fi

@@ -39,6 +39,9 @@ pub struct Outcome {
     pub latency: Histogram<u64>,
     /// Fixed rate only: how late the client sent each request (its own scheduling delay), µs.
     pub send_lag: Option<Histogram<u64>>,
+    /// Closed loop only: every request's latency, µs, as measured (the histogram rounds to 3 significant
+    /// digits); for the e2e chart.
+    pub samples: Vec<u32>,
     pub elapsed: Duration,
 }
 
@@ -97,16 +100,17 @@ pub async fn open(target: &Target, n: usize) -> anyhow::Result<Vec<Conn>> {
     Ok(conns)
 }
 
-async fn collect(
-    mut set: JoinSet<anyhow::Result<(Histogram<u64>, Histogram<u64>)>>,
-) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
-    let (mut latency, mut lag) = (histogram(), histogram());
+type Recorded = (Histogram<u64>, Histogram<u64>, Vec<u32>);
+
+async fn collect(mut set: JoinSet<anyhow::Result<Recorded>>) -> anyhow::Result<Recorded> {
+    let (mut latency, mut lag, mut samples) = (histogram(), histogram(), Vec::new());
     while let Some(done) = set.join_next().await {
-        let (l, g) = done.context("load task panicked")??;
+        let (l, g, s) = done.context("load task panicked")??;
         latency.add(l)?;
         lag.add(g)?;
+        samples.extend(s);
     }
-    Ok((latency, lag))
+    Ok((latency, lag, samples))
 }
 
 pub async fn closed_loop(
@@ -121,21 +125,25 @@ pub async fn closed_loop(
         let job = job.clone();
         set.spawn(async move {
             let mut latency = histogram();
+            let mut samples = Vec::new();
             let mut seq = 0;
             while Instant::now() < deadline {
                 let (path, body) = (job.make)(worker, seq);
                 seq += 1;
                 let sent = Instant::now();
                 conn.expect(job.status, Method::POST, &path, body).await?;
-                record(&mut latency, sent.elapsed());
+                let took = sent.elapsed();
+                record(&mut latency, took);
+                samples.push(took.as_micros().min(u128::from(u32::MAX)) as u32);
             }
-            Ok((latency, histogram()))
+            Ok((latency, histogram(), samples))
         });
     }
-    let (latency, _) = collect(set).await?;
+    let (latency, _, samples) = collect(set).await?;
     Ok(Outcome {
         latency,
         send_lag: None,
+        samples,
         elapsed: start.elapsed(),
     })
 }
@@ -184,13 +192,14 @@ pub async fn fixed_rate(
                 conn.expect(job.status, Method::POST, &path, body).await?;
                 record(&mut latency, due.elapsed());
             }
-            Ok((latency, lag))
+            Ok((latency, lag, Vec::new()))
         });
     }
-    let (latency, lag) = collect(set).await?;
+    let (latency, lag, samples) = collect(set).await?;
     Ok(Outcome {
         latency,
         send_lag: Some(lag),
+        samples,
         elapsed: start.elapsed(),
     })
 }

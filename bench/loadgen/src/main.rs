@@ -12,6 +12,8 @@
 //! loadgen create-namespaces --env CLUSTER_DIR --count N --prefix P
 //! loadgen ready --admin ADDR --out FILE -- COMMAND...
 //!     Starts COMMAND and times it to /readyz 200.
+//! loadgen chart --dir DIR --out FILE.svg
+//!     Draws the e2e pod-creation latencies (DIR/e2e-latency.json, DIR/e2e-throughput.json) per configuration.
 //! loadgen report --dir DIR
 //!     Reads the phases' JSON and criterion's estimates; prints one markdown table and writes DIR/results.json.
 //! loadgen fixture --containers N [--pod]
@@ -24,6 +26,7 @@
 mod fixture;
 
 mod apiserver;
+mod chart;
 mod floor;
 mod http;
 mod load;
@@ -105,7 +108,9 @@ fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(raw: Vec<String>) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Some((sub, rest)) = raw.split_first() else {
-        bail!("usage: loadgen floor|server|create-pods|create-namespaces|ready|report|fixture ...");
+        bail!(
+            "usage: loadgen floor|server|create-pods|create-namespaces|ready|report|chart|fixture ..."
+        );
     };
     let args = Args::parse(rest)?;
     match sub.as_str() {
@@ -120,6 +125,7 @@ fn run(raw: Vec<String>) -> anyhow::Result<()> {
         "create-namespaces" => current_thread()?.block_on(apiserver::create_namespaces(&args)),
         "ready" => current_thread()?.block_on(server::ready(&args)),
         "report" => report::run(&args),
+        "chart" => chart::run(&args),
         "fixture" => {
             let n = args.num("containers", 1usize)?;
             let value = if args.opt("pod").is_some() {
