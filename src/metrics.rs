@@ -1,4 +1,5 @@
 //! Prometheus metrics. Every label has a small, fixed set of values: no pod names, namespaces or error strings.
+//! `policy_info`'s `hash` is not a fixed set, but has one series at a time: the policy in force.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
