@@ -6,6 +6,7 @@
 mod manifests;
 mod outage;
 mod restricted;
+mod rollout;
 mod selfcerts;
 mod support;
 

@@ -16,6 +16,7 @@
 //! (`preview`, behind `secure-defaults mutate`) runs exactly the same code.
 
 pub mod admission;
+pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod config;

@@ -383,7 +383,7 @@ impl Webhook {
         let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&self.certs.ca_pem);
         let mode_expression = match mode {
             "cluster-wide" => json!({"key": INJECT, "operator": "NotIn", "values": ["disabled"]}),
-            _ => json!({"key": INJECT, "operator": "In", "values": ["enabled"]}),
+            _ => json!({"key": INJECT, "operator": "In", "values": ["enabled", "report"]}),
         };
         let config = json!({
             "metadata": {"name": self.config_name},
