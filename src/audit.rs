@@ -22,14 +22,19 @@ use crate::policy::{self, NamespaceLabels, Policy};
 /// Why an audit failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// No kubeconfig or in-cluster credentials.
     #[error("no cluster credentials (KUBECONFIG, ~/.kube/config or an in-cluster service account)")]
     ConnectCluster(#[source] kube::Error),
+    /// A list call failed.
     #[error("cannot list {0}")]
     List(&'static str, #[source] kube::Error),
+    /// The policy ConfigMap could not be read.
     #[error("cannot read the policy ConfigMap {0}")]
     ReadPolicyConfigMap(String, #[source] kube::Error),
+    /// The policy ConfigMap lacks the key.
     #[error("the policy ConfigMap {0} has no key {1}")]
     NoPolicyKey(String, String),
+    /// The policy in the ConfigMap is invalid.
     #[error("the policy in ConfigMap {0} is invalid")]
     ParsePolicy(String, #[source] policy::PolicyError),
 }
