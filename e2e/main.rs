@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod manifests;
+mod memory;
 mod outage;
 mod restricted;
 mod rollout;

@@ -464,6 +464,11 @@ impl Webhook {
     }
 
     /// Stops the server process (the webhook configuration stays registered).
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
