@@ -19,8 +19,9 @@
 #
 # Environment: BENCH_PHASES (default "engine server e2e"), BENCH_MEASUREMENT_TIME (criterion seconds, default 3),
 # BENCH_SECONDS (seconds per round of a server load phase, default 3), BENCH_ROUNDS (rounds per server load phase,
-# default 3; the median round is reported), BENCH_NAMESPACES (default 10000), BENCH_E2E_ROUNDS and BENCH_E2E_SECONDS
-# (rounds of pod creations per configuration and seconds per round, default 3 and 3).
+# default 3; the median round is reported), BENCH_NAMESPACES (default 10000), BENCH_MORE_NAMESPACES (added for
+# the second memory measurement, default 40000; 0 skips it), BENCH_E2E_ROUNDS and BENCH_E2E_SECONDS (rounds of
+# pod creations per configuration and seconds per round, default 3 and 3).
 # Everything listens on and connects to 127.0.0.1 only.
 set -euo pipefail
 
@@ -355,8 +356,48 @@ EOF
     --policy "$WORK/policy-e2e.yaml" --drain-seconds 0 --shutdown-timeout-seconds 1 --log-format json
   grep -o '"namespaces":[0-9]*' "$WORK/ready.log" | head -n 1 | sed 's/^/  cache synced: /' >&2 || true
 
+  # The namespace cache's memory: secure-defaults' RSS once synced, and after a re-list (kube-apiserver stopped
+  # and started again, so the watch starts over with a fresh list), with NAMESPACES and then
+  # BENCH_MORE_NAMESPACES namespaces.
+  namespace_rss() { # <label>
+    free_port M_PORT
+    free_port M_ADMIN
+    "$SERVER" serve --listen "127.0.0.1:$M_PORT" --admin-listen "127.0.0.1:$M_ADMIN" \
+      --tls-cert "$WORK/certs/tls.crt" --tls-key "$WORK/certs/tls.key" --policy "$WORK/policy-e2e.yaml" \
+      --drain-seconds 0 --shutdown-timeout-seconds 1 --log-format json >"$WORK/rss-$1.log" 2>&1 &
+    local pid=$! n synced after peak
+    for _ in $(seq 1 600); do
+      curl -fsS "http://127.0.0.1:$M_ADMIN/readyz" >/dev/null 2>&1 && break
+      sleep 0.1 # poll interval
+    done
+    n="$(kc get namespaces --no-headers 2>/dev/null | wc -l)"
+    synced="$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")"
+    "$ROOT/e2e/cluster.sh" stop-apiserver "$CLUSTER" >/dev/null 2>&1
+    "$ROOT/e2e/cluster.sh" start-apiserver "$CLUSTER" >/dev/null 2>&1
+    for _ in $(seq 1 1200); do
+      grep -q 'cache re-listed' "$WORK/rss-$1.log" && break
+      sleep 0.1 # poll interval
+    done
+    grep -q 'cache re-listed' "$WORK/rss-$1.log" || echo "  warning: no re-list seen within 120 s" >&2
+    after="$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")"
+    peak="$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")"
+    kill -TERM "$pid" && wait "$pid" 2>/dev/null || true
+    printf '{"namespaces": %s, "synced_kib": %s, "after_relist_kib": %s, "peak_kib": %s}\n' \
+      "$n" "$synced" "$after" "$peak" >"$OUT/namespace-rss-$1.json"
+    echo "  $n namespaces: RSS $((synced / 1024)) MiB synced, $((after / 1024)) MiB after a re-list, peak $((peak / 1024)) MiB" >&2
+  }
+  log "3/3 e2e: the namespace cache's memory with $total namespaces, before and after a re-list"
+  namespace_rss small
+  MORE="${BENCH_MORE_NAMESPACES:-40000}"
+  if ((MORE > 0)); then
+    "$LOADGEN" create-namespaces --env "$CLUSTER" --count "$MORE" --prefix more --connections 32
+    log "3/3 e2e: the same with $((total + MORE)) namespaces"
+    namespace_rss large
+  fi
+
   log "3/3 e2e: chart of the pod-creation latencies: $OUT/e2e-latency.svg"
   "$LOADGEN" chart --dir "$OUT" --out "$OUT/e2e-latency.svg"
+
   log "3/3 e2e: tearing the control plane down"
   "$ROOT/e2e/cluster.sh" down "$CLUSTER"
 fi

@@ -339,7 +339,22 @@ cmd_up() {
   # --endpoint-reconciler-type=none: the reconciler that publishes the
   # apiserver as the `kubernetes` Service's endpoint rejects a loopback
   # address, and nothing in this cluster reaches the apiserver through it.
+  # An audit log of pod creations at Metadata level, which carries the audit annotations webhooks return
+  # (secure-defaults' defaulted and would-default), for the tests that check them: $DIR/logs/audit.log.
+  cat >"$DIR/audit-policy.yaml" <<'AUDIT'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    resources: [{group: "", resources: [pods]}]
+    verbs: [create]
+  - level: None
+AUDIT
   local -a apiserver_args=(
+    --audit-policy-file="$DIR/audit-policy.yaml"
+    --audit-log-path="$DIR/logs/audit.log"
+    --audit-log-maxsize=100
     --bind-address=127.0.0.1
     --advertise-address=127.0.0.1
     --secure-port="$api_port"

@@ -4,9 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod manifests;
+mod memory;
 mod monitoring;
 mod outage;
 mod restricted;
+mod rollout;
 mod selfcerts;
 mod support;
 

@@ -164,7 +164,7 @@ fn selector_mode(selector: &Value) -> &'static str {
     );
     let e = expressions[0];
     match (e["operator"].as_str(), &e["values"]) {
-        (Some("In"), values) if *values == json!(["enabled"]) => "opt-in",
+        (Some("In"), values) if *values == json!(["enabled", "report"]) => "opt-in",
         (Some("NotIn"), values) if *values == json!(["disabled"]) => "cluster-wide",
         _ => panic!("{e} is neither the opt-in nor the cluster-wide expression"),
     }
@@ -1219,6 +1219,14 @@ async fn manifests_install_route_pods_and_backstop() {
         &[(INJECT, "disabled")],
     )
     .await;
+    let report = TestNamespace::create(
+        &client,
+        &env,
+        ISOLATION,
+        "e2e-manifests-report",
+        &[(INJECT, "report")],
+    )
+    .await;
 
     let mut applied = Vec::new();
     for (index, mode) in MODES.into_iter().enumerate() {
@@ -1270,6 +1278,41 @@ async fn manifests_install_route_pods_and_backstop() {
                 ns.name
             );
         }
+        // A report-only namespace is sent in both modes, and its pods are stored as they were written.
+        let mut probe = bare("probe");
+        probe["apiVersion"] = json!("v1");
+        probe["kind"] = json!("Pod");
+        let probe = probe.to_string();
+        eventually(
+            &format!(
+                "{mode}: the manifests' webhook reporting in {}",
+                report.name
+            ),
+            DEADLINE,
+            || async {
+                let out = report.kubectl(
+                    &["create", "--dry-run=server", "-n", &report.name, "-f", "-"],
+                    Some(&probe),
+                );
+                let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                (out.status.success() && err.contains("secure-defaults (report): would set"))
+                    .then_some(())
+            },
+        )
+        .await;
+        let stored = create(
+            &client,
+            &report.name,
+            &bare(&format!("{mode}-report")),
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(annotation(&stored), None, "{mode}: {stored}");
+        assert!(
+            stored["spec"]["securityContext"]["runAsUser"].is_null(),
+            "{mode}: {stored}"
+        );
         let served_ns = served[0].name.clone();
         // Not sent: the server's request count stays put, and a served pod right after adds exactly one.
         let not_sent = |ns: String, pod: Value, what: String| {
@@ -1331,6 +1374,12 @@ async fn manifests_install_route_pods_and_backstop() {
             .await;
         }
         backstop_cases(&client, mode, &served_ns, &docs).await;
+        // Report-only namespaces are never defaulted, so the backstop leaves their pods alone.
+        create(&client, &report.name, &bare("bare"), true)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{mode}: the backstop refused a pod in a report-only namespace: {e}")
+            });
         for ns in &unserved {
             create(&client, &ns.name, &bare("bare"), true)
                 .await

@@ -365,3 +365,165 @@ async fn a_namespace_relabelled_restricted_gets_the_restricted_fields_without_a_
         "{after}"
     );
 }
+
+/// Removes the cluster-scoped backstop objects a test applied, whatever way it ends.
+struct Applied<'a> {
+    ns: &'a TestNamespace,
+    objects: Vec<&'static str>,
+}
+
+impl Drop for Applied<'_> {
+    fn drop(&mut self) {
+        for object in &self.objects {
+            let _ = self
+                .ns
+                .kubectl(&["delete", object, "--ignore-not-found"], None);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_restricted_backstop_refuses_pods_the_webhook_did_not_default() {
+    let env = cluster_env();
+    let client = client(&env).await;
+    let test = "backstop-restricted";
+    let ns = TestNamespace::create(
+        &client,
+        &env,
+        test,
+        "e2e-backstop-restricted",
+        &[(INJECT, "enabled")],
+    )
+    .await;
+    // The component's policy as it is, bound to this test's namespace alone.
+    let policy = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("manifests/components/backstop-restricted/policy.yaml"),
+    )
+    .unwrap();
+    let binding = json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": "e2e-backstop-restricted"},
+        "spec": {"policyName": "secure-defaults-backstop-restricted", "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {TEST_LABEL: test}}}}});
+    let _applied = Applied {
+        ns: &ns,
+        objects: vec![
+            "validatingadmissionpolicybinding/e2e-backstop-restricted",
+            "validatingadmissionpolicy/secure-defaults-backstop-restricted",
+        ],
+    };
+    for doc in [policy, binding.to_string()] {
+        let out = ns.kubectl(&["apply", "-f", "-"], Some(&doc));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let dry_run = |pod: Value| {
+        let mut pod = pod;
+        pod["apiVersion"] = json!("v1");
+        pod["kind"] = json!("Pod");
+        let out = ns.kubectl(
+            &["create", "--dry-run=server", "-n", &ns.name, "-f", "-"],
+            Some(&pod.to_string()),
+        );
+        (out.status.success(), stderr(&out))
+    };
+    // No webhook serves the namespace yet: a plain pod is refused, naming what is missing.
+    let refusal = eventually(
+        "the restricted backstop to refuse a plain pod",
+        DEADLINE,
+        || {
+            let (ok, err) = dry_run(bare_pod("plain"));
+            async move { (!ok && err.contains("secure-defaults backstop")).then_some(err) }
+        },
+    )
+    .await;
+    assert!(refusal.contains("\"app\""), "{refusal}");
+    // (pod, admitted?) — explicit values are never judged, and the webhook's own skips are allowed.
+    let spec = |sc: Value, c: Value| {
+        json!({"metadata": {"name": "p"}, "spec": {"securityContext": sc,
+            "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10", "securityContext": c}]}})
+    };
+    let cases = [
+        (
+            spec(
+                json!({"seccompProfile": {"type": "RuntimeDefault"}, "runAsNonRoot": true}),
+                json!({"capabilities": {"drop": ["ALL"]}}),
+            ),
+            true,
+        ),
+        (
+            spec(
+                json!({"seccompProfile": {"type": "Unconfined"}, "runAsNonRoot": false}),
+                json!({"capabilities": {"drop": ["NET_RAW"]}}),
+            ),
+            true,
+        ),
+        (
+            spec(
+                json!({"seccompProfile": {"type": "RuntimeDefault"}}),
+                json!({"runAsUser": 0, "capabilities": {"drop": ["ALL"]}}),
+            ),
+            true,
+        ),
+        (
+            spec(
+                json!({"seccompProfile": {"type": "RuntimeDefault"}, "runAsNonRoot": true}),
+                json!({"privileged": true}),
+            ),
+            true,
+        ),
+        (
+            spec(
+                json!({"runAsNonRoot": true}),
+                json!({"capabilities": {"drop": ["ALL"]}}),
+            ),
+            false,
+        ),
+        (
+            spec(
+                json!({"seccompProfile": {"type": "RuntimeDefault"}}),
+                json!({"capabilities": {"drop": ["ALL"]}}),
+            ),
+            false,
+        ),
+        (
+            spec(
+                json!({"seccompProfile": {"type": "RuntimeDefault"}, "runAsNonRoot": true}),
+                json!({}),
+            ),
+            false,
+        ),
+    ];
+    for (pod, admitted) in cases {
+        let (ok, err) = dry_run(pod.clone());
+        assert_eq!(ok, admitted, "{pod}: {err}");
+    }
+
+    // Report-only namespaces are left alone.
+    ns.label(INJECT, "report").await;
+    eventually(
+        "the backstop to leave a report-only namespace alone",
+        DEADLINE,
+        || {
+            let (ok, _) = dry_run(bare_pod("plain"));
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+
+    // With the webhook serving the namespace with the restricted profile, a plain pod passes, defaulted.
+    ns.label(INJECT, "enabled").await;
+    let hook = Webhook::start(
+        &client,
+        &env,
+        test,
+        &restricted_policy(""),
+        FailurePolicy::Fail,
+    )
+    .await;
+    hook.wait_effective(&ns).await;
+    let stored = ns.create_pod(bare_pod("served")).await;
+    assert_eq!(
+        stored["spec"]["securityContext"]["runAsNonRoot"], true,
+        "{stored}"
+    );
+}

@@ -16,26 +16,35 @@ use crate::pod::Pod;
 use crate::policy::{Decision, Exemption, NamespaceLabels, Policy};
 use crate::{exceptions, restricted};
 
+/// The one AdmissionReview version served.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// Key of the audit annotation; the API server prefixes it with the webhook's name.
 pub const AUDIT_KEY: &str = "defaulted";
 /// Key of the audit annotation in report-only mode, with what would have been set.
 pub const REPORT_AUDIT_KEY: &str = "would-default";
 
+/// Why a body is not answered with a review.
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
+    /// The body is not JSON of an AdmissionReview.
     #[error("body is not an AdmissionReview")]
     ParseReview(#[source] serde_json::Error),
+    /// The body is JSON, but not an object.
     #[error("body is not an AdmissionReview: expected a JSON object")]
     NotAnObject,
+    /// An AdmissionReview of another version.
     #[error("unsupported AdmissionReview apiVersion {0:?}; only {API_VERSION} is served")]
     UnsupportedVersion(String),
+    /// Another kind than AdmissionReview.
     #[error("unsupported kind {0:?}; expected AdmissionReview")]
     UnsupportedKind(String),
+    /// A review without a request.
     #[error("AdmissionReview has no request")]
     MissingRequest,
+    /// The patch could not be serialised.
     #[error("cannot encode the patch")]
     EncodePatch(#[source] kube::core::admission::SerializePatchError),
+    /// The response could not be serialised.
     #[error("cannot encode the response")]
     EncodeResponse(#[source] serde_json::Error),
 }
@@ -52,12 +61,16 @@ struct ReviewIn<'a, O> {
     request: Option<RequestIn<'a, O>>,
 }
 
+/// The resource a request is for.
 #[derive(Debug, Default, Deserialize)]
 pub struct GroupVersionResource<'a> {
+    /// API group, "" for the core group.
     #[serde(borrow, default)]
     pub group: Cow<'a, str>,
+    /// API version.
     #[serde(borrow, default)]
     pub version: Cow<'a, str>,
+    /// Resource, such as `pods`.
     #[serde(borrow, default)]
     pub resource: Cow<'a, str>,
 }
@@ -91,8 +104,11 @@ struct RequestIn<'a, O> {
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // `Pods` is the common case; boxing it would allocate on every request.
 pub enum Objects<'a> {
+    /// The object and the old object (`{}` where a request has none), read as pods.
     Pods {
+        /// The object as it would be stored.
         object: Pod<'a>,
+        /// The object before an update.
         old_object: Pod<'a>,
     },
     /// Not pod-shaped (a kind this webhook does not act on, or a malformed pod): why.
@@ -102,13 +118,21 @@ pub enum Objects<'a> {
 /// The parts of an admission request this webhook reads.
 #[derive(Debug)]
 pub struct Request<'a> {
+    /// The request's uid, echoed in the response.
     pub uid: Cow<'a, str>,
+    /// The resource.
     pub resource: GroupVersionResource<'a>,
+    /// The subresource, such as `ephemeralcontainers`.
     pub sub_resource: Option<Cow<'a, str>>,
+    /// The namespace.
     pub namespace: Option<Cow<'a, str>>,
+    /// The object's name (empty for generated names).
     pub name: Option<Cow<'a, str>>,
+    /// CREATE, UPDATE, DELETE or CONNECT.
     pub operation: Cow<'a, str>,
+    /// A dry run: nothing is stored.
     pub dry_run: Option<bool>,
+    /// The objects, read as pods.
     pub objects: Objects<'a>,
 }
 
@@ -138,6 +162,7 @@ impl Route {
 #[derive(Debug)]
 pub struct Review<'a> {
     api_version: Cow<'a, str>,
+    /// The request.
     pub request: Request<'a>,
 }
 
@@ -192,6 +217,7 @@ fn check<'a, O>(
 }
 
 impl Review<'_> {
+    /// What the request asks of this webhook.
     pub fn route(&self) -> Route {
         let r = &self.request;
         if !r.resource.group.is_empty() || r.resource.resource != "pods" {
@@ -253,7 +279,9 @@ impl Verdict {
 pub struct Response {
     /// The serialised AdmissionReview.
     pub body: Vec<u8>,
+    /// How it ended.
     pub verdict: Verdict,
+    /// What the engine did.
     pub outcome: Outcome,
 }
 

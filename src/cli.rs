@@ -26,6 +26,31 @@ pub enum Command {
     Mutate(MutateArgs),
     /// Validate a policy file and say in plain words what applies where.
     Check(CheckArgs),
+    /// List the running pods the policy would change if they were created now, by owner. Read-only.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The policy file; without it, the policy is read from the cluster's ConfigMap.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// The ConfigMap holding the policy, as NAMESPACE/NAME.
+    #[arg(
+        long,
+        value_name = "NS/NAME",
+        default_value = "secure-defaults/secure-defaults-policy"
+    )]
+    pub policy_configmap: String,
+    /// The ConfigMap's key holding the policy.
+    #[arg(long, value_name = "KEY", default_value = "policy.yaml")]
+    pub policy_key: String,
+    /// What to print.
+    #[arg(short = 'o', long, value_enum, default_value_t = crate::audit::Format::Table)]
+    pub output: crate::audit::Format,
+    /// How many objects to ask the API server for at a time.
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    pub page_size: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

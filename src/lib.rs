@@ -2,20 +2,26 @@
 //! out, from a per-namespace policy, without ever overwriting what the pod says.
 //!
 //! ```text
-//!  kube-apiserver ──TLS──▶ server::serve ──▶ admission::parse ──▶ namespaces (label cache)
+//!  kube-apiserver ──TLS──▶ server::serve ──▶ admission::parse ──▶ namespaces (label cache, or a direct lookup)
 //!                                              │                        │
 //!                                              ▼                        ▼
-//!                          admission::respond ◀── server::policy_store (Arc<Policy>, reloaded live)
-//!                                              │
+//!                          admission::respond ◀── policy::Policy::decide (from server::policy_store, reloaded live)
+//!                                              │      a Plan: defaults, report-only, restricted, exceptions
 //!                                              ▼
-//!                          defaults::default_pod (pure rules over a borrowed pod view) ──▶ JSON Patch (adds only)
+//!                          exceptions::decide (the pod's skip annotation, as the policy allows)
+//!                                              ▼
+//!                          engine::default_pod ── walks fields::TABLE: one file per field ──▶ JSON Patch (adds only)
+//!                                              ▼
+//!                          restricted::warnings (what Pod Security "restricted" will refuse)
 //! ```
 //!
-//! The core (`pod`, `patch`, `defaults`, `admission`, `policy`) is plain functions over data: no async, no I/O.
-//! The server, TLS, file reloads and the namespace cache are thin layers around it, and the offline preview
-//! (`preview`, behind `secure-defaults mutate`) runs exactly the same code.
+//! The core (`pod`, `fields`, `engine`, `exceptions`, `restricted`, `admission`, `policy`) is plain functions over
+//! data: no async, no I/O, no kube client. The server, TLS, certificates, file reloads and the namespace cache are
+//! thin layers around it. The offline preview (`preview`, behind `secure-defaults mutate`) and the audit of running
+//! pods (`audit`) run exactly the same code.
 
 pub mod admission;
+pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod config;

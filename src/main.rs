@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use secure_defaults::cli::{CheckArgs, Cli, Command, MutateArgs, Output, ServeArgs};
+use secure_defaults::cli::{AuditArgs, CheckArgs, Cli, Command, MutateArgs, Output, ServeArgs};
 use secure_defaults::config::{self, Config, LogFormat};
 use secure_defaults::policy::{self, Decision, NamespaceLabels};
 use secure_defaults::{admission, preview};
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => (serve(args).map(|()| ExitCode::SUCCESS), 1),
         Command::Mutate(args) => (mutate(args), 2),
         Command::Check(args) => (check(args).map(|()| ExitCode::SUCCESS), 1),
+        Command::Audit(args) => (audit(args).map(|()| ExitCode::SUCCESS), 1),
     };
     match result {
         Ok(code) => code,
@@ -160,5 +161,32 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
             Decision::Exempt(why) => println!("namespace {namespace:?}: exempt, {why}"),
         }
     }
+    Ok(())
+}
+
+fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let groups = runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(secure_defaults::audit::AuditError::ConnectCluster)?;
+        let policy = match &args.policy {
+            Some(path) => policy::load(path)?,
+            None => {
+                secure_defaults::audit::policy_from_cluster(
+                    &client,
+                    &args.policy_configmap,
+                    &args.policy_key,
+                )
+                .await?
+            }
+        };
+        anyhow::Ok(secure_defaults::audit::run(&client, &policy, args.page_size).await?)
+    })?;
+    print!("{}", secure_defaults::audit::render(&groups, args.output));
     Ok(())
 }

@@ -31,16 +31,21 @@ type LabelMap = BTreeMap<String, String>;
 
 static NO_LABELS: LabelMap = BTreeMap::new();
 
+/// Why a namespace's labels are not known.
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
+    /// No credentials to reach the API server.
     #[error(
         "no cluster credentials (in-cluster service account or KUBECONFIG); use --no-namespace-lookups for a local trial without a cluster"
     )]
     ConnectCluster(#[source] kube::Error),
+    /// The direct lookup of a namespace the cache lacks timed out.
     #[error("namespace {0:?} is not in the cache and the API server did not answer within {1:?}")]
     LookupTimeout(String, Duration),
+    /// The direct lookup failed.
     #[error("namespace {0:?} is not in the cache and looking it up failed")]
     Lookup(String, #[source] kube::Error),
+    /// The namespace does not exist.
     #[error("namespace {0:?} does not exist")]
     NotFound(String),
 }
@@ -49,11 +54,14 @@ pub enum NamespaceError {
 pub enum Labels {
     /// Lookups are off.
     Unknown,
+    /// From the cache.
     Cached(Arc<LabelMap>),
+    /// Looked up directly.
     Fetched(Box<Meta>),
 }
 
 impl Labels {
+    /// The labels as the policy reads them.
     pub fn as_policy_input(&self) -> NamespaceLabels<'_> {
         match self {
             Labels::Unknown => NamespaceLabels::Unknown,
@@ -65,13 +73,16 @@ impl Labels {
     }
 }
 
+/// Where namespace labels come from.
 #[derive(Clone)]
 pub enum Namespaces {
     /// Label lookups are switched off (local trials): the webhook's namespaceSelector decides the mode.
     Disabled,
+    /// The cache, kept by a watch, with direct lookups where it cannot answer.
     Cluster(Arc<Cluster>),
 }
 
+/// The namespace cache and its direct lookups.
 pub struct Cluster {
     api: Api<Meta>,
     cache: RwLock<HashMap<String, Arc<LabelMap>>>,
@@ -111,6 +122,7 @@ impl Namespaces {
         }
     }
 
+    /// The labels of namespace `name`: from the cache, or looked up directly while the cache cannot answer.
     pub async fn labels(&self, name: &str) -> Result<Labels, NamespaceError> {
         let Namespaces::Cluster(c) = self else {
             return Ok(Labels::Unknown);

@@ -19,58 +19,91 @@ use crate::policy::{NamespaceLabels, Policy};
 /// Why a preview failed; the source (file or `-`) is named by the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum PreviewError {
+    /// A file could not be read.
     #[error("cannot read {path}")]
     ReadInput {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: std::io::Error,
     },
+    /// An input that starts like JSON is not valid JSON.
     #[error("{source_name}: not valid JSON")]
     ParseJson {
+        /// The input's name.
         source_name: String,
+        /// The cause.
         #[source]
         source: serde_json::Error,
     },
+    /// An input is not valid YAML.
     #[error("{source_name}: not valid YAML")]
     ParseYaml {
+        /// The input's name.
         source_name: String,
+        /// The cause.
         #[source]
         source: serde_yaml_ng::Error,
     },
+    /// A document or list item is not an object.
     #[error("{source_name}: a document is not a YAML or JSON object")]
-    NotAnObject { source_name: String },
+    NotAnObject {
+        /// The input's name.
+        source_name: String,
+    },
+    /// An object of a kind with no pod to default.
     #[error(
         "{source_name}: {kind} {name:?} is not a Pod, a workload with a pod template or an AdmissionReview"
     )]
     UnsupportedKind {
+        /// The input's name.
         source_name: String,
+        /// The object's kind.
         kind: String,
+        /// The object's name.
         name: String,
     },
+    /// A workload without its pod template.
     #[error("{source_name}: {kind} {name:?} has no pod template at {at}")]
     NoTemplate {
+        /// The input's name.
         source_name: String,
+        /// The object's kind.
         kind: String,
+        /// The object's name.
         name: String,
+        /// Where the pod template was looked for.
         at: &'static str,
     },
+    /// An AdmissionReview the server would refuse.
     #[error("{source_name}: invalid AdmissionReview")]
     Review {
+        /// The input's name.
         source_name: String,
+        /// The cause.
         #[source]
         source: admission::AdmissionError,
     },
+    /// The response could not be written.
     #[error("{source_name}: cannot answer the review")]
     Respond {
+        /// The input's name.
         source_name: String,
+        /// The cause.
         #[source]
         source: admission::AdmissionError,
     },
+    /// The patch does not apply to the object it was made for.
     #[error("{source_name}: the patch does not apply to {kind} {name:?}")]
     ApplyPatch {
+        /// The input's name.
         source_name: String,
+        /// The object's kind.
         kind: String,
+        /// The object's name.
         name: String,
+        /// The cause.
         #[source]
         source: json_patch::PatchError,
     },

@@ -20,6 +20,7 @@ pub struct Every {
 }
 
 impl Every {
+    /// A ticker of `period`, stopped by `stop`.
     pub fn new(period: Duration, stop: CancellationToken) -> Self {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -43,9 +44,11 @@ pub struct FileSet {
 
 /// What a poll found.
 pub enum Change {
+    /// The same bytes as last time.
     Unchanged,
     /// The files' contents differ from the last successful read (or the last reported error was for other content).
     Changed(Vec<Vec<u8>>),
+    /// A file could not be read.
     Unreadable(PathBuf, std::io::Error),
 }
 
@@ -58,6 +61,7 @@ impl FileSet {
         }
     }
 
+    /// Reads the files and says what changed.
     pub fn poll(&mut self) -> Change {
         let mut contents = Vec::with_capacity(self.paths.len());
         for path in &self.paths {
@@ -116,10 +120,16 @@ pub enum Report {
     /// The first failure after a success (or since start).
     Began,
     /// Still failing: `failures` since the last line, `for_` since the outage began.
-    Continuing { failures: u64, for_: Duration },
+    Continuing {
+        /// Failures since the last line.
+        failures: u64,
+        /// Time since the outage began.
+        for_: Duration,
+    },
 }
 
 impl Outage {
+    /// A reporter that says a continuing outage at most once per `every`.
     pub fn new(every: Duration) -> Self {
         Self {
             every,

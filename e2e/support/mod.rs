@@ -383,7 +383,7 @@ impl Webhook {
         let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&self.certs.ca_pem);
         let mode_expression = match mode {
             "cluster-wide" => json!({"key": INJECT, "operator": "NotIn", "values": ["disabled"]}),
-            _ => json!({"key": INJECT, "operator": "In", "values": ["enabled"]}),
+            _ => json!({"key": INJECT, "operator": "In", "values": ["enabled", "report"]}),
         };
         let config = json!({
             "metadata": {"name": self.config_name},
@@ -464,6 +464,11 @@ impl Webhook {
     }
 
     /// Stops the server process (the webhook configuration stays registered).
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use super::{ALWAYS_EXEMPT, Action, INJECT_LABEL, Mode, Policy, Profile};
 use crate::restricted::ENFORCE_LABEL;
 
+/// The policy in plain words, one line per statement.
 pub fn describe(policy: &Policy) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.

@@ -15,17 +15,24 @@ use kube::core::Selector;
 use super::{Action, Mode, Policy, Profile, Rule};
 use crate::fields::{Defaults, Field};
 
+/// Why a policy file was not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    /// The file could not be read.
     #[error("cannot read policy file {path}")]
     ReadPolicy {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not a valid policy; the cause names the field and line.
     #[error("invalid policy file {path}")]
     ParsePolicy {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: serde_yaml_ng::Error,
     },

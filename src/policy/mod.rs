@@ -21,6 +21,7 @@ pub const INJECT_LABEL: &str = "secure-defaults.io/inject";
 pub const ALWAYS_EXEMPT: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+/// Which namespaces are served.
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Only namespaces labelled `secure-defaults.io/inject=enabled`.
@@ -38,6 +39,7 @@ impl fmt::Display for Mode {
     }
 }
 
+/// What a matching `namespaces:` entry does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// No defaulting at all in matching namespaces.
@@ -118,6 +120,7 @@ impl fmt::Display for Exemption {
     }
 }
 
+/// What applies to a namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Fill in these defaults.

@@ -18,7 +18,9 @@ use crate::namespaces::Namespaces;
 
 /// What readiness is made of.
 pub struct Health {
+    /// Ready once its cache has synced.
     pub namespaces: Namespaces,
+    /// Ready once a serving certificate is loaded.
     pub certs: Arc<crate::certs::store::CertStore>,
     /// Set at SIGTERM, so the endpoint leaves the Service before the server stops.
     pub shutting_down: AtomicBool,
@@ -79,6 +81,7 @@ fn handle(
     }
 }
 
+/// Serves `/healthz`, `/readyz` and `/metrics` until `stop`.
 pub async fn serve(
     listener: TcpListener,
     health: Arc<Health>,

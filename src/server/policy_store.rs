@@ -7,19 +7,23 @@ use tokio::sync::watch;
 
 use crate::policy::Policy;
 
+/// The policy in force, with its generation.
 #[derive(Debug)]
 pub struct Current {
+    /// The policy.
     pub policy: Policy,
     /// 1 for the policy loaded at start, +1 per successful reload.
     pub generation: u64,
 }
 
+/// Where requests read the policy and the reload writes it.
 #[derive(Clone)]
 pub struct PolicyStore {
     tx: Arc<watch::Sender<Arc<Current>>>,
 }
 
 impl PolicyStore {
+    /// A store holding `policy` as generation 1.
     pub fn new(policy: Policy) -> Self {
         let (tx, _) = watch::channel(Arc::new(Current {
             policy,
@@ -41,9 +45,5 @@ impl PolicyStore {
             *current = Arc::new(Current { policy, generation });
         });
         generation
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Current>> {
-        self.tx.subscribe()
     }
 }

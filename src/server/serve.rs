@@ -33,9 +33,13 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a request handler needs, shared by every connection.
 pub struct App {
+    /// The policy in force.
     pub policy: PolicyStore,
+    /// Namespace labels.
     pub namespaces: Namespaces,
+    /// Where admissions are counted.
     pub metrics: Arc<Metrics>,
+    /// The deadline of one admission request.
     pub request_timeout: Duration,
 }
 
