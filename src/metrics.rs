@@ -18,6 +18,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.5, 1.0,
 ];
 
+/// Labels of the admission counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// create, ephemeral, other.
@@ -26,45 +27,63 @@ pub struct RequestLabels {
     pub result: &'static str,
 }
 
+/// Labels of the latency histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
+    /// create, ephemeral, other, unknown.
     pub operation: &'static str,
 }
 
+/// Labels of the per-field counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FieldLabels {
+    /// A field's name in the table.
     pub field: &'static str,
 }
 
+/// Labels of the reload counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     /// ok or failed.
     pub result: &'static str,
 }
 
+/// Labels of the policy info metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyInfoLabels {
     /// The first 16 hex digits of the SHA-256 of the policy file: one series at a time.
     pub hash: String,
 }
 
+/// Labels of the namespace lookup counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LookupLabels {
     /// cache, direct, failed.
     pub source: &'static str,
 }
 
+/// Every metric the server exports, in one registry.
 pub struct Metrics {
     registry: Registry,
+    /// Admission reviews answered.
     pub requests: Family<RequestLabels, Counter>,
+    /// Time per review.
     pub duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    /// Pods that got each field.
     pub fields_defaulted: Family<FieldLabels, Counter>,
+    /// Warnings returned.
     pub warnings: Counter,
+    /// Policy reloads.
     pub policy_reloads: Family<ResultLabels, Counter>,
+    /// The policy's generation.
     pub policy_generation: Gauge,
+    /// Certificate reloads.
     pub certificate_reloads: Family<ResultLabels, Counter>,
+    /// Where namespace labels came from.
     pub namespace_lookups: Family<LookupLabels, Counter>,
+    /// Open webhook connections.
     pub open_connections: Gauge,
+    /// Failed or timed-out TLS handshakes.
     pub tls_handshake_failures: Counter,
     /// Pods that would have got a field, in report-only namespaces.
     pub fields_would_default: Family<FieldLabels, Counter>,
@@ -93,6 +112,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A registry with every metric registered.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("secure_defaults");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -266,12 +286,14 @@ impl Metrics {
         self.warnings.inc_by(outcome.warnings.len() as u64);
     }
 
+    /// Counts one answered (or refused) request.
     pub fn count_request(&self, operation: &'static str, result: &'static str) {
         self.requests
             .get_or_create(&RequestLabels { operation, result })
             .inc();
     }
 
+    /// Records one request's time.
     pub fn observe_duration(&self, operation: &'static str, seconds: f64) {
         self.duration
             .get_or_create(&OperationLabels { operation })
@@ -289,6 +311,7 @@ impl Metrics {
         }
     }
 
+    /// Counts one reload, ok or failed.
     pub fn count_reload(family: &Family<ResultLabels, Counter>, ok: bool) {
         family
             .get_or_create(&ResultLabels {

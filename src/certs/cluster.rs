@@ -24,16 +24,22 @@ use super::{Authority, CertError, Material, Plan, Settings};
 use crate::metrics::Metrics;
 use crate::watch::{Every, Outage, Report};
 
+/// Why a round of certificate management failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterCertError {
+    /// The Secret could not be read.
     #[error("cannot read Secret {0}")]
     ReadSecret(String, #[source] kube::Error),
+    /// The Secret could not be written.
     #[error("cannot write Secret {0}")]
     WriteSecret(String, #[source] kube::Error),
+    /// The Lease could not be taken or renewed.
     #[error("cannot take or renew Lease {0}")]
     Lease(String, #[source] kube::Error),
+    /// The CA bundle could not be injected.
     #[error("cannot update caBundle of MutatingWebhookConfiguration {0}")]
     InjectBundle(String, #[source] kube::Error),
+    /// A certificate could not be issued.
     #[error("cannot issue a certificate")]
     Issue(#[source] CertError),
 }
@@ -41,12 +47,19 @@ pub enum ClusterCertError {
 /// Where the certificate lives and who this replica is.
 #[derive(Clone, Debug)]
 pub struct Target {
+    /// The namespace of the Secret and the Lease.
     pub namespace: String,
+    /// The Secret's name.
     pub secret: String,
+    /// The Lease's name.
     pub lease: String,
+    /// The MutatingWebhookConfiguration whose caBundle is kept current.
     pub webhook_configuration: String,
+    /// This replica's name in the Lease.
     pub identity: String,
+    /// How often the holder checks the Secret.
     pub check_interval: Duration,
+    /// How long a Lease lasts without renewal.
     pub lease_duration: Duration,
 }
 
@@ -275,9 +288,13 @@ async fn round(
 /// that replica's clock; only whether they changed matters here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
+    /// The holder.
     pub holder: Option<String>,
+    /// The holder's renewTime, kept as an opaque value: only whether it changes counts.
     pub renew_time: Option<String>,
+    /// The Lease's duration.
     pub lease_duration_seconds: Option<i32>,
+    /// The object's resourceVersion.
     pub resource_version: Option<String>,
 }
 

@@ -24,47 +24,67 @@ use rcgen::{
 
 /// Keys of the Secret.
 pub const CA_CERT: &str = "ca.crt";
+/// The Secret key of the CA's private key.
 pub const CA_KEY: &str = "ca.key";
+/// The Secret key of the serving certificate.
 pub const TLS_CERT: &str = "tls.crt";
+/// The Secret key of the serving certificate's private key.
 pub const TLS_KEY: &str = "tls.key";
+/// The Secret key of the CA bundle the API server must trust.
 pub const BUNDLE: &str = "ca-bundle.crt";
+/// The Secret key of the next CA's certificate, during a rotation.
 pub const NEXT_CA_CERT: &str = "next-ca.crt";
+/// The Secret key of the next CA's private key, during a rotation.
 pub const NEXT_CA_KEY: &str = "next-ca.key";
 /// Unix time at which the next CA entered the bundle.
 pub const NEXT_SINCE: &str = "next-ca-since";
 
+/// Why a certificate could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
+    /// A key could not be generated.
     #[error("cannot generate a key")]
     GenerateKey(#[source] rcgen::Error),
+    /// A certificate could not be signed.
     #[error("cannot sign a certificate")]
     SignCertificate(#[source] rcgen::Error),
+    /// The validity period is out of range.
     #[error("invalid validity period")]
     Validity(#[source] time::error::ComponentRange),
 }
 
+/// How certificates are issued and when they are renewed.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// How long a CA is valid.
     pub ca_validity: Duration,
+    /// How long a serving certificate is valid.
     pub cert_validity: Duration,
     /// How long a new CA sits in the bundle before the serving certificate switches to it.
     pub overlap: Duration,
+    /// The serving certificate's DNS names.
     pub dns_names: Vec<String>,
+    /// The serving certificate's IP addresses.
     pub ip_addresses: Vec<IpAddr>,
 }
 
 /// A CA: certificate and key, PEM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Authority {
+    /// The certificate.
     pub cert: String,
+    /// The private key.
     pub key: String,
 }
 
 /// What the Secret holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Material {
+    /// The CA that signs the serving certificate.
     pub ca: Authority,
+    /// The serving certificate.
     pub tls_cert: String,
+    /// The serving certificate's key.
     pub tls_key: String,
     /// PEM certificates the API server must trust: the CA, plus a next or a retiring one during a rotation.
     pub bundle: Vec<String>,
@@ -72,11 +92,16 @@ pub struct Material {
     pub next: Option<(Authority, i64)>,
 }
 
+/// What to do with the Secret.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
+    /// Nothing: it holds what it should.
     Keep,
+    /// Write new material, for a reason.
     Write {
+        /// The new material.
         material: Box<Material>,
+        /// Why, for the log.
         reason: &'static str,
     },
 }

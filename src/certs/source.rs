@@ -15,28 +15,35 @@ use super::store::{CertStore, StoreError};
 use crate::config::SelfManaged;
 use crate::metrics::Metrics;
 
+/// Why the certificate source could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The certificate files did not load.
     #[error("cannot load the certificate files")]
     LoadFiles(#[source] StoreError),
     #[error(
         "self-managed certificates need the pod's namespace: set POD_NAMESPACE or run in a pod"
     )]
+    /// No namespace to keep self-managed certificates in.
     NoNamespace,
 }
 
+/// Where the serving certificate comes from.
 pub enum CertSource {
     /// A certificate and key file, re-read every `interval`.
     Files {
+        /// The store handshakes read.
         store: Arc<CertStore>,
         /// The bytes loaded at start, so only later changes count as reloads.
         loaded: Vec<Vec<u8>>,
+        /// How often the files are read.
         interval: Duration,
     },
     /// Issued, rotated and injected by the replicas themselves.
     SelfManaged(Box<InCluster>),
 }
 
+/// Self-managed certificates: the Secret, the Lease and the webhook configuration.
 pub struct InCluster {
     store: Arc<CertStore>,
     client: kube::Client,
@@ -66,6 +73,7 @@ impl CertSource {
         })))
     }
 
+    /// The store handshakes read.
     pub fn store(&self) -> &Arc<CertStore> {
         match self {
             Self::Files { store, .. } => store,

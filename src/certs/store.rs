@@ -16,43 +16,65 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::watch::{Change, Every, FileSet};
 
+/// Why a certificate and key were not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A file could not be read.
     #[error("cannot read {path}")]
     ReadPem {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: std::io::Error,
     },
+    /// The file holds no certificate.
     #[error("no PEM certificate in {path}")]
-    NoCertificate { path: PathBuf },
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A certificate does not parse.
     #[error("invalid PEM certificate in {path}")]
     ParseCertificate {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: rustls_pki_types::pem::Error,
     },
+    /// The key does not parse.
     #[error("no usable PEM private key in {path}")]
     ParseKey {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: rustls_pki_types::pem::Error,
     },
+    /// The key is of a kind rustls cannot use.
     #[error("unsupported private key in {path}")]
     LoadKey {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: rustls::Error,
     },
+    /// The key is not the certificate's.
     #[error("the key in {key} does not match the certificate in {cert}")]
     KeyMismatch {
+        /// The certificate file.
         cert: PathBuf,
+        /// The key file.
         key: PathBuf,
+        /// The cause.
         #[source]
         source: rustls::Error,
     },
 }
 
+/// The crypto provider the server and its checks use.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -149,6 +171,7 @@ impl CertStore {
         })
     }
 
+    /// Serves `key` from the next handshake on.
     pub fn replace(&self, key: CertifiedKey) {
         // A poisoned lock only means a writer panicked mid-assignment of an Arc; the value is still whole.
         let mut current = self
@@ -170,6 +193,7 @@ impl CertStore {
             .map(|(_, after)| after)
     }
 
+    /// Whether a certificate is loaded.
     pub fn is_loaded(&self) -> bool {
         self.current
             .read()
