@@ -1,7 +1,7 @@
 # The one entry point: CI calls these same targets.
 CARGO ?= cargo
 
-.PHONY: build release test test-unit test-monitoring test-e2e lint fmt bench run
+.PHONY: build release test test-unit test-monitoring test-e2e helm manifests lint fmt bench run
 
 build:
 	$(CARGO) build --locked
@@ -9,7 +9,8 @@ build:
 release:
 	$(CARGO) build --locked --release
 
-## Every test: unit, property, in-process integration, the alert rules, then end to end against a real control plane.
+## Every test: unit, property, in-process integration, the alert rules, then end to end against a real control
+## plane (the kustomize overlays and the Helm chart included).
 test: test-unit test-monitoring test-e2e
 
 test-unit:
@@ -22,8 +23,18 @@ test-monitoring:
 	  "$$promtool" check rules manifests/monitoring/alerts.yaml && \
 	  "$$promtool" test rules manifests/monitoring/alerts_test.yaml
 
-test-e2e:
+test-e2e: helm
 	e2e/run.sh
+
+## helm at the version pinned in e2e/tools/helm/go.mod, built from the Go module proxy once per machine and
+## cached under ~/.cache/secure-defaults/tools/.
+helm:
+	e2e/build-helm.sh >/dev/null
+
+## manifests/install.yaml, rendered from the Helm chart (the e2e suite fails while it is stale).
+manifests:
+	e2e/render-install.sh >manifests/install.yaml.tmp
+	mv manifests/install.yaml.tmp manifests/install.yaml
 
 lint:
 	$(CARGO) fmt --all -- --check
