@@ -540,9 +540,23 @@ fn helm_values_change_what_they_say() {
     let (_, config) = process_config(&docs);
     assert_eq!(config["log_format"], "text");
     assert_eq!(config["log_level"], "debug");
-    let policy = policy_value(&policy_text(&docs));
+    let text = policy_text(&docs);
+    let policy = policy_value(&text);
     assert_eq!(policy["profile"], "restricted");
     assert_eq!(policy["followPodSecurityLabels"], true);
+    // The real server accepts the policy the values make.
+    let file = tmp_dir("helm-values").join("policy.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
+        .args(["check", "--policy"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "secure-defaults check refuses the chart's policy:\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     // Metrics: a Service for the admin port only, and the ServiceMonitor scraping it.
     let monitor = find(&docs, "ServiceMonitor", "secure-defaults");
