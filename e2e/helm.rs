@@ -397,6 +397,44 @@ async fn helm_template_matches_the_overlays_and_keeps_their_rules() {
         );
     }
 
+    // profile: restricted brings the restricted backstop, as the overlay with its component has it (the
+    // policy differs by the profile, which the overlays' policy does not set).
+    let without_policy = |docs: Vec<Value>| -> Vec<Value> {
+        docs.into_iter()
+            .filter(|d| {
+                !(d["kind"] == "ConfigMap" && d["metadata"]["name"] == "secure-defaults-policy")
+            })
+            .collect()
+    };
+    let chart = template(
+        "secure-defaults",
+        &["policy.profile=restricted", "namespace.create=true"],
+    );
+    assert_eq!(policy_value(&policy_text(&chart))["profile"], "restricted");
+    let restricted = find(
+        &chart,
+        "ValidatingAdmissionPolicyBinding",
+        "secure-defaults-backstop-restricted",
+    );
+    assert_eq!(
+        &restricted["spec"]["matchResources"]["namespaceSelector"],
+        &webhook(&chart)["namespaceSelector"]
+    );
+    assert_same_objects(
+        "chart profile=restricted vs overlays/opt-in + components/backstop-restricted",
+        &without_policy(chart),
+        &without_policy(render(&env, "e2e/manifests/opt-in-restricted")),
+    );
+    let plain = template("secure-defaults", &[]);
+    assert!(
+        try_find(
+            &plain,
+            "ValidatingAdmissionPolicy",
+            "secure-defaults-backstop-restricted"
+        )
+        .is_none()
+    );
+
     // The third certificate source, which the overlays do not have.
     for mode in MODES {
         let what = format!("chart {mode}/secret");

@@ -43,7 +43,7 @@ matchExpressions:
     operator: NotIn
     values: [kube-system, kube-public, kube-node-lease, {{ .Release.Namespace }}]
   {{- if eq .Values.mode "opt-in" }}
-  - {key: secure-defaults.io/inject, operator: In, values: [enabled]}
+  - {key: secure-defaults.io/inject, operator: In, values: [enabled, report]}
   {{- else if eq .Values.mode "cluster-wide" }}
   - {key: secure-defaults.io/inject, operator: NotIn, values: [disabled]}
   {{- else }}
