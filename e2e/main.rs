@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod helm;
 mod manifests;
 mod memory;
 mod monitoring;

@@ -28,13 +28,13 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 /// The default overlays, named after their mode; both use self-managed certificates.
-const MODES: [&str; 2] = ["opt-in", "cluster-wide"];
+pub(crate) const MODES: [&str; 2] = ["opt-in", "cluster-wide"];
 /// The overlay for clusters that run cert-manager (opt-in mode, certificates from cert-manager).
-const CERT_MANAGER: &str = "cert-manager";
+pub(crate) const CERT_MANAGER: &str = "cert-manager";
 /// The value of the test label that e2e/manifests/components/isolate narrows the manifests' selectors to.
 const ISOLATION: &str = "manifests";
 const BACKSTOP: &str = "secure-defaults backstop";
-const IMAGE: &str = "registry.k8s.io/pause:3.10";
+pub(crate) const IMAGE: &str = "registry.k8s.io/pause:3.10";
 const SYSTEM_NAMESPACES: [&str; 4] = [
     "kube-system",
     "kube-public",
@@ -42,11 +42,11 @@ const SYSTEM_NAMESPACES: [&str; 4] = [
     "secure-defaults",
 ];
 /// Where the Deployment's args point the server at its mounted process config.
-const CONFIG_FILE: &str = "/etc/secure-defaults/config/secure-defaults.yaml";
+pub(crate) const CONFIG_FILE: &str = "/etc/secure-defaults/config/secure-defaults.yaml";
 /// The base's args; a certificate component appends its flags after them.
-const BASE_ARGS: [&str; 3] = ["serve", "--config", CONFIG_FILE];
+pub(crate) const BASE_ARGS: [&str; 3] = ["serve", "--config", CONFIG_FILE];
 /// Self-managed mode's objects: Role, RoleBinding, ClusterRole and ClusterRoleBinding all carry this name.
-const CERTS_RBAC: &str = "secure-defaults-certs";
+pub(crate) const CERTS_RBAC: &str = "secure-defaults-certs";
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:secure-defaults:secure-defaults";
 
 /// Where an overlay's serving certificate comes from.
@@ -59,11 +59,11 @@ enum Certificates {
 // ---------------------------------------------------------------------------------------------------------
 // Rendering
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn tmp_dir(name: &str) -> PathBuf {
+pub(crate) fn tmp_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("e2e")
         .join(name);
@@ -72,12 +72,16 @@ fn tmp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn run_kubectl(env: &ClusterEnv, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+pub(crate) fn run_kubectl(
+    env: &ClusterEnv,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> std::process::Output {
     kubectl(&env.bin.join("kubectl"), &env.kubeconfig, args, stdin)
 }
 
 /// Runs kubectl and panics with its output unless it succeeds; returns standard output.
-fn kubectl_ok(env: &ClusterEnv, args: &[&str], stdin: Option<&str>) -> String {
+pub(crate) fn kubectl_ok(env: &ClusterEnv, args: &[&str], stdin: Option<&str>) -> String {
     let out = run_kubectl(env, args, stdin);
     assert!(
         out.status.success(),
@@ -90,7 +94,7 @@ fn kubectl_ok(env: &ClusterEnv, args: &[&str], stdin: Option<&str>) -> String {
 }
 
 /// `kubectl kustomize <dir relative to the repository>`, one JSON value per document.
-fn render(env: &ClusterEnv, dir: &str) -> Vec<Value> {
+pub(crate) fn render(env: &ClusterEnv, dir: &str) -> Vec<Value> {
     let path = repo().join(dir);
     let text = kubectl_ok(env, &["kustomize", path.to_str().unwrap()], None);
     serde_yaml_ng::Deserializer::from_str(&text)
@@ -100,16 +104,16 @@ fn render(env: &ClusterEnv, dir: &str) -> Vec<Value> {
 }
 
 /// The documents as one `v1/List`, which kubectl apply, get and delete all take.
-fn as_list(docs: &[Value]) -> String {
+pub(crate) fn as_list(docs: &[Value]) -> String {
     json!({"apiVersion": "v1", "kind": "List", "items": docs}).to_string()
 }
 
-fn try_find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+pub(crate) fn try_find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
 }
 
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+pub(crate) fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     try_find(docs, kind, name).unwrap_or_else(|| panic!("no {kind} {name} in the rendering"))
 }
 
@@ -119,14 +123,14 @@ fn find_mut<'a>(docs: &'a mut [Value], kind: &str, name: &str) -> &'a mut Value 
         .unwrap_or_else(|| panic!("no {kind} {name} in the rendering"))
 }
 
-fn webhook(docs: &[Value]) -> &Value {
+pub(crate) fn webhook(docs: &[Value]) -> &Value {
     let config = find(docs, "MutatingWebhookConfiguration", "secure-defaults");
     let hooks = config["webhooks"].as_array().expect("webhooks");
     assert_eq!(hooks.len(), 1, "{config}");
     &hooks[0]
 }
 
-fn binding_selector(docs: &[Value]) -> &Value {
+pub(crate) fn binding_selector(docs: &[Value]) -> &Value {
     &find(
         docs,
         "ValidatingAdmissionPolicyBinding",
@@ -134,23 +138,23 @@ fn binding_selector(docs: &[Value]) -> &Value {
     )["spec"]["matchResources"]["namespaceSelector"]
 }
 
-fn policy_text(docs: &[Value]) -> String {
+pub(crate) fn policy_text(docs: &[Value]) -> String {
     find(docs, "ConfigMap", "secure-defaults-policy")["data"]["policy.yaml"]
         .as_str()
         .expect("ConfigMap secure-defaults-policy has key policy.yaml")
         .to_owned()
 }
 
-fn policy_value(text: &str) -> Value {
+pub(crate) fn policy_value(text: &str) -> Value {
     serde_yaml_ng::from_str(text).expect("policy YAML")
 }
 
-fn deployment(docs: &[Value]) -> &Value {
+pub(crate) fn deployment(docs: &[Value]) -> &Value {
     find(docs, "Deployment", "secure-defaults")
 }
 
 /// The mode a namespaceSelector encodes with its secure-defaults.io/inject expression.
-fn selector_mode(selector: &Value) -> &'static str {
+pub(crate) fn selector_mode(selector: &Value) -> &'static str {
     let expressions: Vec<&Value> = selector["matchExpressions"]
         .as_array()
         .expect("matchExpressions")
@@ -170,12 +174,12 @@ fn selector_mode(selector: &Value) -> &'static str {
     }
 }
 
-fn container(docs: &[Value]) -> &Value {
+pub(crate) fn container(docs: &[Value]) -> &Value {
     &deployment(docs)["spec"]["template"]["spec"]["containers"][0]
 }
 
 /// The process config file the Deployment reads: (its text, parsed).
-fn process_config(docs: &[Value]) -> (String, Value) {
+pub(crate) fn process_config(docs: &[Value]) -> (String, Value) {
     let pod = &deployment(docs)["spec"]["template"]["spec"];
     let config_map = pod["volumes"]
         .as_array()
@@ -193,7 +197,7 @@ fn process_config(docs: &[Value]) -> (String, Value) {
 }
 
 /// What the backstop checks, for a pod spec (Rust rendition, to check the Deployment on the rendered YAML).
-fn backstop_violations(spec: &Value) -> Vec<String> {
+pub(crate) fn backstop_violations(spec: &Value) -> Vec<String> {
     let containers: Vec<&Value> = ["containers", "initContainers", "ephemeralContainers"]
         .iter()
         .flat_map(|list| spec[*list].as_array().into_iter().flatten())
@@ -222,11 +226,11 @@ fn backstop_violations(spec: &Value) -> Vec<String> {
     violations
 }
 
-fn pod_spec(docs: &[Value]) -> &Value {
+pub(crate) fn pod_spec(docs: &[Value]) -> &Value {
     &deployment(docs)["spec"]["template"]["spec"]
 }
 
-fn args(c: &Value) -> Vec<&str> {
+pub(crate) fn args(c: &Value) -> Vec<&str> {
     c["args"]
         .as_array()
         .expect("container args")
@@ -235,11 +239,11 @@ fn args(c: &Value) -> Vec<&str> {
         .collect()
 }
 
-fn volumes(pod: &Value) -> &[Value] {
+pub(crate) fn volumes(pod: &Value) -> &[Value] {
     pod["volumes"].as_array().map_or(&[], Vec::as_slice)
 }
 
-fn mounts(c: &Value) -> &[Value] {
+pub(crate) fn mounts(c: &Value) -> &[Value] {
     c["volumeMounts"].as_array().map_or(&[], Vec::as_slice)
 }
 
@@ -262,7 +266,7 @@ fn is_cert_manager(doc: &Value) -> bool {
         .is_some_and(|v| v.starts_with("cert-manager.io/"))
 }
 
-fn cert_manager_objects(docs: &[Value]) -> Vec<String> {
+pub(crate) fn cert_manager_objects(docs: &[Value]) -> Vec<String> {
     docs.iter()
         .filter(|d| is_cert_manager(d))
         .map(|d| format!("{} {}", d["kind"], d["metadata"]["name"]))
@@ -393,7 +397,7 @@ fn check_base_has_no_certificate(base: &[Value]) {
     assert!(config["metadata"].get("annotations").is_none(), "{config}");
 }
 
-fn check_webhook(mode: &str, hook: &Value) {
+pub(crate) fn check_webhook(mode: &str, hook: &Value) {
     assert_eq!(hook["name"], "pods.secure-defaults.io");
     assert_eq!(
         hook["clientConfig"],
@@ -430,7 +434,7 @@ fn check_webhook(mode: &str, hook: &Value) {
     assert_eq!(conditions, ["not-a-mirror-pod", "not-a-windows-pod"]);
 }
 
-fn check_deployment(mode: &str, docs: &[Value]) {
+pub(crate) fn check_deployment(mode: &str, docs: &[Value]) {
     let deploy = deployment(docs);
     let spec = &deploy["spec"];
     let pod = &spec["template"]["spec"];
@@ -559,21 +563,21 @@ fn check_deployment(mode: &str, docs: &[Value]) {
     );
 }
 
-fn mount_path<'a>(c: &'a Value, volume: &str) -> Option<&'a str> {
+pub(crate) fn mount_path<'a>(c: &'a Value, volume: &str) -> Option<&'a str> {
     mounts(c)
         .iter()
         .find(|m| m["name"] == volume)
         .map(|m| m["mountPath"].as_str().unwrap())
 }
 
-fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+pub(crate) fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
     volumes(pod).iter().find(|v| v["name"] == name)
 }
 
 /// No wildcard anywhere; only the ServiceAccount secure-defaults is bound; nothing cluster-wide beyond reading
 /// namespaces and, in self-managed mode, the one webhook configuration; Secrets and Leases only in the
 /// webhook's own namespace.
-fn check_rbac_is_least_privilege(overlay: &str, docs: &[Value]) {
+pub(crate) fn check_rbac_is_least_privilege(overlay: &str, docs: &[Value]) {
     let base_rules = json!([{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]);
     assert_eq!(
         find(docs, "ClusterRole", "secure-defaults")["rules"],
@@ -637,7 +641,7 @@ fn check_rbac_is_least_privilege(overlay: &str, docs: &[Value]) {
 /// Deployment passes --self-managed-certs and the pod's namespace and name, mounts no Secret at all (it would
 /// hold the CA's private key), keeps its service account token (the server needs it), and the RBAC grants
 /// exactly the calls the server makes on exactly the objects its process config names.
-fn check_self_managed(overlay: &str, docs: &[Value]) {
+pub(crate) fn check_self_managed(overlay: &str, docs: &[Value]) {
     let c = container(docs);
     let pod = pod_spec(docs);
     assert_eq!(
@@ -730,7 +734,7 @@ fn check_self_managed(overlay: &str, docs: &[Value]) {
 /// The cert-manager overlay: self-signed Issuer -> CA Certificate -> CA Issuer -> serving Certificate for the
 /// Service's name, its CA injected by cert-manager, its Secret (never the CA's) mounted whole, and the server
 /// pointed at the files in that mount. Nothing of the self-managed mode.
-fn check_cert_manager(overlay: &str, docs: &[Value]) {
+pub(crate) fn check_cert_manager(overlay: &str, docs: &[Value]) {
     let hook_config = find(docs, "MutatingWebhookConfiguration", "secure-defaults");
     let from = hook_config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
         .as_str()
@@ -1124,12 +1128,17 @@ fn test_rendering(env: &ClusterEnv, mode: &str, hook: &Webhook) -> Vec<Value> {
     test
 }
 
-fn annotation(pod: &Value) -> Option<&str> {
+pub(crate) fn annotation(pod: &Value) -> Option<&str> {
     pod.pointer("/metadata/annotations/secure-defaults.io~1defaulted")
         .and_then(Value::as_str)
 }
 
-async fn create(client: &Client, ns: &str, pod: &Value, dry_run: bool) -> Result<Value, String> {
+pub(crate) async fn create(
+    client: &Client,
+    ns: &str,
+    pod: &Value,
+    dry_run: bool,
+) -> Result<Value, String> {
     let pod: Pod = serde_json::from_value(pod.clone()).expect("pod JSON");
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     api.create(
@@ -1178,6 +1187,8 @@ fn bare(name: &str) -> Value {
 async fn manifests_install_route_pods_and_backstop() {
     let env = cluster_env();
     let client = client(&env).await;
+    // The chart's install test creates the same cluster-wide objects.
+    let _cluster_scoped = crate::helm::CLUSTER_SCOPED.lock().await;
     let mut installed = Installed {
         env: &env,
         applied: Vec::new(),

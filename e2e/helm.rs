@@ -1,0 +1,909 @@
+//! The Helm chart (`manifests/chart/secure-defaults`), end to end. The chart and the kustomize overlays are
+//! two ways to install the same thing: for each mode and certificate source they have in common, `helm
+//! template` and `kubectl kustomize` give the same objects, compared field by field after taking out only
+//! what legitimately differs (Helm's own labels, the config ConfigMap's content-hash name that kustomize
+//! adds and the checksum annotation the chart rolls the pods with instead, comments and key order in the
+//! ConfigMaps' YAML). Every rendering of the chart, the extra certificate source (a provided Secret)
+//! included, passes the same safety checks as the overlays (e2e/manifests.rs). `manifests/install.yaml` is
+//! the chart rendered by `make manifests`, and is current. `helm install` on the local API server gives a
+//! webhook that defaults pods in an opted-in namespace, and `helm uninstall` leaves nothing behind.
+//!
+//! The chart's cluster-scoped objects (MutatingWebhookConfiguration `secure-defaults`, ...) are the
+//! overlays' too: [`CLUSTER_SCOPED`] keeps the install test and the overlays' install test apart.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use serde::Deserialize as _;
+use serde_json::{Value, json};
+
+use crate::manifests::*;
+use crate::support::*;
+
+/// Held by the tests that install objects with the manifests' fixed cluster-wide names.
+pub(crate) static CLUSTER_SCOPED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const CHART: &str = "manifests/chart/secure-defaults";
+const RELEASE: &str = "secure-defaults";
+/// Helm's own labels, on every object the chart renders and on none of the overlays'.
+const HELM_LABELS: [&str; 4] = [
+    "helm.sh/chart",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+];
+
+/// The helm binary e2e/build-helm.sh builds (once per machine) at the pinned version.
+fn helm_bin() -> &'static PathBuf {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let out = Command::new(repo().join("e2e/build-helm.sh"))
+            .output()
+            .expect("run e2e/build-helm.sh");
+        assert!(
+            out.status.success(),
+            "e2e/build-helm.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        PathBuf::from(stdout.lines().last().expect("the helm path").trim())
+    })
+}
+
+fn helm(env: Option<&ClusterEnv>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(helm_bin());
+    cmd.args(args)
+        .current_dir(repo())
+        // Nothing from the user's helm configuration, repositories or plugins.
+        .env("HELM_CONFIG_HOME", tmp_home().join("config"))
+        .env("HELM_CACHE_HOME", tmp_home().join("cache"))
+        .env("HELM_DATA_HOME", tmp_home().join("data"));
+    if let Some(env) = env {
+        cmd.env("KUBECONFIG", &env.kubeconfig);
+    }
+    cmd.output().expect("run helm")
+}
+
+fn tmp_home() -> &'static PathBuf {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| tmp_dir("helm-home"))
+}
+
+fn helm_ok(env: Option<&ClusterEnv>, args: &[&str]) -> String {
+    let out = helm(env, args);
+    assert!(
+        out.status.success(),
+        "helm {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn parse(text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("a YAML document"))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// `helm template` of the chart in `namespace` with `--set` values.
+fn template(namespace: &str, sets: &[&str]) -> Vec<Value> {
+    let mut args = vec!["template", RELEASE, CHART, "--namespace", namespace];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    parse(&helm_ok(None, &args))
+}
+
+/// `helm template` that must fail; returns its error output.
+fn template_err(sets: &[&str]) -> String {
+    let mut args = vec!["template", RELEASE, CHART, "--namespace", "secure-defaults"];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let out = helm(None, &args);
+    assert!(!out.status.success(), "helm accepted {sets:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The objects with what legitimately differs between the chart and the overlays taken out, sorted by kind
+/// and name: Helm's labels; the config ConfigMap's name (kustomize suffixes a content hash, the chart rolls
+/// the pods with a checksum annotation instead); the ConfigMaps' data parsed (comments and key order are
+/// presentation), with the server's default log_level filled in where the overlays leave it out.
+fn normalise(docs: &[Value]) -> Vec<Value> {
+    let mut out: Vec<Value> = docs.to_vec();
+    for doc in &mut out {
+        if let Some(labels) = doc["metadata"]
+            .get_mut("labels")
+            .and_then(Value::as_object_mut)
+        {
+            for label in HELM_LABELS {
+                labels.remove(label);
+            }
+        }
+        let name = doc["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if doc["kind"] == "ConfigMap" {
+            if name.starts_with("secure-defaults-config") {
+                doc["metadata"]["name"] = json!("secure-defaults-config");
+            }
+            let data = doc["data"].as_object_mut().expect("ConfigMap data");
+            for (key, text) in data.iter_mut() {
+                let mut parsed: Value = serde_yaml_ng::from_str(text.as_str().unwrap())
+                    .unwrap_or_else(|e| panic!("ConfigMap {name} {key}: {e}"));
+                if key == "secure-defaults.yaml" && parsed.get("log_level").is_none() {
+                    parsed["log_level"] = json!("info");
+                }
+                *text = parsed;
+            }
+        }
+        if doc["kind"] == "Deployment" {
+            let template = &mut doc["spec"]["template"];
+            if let Some(annotations) = template["metadata"]
+                .get_mut("annotations")
+                .and_then(Value::as_object_mut)
+            {
+                annotations.remove("checksum/config");
+                if annotations.is_empty() {
+                    template["metadata"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("annotations");
+                }
+            }
+            for v in template["spec"]["volumes"].as_array_mut().unwrap() {
+                if v["name"] == "config" {
+                    v["configMap"]["name"] = json!("secure-defaults-config");
+                }
+            }
+        }
+    }
+    out.sort_by_key(|d| {
+        (
+            d["kind"].as_str().unwrap_or_default().to_owned(),
+            d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    });
+    out
+}
+
+fn describe(doc: &Value) -> String {
+    format!("{} {}", doc["kind"], doc["metadata"]["name"])
+}
+
+/// Fails on the first object that differs, naming it and showing both sides.
+fn assert_same_objects(what: &str, chart: &[Value], kustomize: &[Value]) {
+    let (chart, kustomize) = (normalise(chart), normalise(kustomize));
+    let names = |docs: &[Value]| docs.iter().map(describe).collect::<Vec<_>>();
+    assert_eq!(
+        names(&chart),
+        names(&kustomize),
+        "{what}: the chart and the overlay install different objects"
+    );
+    for (c, k) in chart.iter().zip(&kustomize) {
+        let mut differences = Vec::new();
+        diff("", c, k, &mut differences);
+        assert!(
+            differences.is_empty(),
+            "{what}: {} differs between the chart and the overlay:\n{}",
+            describe(c),
+            differences.join("\n")
+        );
+    }
+}
+
+/// Where two JSON values differ: one line per path, with both sides.
+fn diff(path: &str, chart: &Value, overlay: &Value, out: &mut Vec<String>) {
+    match (chart, overlay) {
+        (Value::Object(c), Value::Object(o)) => {
+            let keys: std::collections::BTreeSet<&String> = c.keys().chain(o.keys()).collect();
+            for key in keys {
+                let (cv, ov) = (
+                    c.get(key).unwrap_or(&Value::Null),
+                    o.get(key).unwrap_or(&Value::Null),
+                );
+                diff(&format!("{path}/{key}"), cv, ov, out);
+            }
+        }
+        (Value::Array(c), Value::Array(o)) if c.len() == o.len() => {
+            for (i, (cv, ov)) in c.iter().zip(o).enumerate() {
+                diff(&format!("{path}/{i}"), cv, ov, out);
+            }
+        }
+        _ if chart == overlay => {}
+        _ => out.push(format!("  {path}: chart {chart}, overlay {overlay}")),
+    }
+}
+
+/// The checks e2e/manifests.rs makes on each overlay, on a chart rendering.
+fn check_safety(what: &str, mode: &str, docs: &[Value]) {
+    let policy = policy_value(&policy_text(docs));
+    assert_eq!(policy["mode"], mode, "{what}: the policy's mode");
+    let hook = webhook(docs);
+    assert_eq!(
+        selector_mode(&hook["namespaceSelector"]),
+        mode,
+        "{what}: the webhook's namespaceSelector"
+    );
+    assert_eq!(
+        binding_selector(docs),
+        &hook["namespaceSelector"],
+        "{what}: the backstop binding selects exactly the webhook's namespaces"
+    );
+    let mut hook = hook.clone();
+    if let Some(client) = hook["clientConfig"].as_object_mut() {
+        client.remove("caBundle");
+    }
+    check_webhook(what, &hook);
+    check_deployment(what, docs);
+    check_rbac_is_least_privilege(what, docs);
+}
+
+/// The provided-Secret option: its CA in the webhook's caBundle, its Secret mounted whole and named by the
+/// flags, no RBAC on Secrets, nothing of cert-manager's nor of the self-managed mode.
+fn check_provided_secret(what: &str, docs: &[Value], secret: &str, ca_pem: &str) {
+    let hook = webhook(docs);
+    assert_eq!(
+        hook["clientConfig"]["caBundle"],
+        base64::engine::general_purpose::STANDARD.encode(ca_pem),
+        "{what}"
+    );
+    let c = container(docs);
+    let pod = pod_spec(docs);
+    assert_eq!(
+        volume(pod, "tls"),
+        Some(&json!({"name": "tls", "secret": {"secretName": secret}})),
+        "{what}"
+    );
+    let dir = mount_path(c, "tls").expect("the tls volume mounted");
+    let (cert, key) = (format!("{dir}/tls.crt"), format!("{dir}/tls.key"));
+    assert_eq!(
+        args(c)[BASE_ARGS.len()..],
+        ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()],
+        "{what}"
+    );
+    assert_eq!(cert_manager_objects(docs), Vec::<String>::new(), "{what}");
+    for kind in ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"] {
+        assert!(try_find(docs, kind, CERTS_RBAC).is_none(), "{what}: {kind}");
+    }
+    assert!(
+        c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|e| e["name"] != "POD_NAMESPACE" && e["name"] != "POD_NAME"),
+        "{what}"
+    );
+}
+
+const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
+
+/// `helm lint` passes for every mode and certificate source; the schema refuses a misspelt value at every
+/// level and a value out of its range; the chart refuses an incomplete certificate choice.
+#[test]
+fn helm_chart_lints_and_refuses_bad_values() {
+    for mode in MODES {
+        for certificates in ["self-managed", "cert-manager"] {
+            let out = helm_ok(
+                None,
+                &[
+                    "lint",
+                    "--strict",
+                    CHART,
+                    "--set",
+                    &format!("mode={mode}"),
+                    "--set",
+                    &format!("certificates.source={certificates}"),
+                ],
+            );
+            assert!(out.contains("0 chart(s) failed"), "{out}");
+        }
+    }
+    let secret = [
+        "certificates.source=secret",
+        "certificates.secret.name=my-tls",
+        &format!("certificates.secret.caCertificate={TEST_CA}"),
+    ];
+    let mut args = vec!["lint", "--strict", CHART];
+    for s in &secret {
+        args.extend(["--set", s]);
+    }
+    helm_ok(None, &args);
+
+    for (typo, at) in [
+        ("replicaCont=3", "''"),
+        ("webhook.failurPolicy=Fail", "'/webhook'"),
+        ("image.tga=x", "'/image'"),
+        ("policy.default.runAsUser=1", "'/policy'"),
+        ("certificates.secret.nmae=x", "'/certificates/secret'"),
+        (
+            "networkPolicy.monitoringNamespaceSelector.matchLabel.a=b",
+            "'/networkPolicy/monitoringNamespaceSelector'",
+        ),
+    ] {
+        let err = template_err(&[typo]);
+        assert!(
+            err.contains("additional properties") && err.contains(at),
+            "{typo}: {err}"
+        );
+    }
+    for bad in [
+        "mode=everywhere",
+        "webhook.failurePolicy=Sometimes",
+        "certificates.source=vault",
+        "replicaCount=0",
+        "webhook.timeoutSeconds=31",
+        "logLevel=verbose",
+    ] {
+        let err = template_err(&[bad]);
+        assert!(
+            err.contains("values don't meet the specifications of the schema"),
+            "{bad}: {err}"
+        );
+    }
+    let err = template_err(&["certificates.source=secret"]);
+    assert!(err.contains("certificates.secret.name"), "{err}");
+    let err = template_err(&["networkPolicy.enabled=true"]);
+    assert!(err.contains("controlPlaneCIDRs"), "{err}");
+}
+
+/// For each mode and certificate source the overlays offer, the chart renders exactly the overlay's objects
+/// (the Namespace when asked to, as `make manifests` does); every rendering, the provided-Secret one too,
+/// passes the overlays' safety checks; a release in another namespace is wired to it throughout.
+#[tokio::test]
+async fn helm_template_matches_the_overlays_and_keeps_their_rules() {
+    let env = cluster_env();
+    for (overlay, mode, certificates) in [
+        (MODES[0], MODES[0], "self-managed"),
+        (MODES[1], MODES[1], "self-managed"),
+        (CERT_MANAGER, "opt-in", "cert-manager"),
+    ] {
+        let what = format!("chart {mode}/{certificates}");
+        let sets = [
+            format!("mode={mode}"),
+            format!("certificates.source={certificates}"),
+        ];
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let chart = template("secure-defaults", &sets);
+        check_safety(&what, mode, &chart);
+        match certificates {
+            "self-managed" => check_self_managed(&what, &chart),
+            _ => check_cert_manager(&what, &chart),
+        }
+        assert_eq!(
+            container(&chart)["image"],
+            "ghcr.io/secure-defaults/secure-defaults:0.1.0"
+        );
+        assert!(try_find(&chart, "Namespace", "secure-defaults").is_none());
+
+        let kustomize = render(&env, &format!("manifests/overlays/{overlay}"));
+        let with_namespace = template(
+            "secure-defaults",
+            &[sets.as_slice(), &["namespace.create=true"]].concat(),
+        );
+        assert_same_objects(
+            &format!("{what} vs overlays/{overlay}"),
+            &with_namespace,
+            &kustomize,
+        );
+    }
+
+    // profile: restricted brings the restricted backstop, as the overlay with its component has it (the
+    // policy differs by the profile, which the overlays' policy does not set).
+    let without_policy = |docs: Vec<Value>| -> Vec<Value> {
+        docs.into_iter()
+            .filter(|d| {
+                !(d["kind"] == "ConfigMap" && d["metadata"]["name"] == "secure-defaults-policy")
+            })
+            .collect()
+    };
+    let chart = template(
+        "secure-defaults",
+        &["policy.profile=restricted", "namespace.create=true"],
+    );
+    assert_eq!(policy_value(&policy_text(&chart))["profile"], "restricted");
+    let restricted = find(
+        &chart,
+        "ValidatingAdmissionPolicyBinding",
+        "secure-defaults-backstop-restricted",
+    );
+    assert_eq!(
+        &restricted["spec"]["matchResources"]["namespaceSelector"],
+        &webhook(&chart)["namespaceSelector"]
+    );
+    assert_same_objects(
+        "chart profile=restricted vs overlays/opt-in + components/backstop-restricted",
+        &without_policy(chart),
+        &without_policy(render(&env, "e2e/manifests/opt-in-restricted")),
+    );
+    let plain = template("secure-defaults", &[]);
+    assert!(
+        try_find(
+            &plain,
+            "ValidatingAdmissionPolicy",
+            "secure-defaults-backstop-restricted"
+        )
+        .is_none()
+    );
+
+    // The third certificate source, which the overlays do not have.
+    for mode in MODES {
+        let what = format!("chart {mode}/secret");
+        let docs = template(
+            "secure-defaults",
+            &[
+                &format!("mode={mode}"),
+                "certificates.source=secret",
+                "certificates.secret.name=my-tls",
+                &format!("certificates.secret.caCertificate={TEST_CA}"),
+            ],
+        );
+        check_safety(&what, mode, &docs);
+        check_provided_secret(&what, &docs, "my-tls", TEST_CA);
+    }
+
+    // Another release namespace: the Service the webhook calls, the RBAC subjects, the namespace the webhook
+    // never serves, cert-manager's injection and DNS names all follow it.
+    for certificates in ["self-managed", "cert-manager"] {
+        let docs = template("tools", &[&format!("certificates.source={certificates}")]);
+        let hook = webhook(&docs);
+        assert_eq!(hook["clientConfig"]["service"]["namespace"], "tools");
+        assert!(
+            hook["namespaceSelector"]["matchExpressions"][0]["values"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("tools")),
+            "{}",
+            hook["namespaceSelector"]
+        );
+        for object in &docs {
+            if let Some(subjects) = object["subjects"].as_array() {
+                assert!(
+                    subjects.iter().all(|s| s["namespace"] == "tools"),
+                    "{object}"
+                );
+            }
+            if !object["metadata"]["namespace"].is_null() {
+                assert_eq!(
+                    object["metadata"]["namespace"],
+                    "tools",
+                    "{}",
+                    describe(object)
+                );
+            }
+        }
+        if certificates == "cert-manager" {
+            let config = find(&docs, "MutatingWebhookConfiguration", "secure-defaults");
+            assert_eq!(
+                config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+                "tools/secure-defaults-serving"
+            );
+            assert!(
+                find(&docs, "Certificate", "secure-defaults-serving")["spec"]["dnsNames"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("secure-defaults.tools.svc"))
+            );
+        }
+    }
+}
+
+/// The values users set change what they name and nothing else: the safety checks still hold.
+#[test]
+fn helm_values_change_what_they_say() {
+    let docs = template(
+        "secure-defaults",
+        &[
+            "replicaCount=3",
+            "image.repository=registry.example/sd",
+            "image.tag=1.2.3",
+            "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "image.pullPolicy=Always",
+            "imagePullSecrets[0].name=pull",
+            "webhook.failurePolicy=Fail",
+            "webhook.timeoutSeconds=5",
+            "webhook.namespaceSelector.matchExpressions[0].key=team",
+            "webhook.namespaceSelector.matchExpressions[0].operator=Exists",
+            "webhook.objectSelector.matchLabels.sd=on",
+            "backstop.enabled=false",
+            "podDisruptionBudget.enabled=false",
+            "priorityClassName=system-cluster-critical",
+            "tolerations[0].operator=Exists",
+            "podAnnotations.a=b",
+            "podLabels.team=platform",
+            "serviceMonitor.enabled=true",
+            "networkPolicy.enabled=true",
+            "networkPolicy.controlPlaneCIDRs[0]=10.0.0.0/24",
+            "logFormat=text",
+            "logLevel=debug",
+            "policy.profile=restricted",
+            "policy.followPodSecurityLabels=true",
+        ],
+    );
+    let deploy = deployment(&docs);
+    let pod = pod_spec(&docs);
+    let c = container(&docs);
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert_eq!(
+        c["image"],
+        "registry.example/sd:1.2.3@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+    );
+    assert_eq!(c["imagePullPolicy"], "Always");
+    assert_eq!(pod["imagePullSecrets"], json!([{"name": "pull"}]));
+    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+    assert!(try_find(&docs, "PriorityClass", "secure-defaults-critical").is_none());
+    assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
+    assert_eq!(
+        deploy["spec"]["template"]["metadata"]["annotations"]["a"],
+        "b"
+    );
+    // Pod labels join the template, never the selector (which must not change between releases).
+    assert_eq!(
+        deploy["spec"]["template"]["metadata"]["labels"]["team"],
+        "platform"
+    );
+    assert_eq!(
+        deploy["spec"]["selector"]["matchLabels"],
+        json!({"app.kubernetes.io/name": "secure-defaults", "app.kubernetes.io/component": "webhook"})
+    );
+    let hook = webhook(&docs);
+    assert_eq!(hook["failurePolicy"], "Fail");
+    assert_eq!(hook["timeoutSeconds"], 5);
+    assert_eq!(hook["objectSelector"], json!({"matchLabels": {"sd": "on"}}));
+    let expressions = hook["namespaceSelector"]["matchExpressions"]
+        .as_array()
+        .unwrap();
+    assert_eq!(expressions.len(), 3, "{expressions:?}");
+    assert_eq!(expressions[2], json!({"key": "team", "operator": "Exists"}));
+    assert_eq!(selector_mode(&hook["namespaceSelector"]), "opt-in");
+    for (kind, name) in [
+        ("ValidatingAdmissionPolicy", "secure-defaults-backstop"),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "secure-defaults-backstop",
+        ),
+        ("PodDisruptionBudget", "secure-defaults"),
+    ] {
+        assert!(try_find(&docs, kind, name).is_none(), "{kind} {name}");
+    }
+    let (_, config) = process_config(&docs);
+    assert_eq!(config["log_format"], "text");
+    assert_eq!(config["log_level"], "debug");
+    let text = policy_text(&docs);
+    let policy = policy_value(&text);
+    assert_eq!(policy["profile"], "restricted");
+    assert_eq!(policy["followPodSecurityLabels"], true);
+    // The real server accepts the policy the values make.
+    let file = tmp_dir("helm-values").join("policy.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
+        .args(["check", "--policy"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "secure-defaults check refuses the chart's policy:\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // Metrics: a Service for the admin port only, and the ServiceMonitor scraping it.
+    let monitor = find(&docs, "ServiceMonitor", "secure-defaults");
+    let metrics = find(&docs, "Service", "secure-defaults-metrics");
+    assert_eq!(metrics["spec"]["ports"][0]["port"], 8080);
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&metrics["metadata"]["labels"][k], v);
+    }
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(
+        find(&docs, "Service", "secure-defaults")["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "the webhook's Service keeps its one port"
+    );
+
+    // Network policy: the webhook port from the control plane only, the admin port from monitoring only.
+    let policy = find(&docs, "NetworkPolicy", "secure-defaults");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([
+            {"from": [{"ipBlock": {"cidr": "10.0.0.0/24"}}], "ports": [{"port": "https", "protocol": "TCP"}]},
+            {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+             "ports": [{"port": "admin", "protocol": "TCP"}]}
+        ])
+    );
+
+    // The hardening is not a value: it survives every setting above.
+    check_deployment_hardening(&docs);
+
+    // An existing policy ConfigMap: mounted instead, and the chart renders no policy of its own.
+    let docs = template("secure-defaults", &["policy.existingConfigMap=my-policy"]);
+    assert!(try_find(&docs, "ConfigMap", "secure-defaults-policy").is_none());
+    assert_eq!(
+        volume(pod_spec(&docs), "policy"),
+        Some(&json!({"name": "policy", "configMap": {"name": "my-policy"}}))
+    );
+
+    // Defaults: no NetworkPolicy, no ServiceMonitor.
+    let docs = template("secure-defaults", &[]);
+    assert!(try_find(&docs, "NetworkPolicy", "secure-defaults").is_none());
+    assert!(try_find(&docs, "ServiceMonitor", "secure-defaults").is_none());
+}
+
+fn check_deployment_hardening(docs: &[Value]) {
+    let pod = pod_spec(docs);
+    assert_eq!(backstop_violations(pod), Vec::<String>::new());
+    assert_eq!(
+        pod["securityContext"],
+        json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}})
+    );
+    assert_eq!(
+        container(docs)["securityContext"],
+        json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true,
+            "capabilities": {"drop": ["ALL"]}})
+    );
+    assert_eq!(pod["enableServiceLinks"], false);
+}
+
+/// `manifests/install.yaml` is what `make manifests` renders from the chart now (rerun it after changing
+/// the chart), and it is the opt-in overlay with self-managed certificates.
+#[tokio::test]
+async fn helm_rendered_install_yaml_is_current() {
+    let env = cluster_env();
+    let out = Command::new(repo().join("e2e/render-install.sh"))
+        .env("HELM", helm_bin())
+        .output()
+        .expect("run e2e/render-install.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    let shipped = std::fs::read_to_string(repo().join("manifests/install.yaml"))
+        .expect("manifests/install.yaml (make manifests)");
+    assert!(
+        rendered == shipped,
+        "manifests/install.yaml is stale: run `make manifests`"
+    );
+    let docs = parse(&shipped);
+    find(&docs, "Namespace", "secure-defaults");
+    assert_same_objects(
+        "install.yaml vs overlays/opt-in",
+        &docs,
+        &render(&env, "manifests/overlays/opt-in"),
+    );
+}
+
+/// Removes the release and its namespace, also when the test fails.
+struct Release<'a> {
+    env: &'a ClusterEnv,
+    namespace: &'a str,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let _ = helm(
+            Some(self.env),
+            &[
+                "uninstall",
+                RELEASE,
+                "--namespace",
+                self.namespace,
+                "--ignore-not-found",
+            ],
+        );
+        let _ = run_kubectl(
+            self.env,
+            &[
+                "delete",
+                "namespace",
+                self.namespace,
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+            None,
+        );
+    }
+}
+
+/// `helm install` on the API server (its webhook then pointed at a test server running the chart's own
+/// policy, as the kustomize install test does, and narrowed to this test's namespaces): a pod in an opted-in
+/// namespace is defaulted, one elsewhere is not. `helm uninstall` then leaves no webhook configuration, no
+/// backstop, no binding, no policy: a pod in the same namespace is created untouched.
+#[tokio::test]
+async fn helm_install_defaults_pods_and_uninstall_leaves_nothing() {
+    let env = cluster_env();
+    let client = client(&env).await;
+    let _cluster_scoped = CLUSTER_SCOPED.lock().await;
+    let test = "helm";
+    let namespace = "e2e-helm-system";
+    let on =
+        TestNamespace::create(&client, &env, test, "e2e-helm-on", &[(INJECT, "enabled")]).await;
+    let off = TestNamespace::create(&client, &env, test, "e2e-helm-off", &[]).await;
+
+    let chart = template(namespace, &[]);
+    let hook = Webhook::start(
+        &client,
+        &env,
+        "helm-server",
+        &policy_text(&chart),
+        FailurePolicy::Ignore,
+    )
+    .await;
+
+    let dir = tmp_dir("helm-install");
+    let values = dir.join("values.yaml");
+    std::fs::write(
+        &values,
+        format!(
+            "webhook:\n  namespaceSelector:\n    matchExpressions:\n      - {{key: {TEST_LABEL}, operator: In, values: [{test}]}}\n"
+        ),
+    )
+    .unwrap();
+    let release = Release {
+        env: &env,
+        namespace,
+    };
+    let out = helm_ok(
+        Some(&env),
+        &[
+            "install",
+            RELEASE,
+            CHART,
+            "--namespace",
+            namespace,
+            "--create-namespace",
+            "--values",
+            values.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    assert!(
+        out.contains("kubectl label namespace NS secure-defaults.io/inject=enabled")
+            && out.contains("--dry-run=server"),
+        "NOTES tell how to opt in and check: {out}"
+    );
+    let manifest = helm_ok(
+        Some(&env),
+        &["get", "manifest", RELEASE, "--namespace", namespace],
+    );
+    let installed = parse(&manifest);
+    let stored = kubectl_ok(
+        &env,
+        &["get", "-f", "-", "-o", "name"],
+        Some(&as_list(&installed)),
+    );
+    assert_eq!(stored.lines().count(), installed.len(), "{stored}");
+
+    // The API server reaches the test server instead of the Service (no kubelet runs the Deployment here).
+    let patch = json!([
+        {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
+        {"op": "add", "path": "/webhooks/0/clientConfig/url", "value": format!("https://127.0.0.1:{}/mutate", hook.port)},
+        {"op": "add", "path": "/webhooks/0/clientConfig/caBundle",
+         "value": base64::engine::general_purpose::STANDARD.encode(&hook.certs.ca_pem)},
+    ]);
+    kubectl_ok(
+        &env,
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "secure-defaults",
+            "--type",
+            "json",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    );
+
+    let bare = |name: &str| json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "app", "image": IMAGE}]}});
+    eventually(
+        "the chart's webhook serving e2e-helm-on",
+        DEADLINE,
+        || async {
+            let probe = create(&client, &on.name, &bare("probe"), true).await.ok()?;
+            annotation(&probe).map(|_| ())
+        },
+    )
+    .await;
+    let pod = on.create_pod(bare("defaulted")).await;
+    assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 65532, "{pod}");
+    assert_eq!(
+        pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        annotation(&pod),
+        Some(
+            "runAsUser=65532,runAsGroup=65532,fsGroup=65532,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(app)"
+        )
+    );
+    let untouched = off.create_pod(bare("untouched")).await;
+    assert_eq!(annotation(&untouched), None, "{untouched}");
+
+    // Uninstall: everything the release made is gone, cluster-scoped objects included.
+    helm_ok(
+        Some(&env),
+        &[
+            "uninstall",
+            RELEASE,
+            "--namespace",
+            namespace,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    let left = run_kubectl(
+        &env,
+        &["get", "-f", "-", "-o", "name", "--ignore-not-found"],
+        Some(&as_list(&installed)),
+    );
+    assert!(
+        left.status.success(),
+        "{}",
+        String::from_utf8_lossy(&left.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&left.stdout), "", "left behind");
+    for (kind, name) in [
+        ("mutatingwebhookconfiguration", "secure-defaults"),
+        ("validatingadmissionpolicy", "secure-defaults-backstop"),
+        (
+            "validatingadmissionpolicybinding",
+            "secure-defaults-backstop",
+        ),
+        ("clusterrolebinding", "secure-defaults"),
+        ("clusterrolebinding", "secure-defaults-certs"),
+    ] {
+        let out = kubectl_ok(
+            &env,
+            &["get", kind, name, "--ignore-not-found", "-o", "name"],
+            None,
+        );
+        assert_eq!(out, "", "{kind} {name} left behind");
+    }
+    let out = kubectl_ok(
+        &env,
+        &[
+            "get",
+            "configmaps",
+            "-n",
+            namespace,
+            "-l",
+            "app.kubernetes.io/name=secure-defaults",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert_eq!(out, "", "policy or config left behind");
+    // Without webhook and backstop a pod in the opted-in namespace is created as it was sent (the backstop,
+    // were it still there, would refuse it: the test server's own webhook does not select this namespace).
+    let after = on.create_pod(bare("after-uninstall")).await;
+    assert_eq!(annotation(&after), None, "{after}");
+    assert!(
+        after["spec"]["securityContext"].get("runAsUser").is_none(),
+        "{after}"
+    );
+    drop(release);
+    drop(hook);
+}
