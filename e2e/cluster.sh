@@ -21,6 +21,10 @@
 #   flexvolume/ (empty; keeps the controller-manager out of system paths)
 #
 # Environment: CLUSTER_UP_TIMEOUT (seconds, default 180) bounds each wait in up.
+# CLUSTER_NODE=1 prepares the apiserver for a kubelet (e2e/node.sh): webhook and
+# aggregated Services are called at their endpoints (no kube-proxy), and it
+# authenticates to kubelets with the admin certificate. `down` stops such a node
+# first.
 # Needs bash, openssl and the binaries from e2e/build-control-plane.sh (which it
 # runs, so the first `up` on a fresh machine includes the build).
 set -euo pipefail
@@ -331,6 +335,11 @@ cmd_up() {
     --log-level=warn
   wait_for etcd "etcd /health" etcd_healthy "$etcd_port"
 
+  local -a node_args=()
+  if [[ "${CLUSTER_NODE:-}" == 1 ]]; then
+    node_args=(--enable-aggregator-routing=true --kubelet-preferred-address-types=InternalIP
+      --kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key")
+  fi
   # kube-apiserver. Admission: the default plugin set is kept; it already
   # includes MutatingAdmissionWebhook, ValidatingAdmissionWebhook,
   # ValidatingAdmissionPolicy and MutatingAdmissionPolicy (GA and on by
@@ -377,6 +386,7 @@ AUDIT
     --allow-privileged=true
     --endpoint-reconciler-type=none
     --profiling=false
+    "${node_args[@]}"
   )
   # Kept for start-apiserver, which restarts it after an outage with the same flags (and so the same port).
   printf '%s\0' "${apiserver_args[@]}" >"$DIR/kube-apiserver.args"
@@ -477,6 +487,7 @@ case "$1" in
     # Nothing to do for a directory that was never created.
     [[ -d "$2" ]] || exit 0
     DIR="$(cd "$2" && pwd)"
+    if [[ -d "$DIR/node" ]]; then "$SCRIPT_DIR/node.sh" down "$DIR" || true; fi
     stop_all "$DIR"
     ;;
   *) usage ;;
