@@ -1,7 +1,7 @@
 # The one entry point: CI calls these same targets.
 CARGO ?= cargo
 
-.PHONY: build release test test-unit test-monitoring test-e2e test-image helm manifests image image-dockerfile lint fmt bench run
+.PHONY: build release test test-unit test-monitoring test-e2e test-image test-node helm manifests image image-dockerfile lint fmt bench run
 
 build:
 	$(CARGO) build --locked
@@ -40,6 +40,11 @@ image-dockerfile:
 ## TLS and exits 0 on SIGTERM.
 test-image: image
 	e2e/image-smoke.sh $(IMAGE)
+
+## The node suite: the control plane plus one real node (containerd, runc, a kubelet built like the control
+## plane), on which the test image and the chart actually run. Needs root; see the README's "Node suite".
+test-node: helm image
+	e2e/node-test.sh
 
 ## helm at the version pinned in e2e/tools/helm/go.mod, built from the Go module proxy once per machine and
 ## cached under ~/.cache/secure-defaults/tools/.

@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# The node suite (make test-node): a control plane plus one real node (e2e/cluster.sh, e2e/node.sh), on
+# which pods actually run. Needs root, containerd, runc, CNI plugins, podman and the image from `make image`.
+#   1. the node registers Ready and a plain pod from the test image runs to completion;
+#   2. with secure-defaults run as a host process (as the e2e suite does) and registered for an opted-in
+#      namespace, a pod runs as uid/gid 65532 with fsGroup 65532 among its groups and NoNewPrivs 1, and a
+#      container that sets runAsUser 1000 runs as 1000;
+#   3. the Helm chart, installed with only the image reference changed: two replicas Ready through their
+#      probes, self-managed certificate issued and injected, pods defaulted through the Service;
+#   4. an edit of the secure-defaults-policy ConfigMap changes the defaults of later pods;
+#   5. a rollout restart under continuous pod creation with failurePolicy Fail: no failed creation;
+#   6. `down` leaves no mounts, interfaces, iptables rules, cgroups or processes behind.
+# Every wait polls up to NODE_TEST_TIMEOUT seconds (default 180). NODE_STEPS (e.g. "1 2") limits the steps.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TIMEOUT="${NODE_TEST_TIMEOUT:-180}"
+STEPS=" ${NODE_STEPS:-1 2 3 4 5 6} "
+IMAGE="${IMAGE:-localhost/secure-defaults:$(awk -F'"' '/^version *=/ { print $2; exit }' "$ROOT/Cargo.toml")}"
+DIR="$(mktemp -d "${TMPDIR:-/tmp}/sd-node.XXXXXX")"
+WEBHOOK_PID=""
+CLIENT_PID=""
+
+log() { printf '[node-test] %s\n' "$*" >&2; }
+fail() { log "FAIL: $*"; exit 1; }
+pass() { log "PASS: $*"; }
+step() { [[ "$STEPS" == *" $1 "* ]]; }
+
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  # shellcheck disable=SC2086
+  [[ -z "$CLIENT_PID" ]] || kill $CLIENT_PID 2>/dev/null || true
+  [[ -z "$WEBHOOK_PID" ]] || { kill "$WEBHOOK_PID" 2>/dev/null; wait "$WEBHOOK_PID" 2>/dev/null; } || true
+  if ((status != 0)); then
+    for f in "$DIR"/node/logs/kubelet.log "$DIR"/node/logs/containerd.log "$DIR"/webhook.log; do
+      [[ -f "$f" ]] || continue
+      echo "---- last lines of $f ----" >&2
+      tail -n 25 "$f" >&2
+    done
+    "$K" get pods -A -o wide >&2 2>/dev/null || true
+  fi
+  "$ROOT/e2e/cluster.sh" down "$DIR" || true
+  rm -rf "$DIR"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Poll <cmd...> until it succeeds or the deadline passes.
+eventually() { # <what> <cmd...>
+  local what="$1"; shift
+  local deadline=$((SECONDS + TIMEOUT))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || fail "timed out after ${TIMEOUT}s waiting for $what"
+    sleep 0.3
+  done
+}
+
+# Runs a pod from the test image in <ns> until it has completed; prints its log.
+run_pod() { # <ns> <name> [<container securityContext json>]
+  local ns="$1" name="$2" sc="${3:-}"
+  local extra=""
+  [[ -z "$sc" ]] || extra=", \"securityContext\": $sc"
+  "$K" -n "$ns" create -f - >/dev/null <<JSON
+{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "$name"},
+ "spec": {"restartPolicy": "Never",
+          "containers": [{"name": "t", "image": "localhost/sd-test:e2e", "imagePullPolicy": "Never"$extra}]}}
+JSON
+  eventually "pod $ns/$name to succeed" pod_succeeded "$ns" "$name"
+  "$K" -n "$ns" logs "$name"
+}
+pod_succeeded() {
+  local phase
+  phase="$("$K" -n "$1" get pod "$2" -o jsonpath='{.status.phase}')"
+  [[ "$phase" == Failed ]] && fail "pod $1/$2 failed: $("$K" -n "$1" get pod "$2" -o jsonpath='{.status}')"
+  [[ "$phase" == Succeeded ]]
+}
+status_field() { awk -v f="$1:" '$1 == f { $1 = ""; sub(/^ /, ""); print; exit }'; }
+# The log of a pod shows <uid> and <gid> as its real ids, <group> among its groups, NoNewPrivs 1.
+check_ids() { # <log> <uid> <gid> <group> <label>
+  local out="$1" uid gid groups nnp
+  uid="$(status_field Uid <<<"$out" | awk '{print $1}')"
+  gid="$(status_field Gid <<<"$out" | awk '{print $1}')"
+  groups="$(status_field Groups <<<"$out")"
+  nnp="$(status_field NoNewPrivs <<<"$out")"
+  log "$5: $(head -n 1 <<<"$out") | Uid $uid Gid $gid Groups [$groups] NoNewPrivs $nnp"
+  [[ "$uid" == "$2" && "$gid" == "$3" && " $groups " == *" $4 "* && "$nnp" == 1 ]] \
+    || fail "$5: expected uid $2, gid $3, group $4, NoNewPrivs 1; log:"$'\n'"$out"
+}
+# A server-side dry run of a plain pod in <ns>: prints the runAsUser the admission chain gave it.
+dry_run_uid() { # <ns>
+  "$K" -n "$1" create --dry-run=server -o jsonpath='{.spec.securityContext.runAsUser}' -f - <<'JSON'
+{"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "probe-"},
+ "spec": {"containers": [{"name": "t", "image": "localhost/sd-test:e2e"}]}}
+JSON
+}
+uid_is() { [[ "$(dry_run_uid "$1")" == "$2" ]]; }
+opted_in_namespace() { # <name>
+  "$K" create namespace "$1" >/dev/null
+  "$K" label namespace "$1" secure-defaults.io/inject=enabled >/dev/null
+  eventually "serviceaccount $1/default" "$K" -n "$1" get serviceaccount default
+}
+
+# ---------------------------------------------------------------------------
+# Host paths the node may create (see e2e/node.sh): those absent now must be absent after `down`.
+absent_before=""
+for p in /var/lib/kubelet /var/log/containers /run/containerd /var/lib/cni; do [[ -e "$p" ]] || absent_before+=" $p"; done
+netns_before="$(ls /var/run/netns 2>/dev/null | sort)"
+CLUSTER_NODE=1 "$ROOT/e2e/cluster.sh" up "$DIR" >/dev/null
+# shellcheck disable=SC1091
+source "$DIR/env"
+export KUBECONFIG
+K="$BIN/kubectl"
+"$ROOT/e2e/node.sh" up "$DIR"
+# shellcheck disable=SC1091
+source "$DIR/node/env"
+
+if step 1; then
+  eventually "node Ready" "$K" wait --for=condition=Ready "node/$NODE_NAME" --timeout=2s
+  out="$(run_pod default plain)"
+  log "plain pod: $(head -n 1 <<<"$out")"
+  grep -q '^Uid:' <<<"$out" || fail "plain pod printed no status: $out"
+  pass "1: node $NODE_NAME Ready ($("$K" get node "$NODE_NAME" -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}')), a pod ran on it"
+fi
+
+if step 2; then
+  cargo build --locked --release --manifest-path "$ROOT/Cargo.toml" -q
+  openssl ecparam -name prime256v1 -genkey -noout -out "$DIR/webhook.key" 2>/dev/null
+  openssl req -new -key "$DIR/webhook.key" -subj "/CN=secure-defaults-host" -out "$DIR/webhook.csr" 2>/dev/null
+  printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n' >"$DIR/webhook.ext"
+  openssl x509 -req -in "$DIR/webhook.csr" -CA "$CA_CERT" -CAkey "$CA_KEY" -set_serial "0x$(openssl rand -hex 16)" \
+    -days 1 -sha256 -extfile "$DIR/webhook.ext" -out "$DIR/webhook.crt" 2>/dev/null
+  port=$((20000 + RANDOM % 6000)); admin=$((26000 + RANDOM % 6000))
+  cp "$ROOT/config/policy.yaml" "$DIR/policy.yaml"
+  "$ROOT/target/release/secure-defaults" serve --log-format json --listen "127.0.0.1:$port" \
+    --admin-listen "127.0.0.1:$admin" --tls-cert "$DIR/webhook.crt" --tls-key "$DIR/webhook.key" \
+    --policy "$DIR/policy.yaml" >/dev/null 2>"$DIR/webhook.log" &
+  WEBHOOK_PID=$!
+  eventually "host webhook /readyz" curl -fsS "http://127.0.0.1:$admin/readyz"
+  "$K" apply -f - >/dev/null <<YAML
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: host.node-e2e.secure-defaults.io}
+webhooks:
+- name: pods.secure-defaults.io
+  clientConfig: {url: "https://127.0.0.1:$port/mutate", caBundle: "$(base64 -w0 <"$CA_CERT")"}
+  rules:
+  - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods], scope: Namespaced}
+  namespaceSelector: {matchExpressions: [{key: node-e2e, operator: In, values: [host]}, {key: secure-defaults.io/inject, operator: In, values: [enabled]}]}
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  timeoutSeconds: 5
+  failurePolicy: Fail
+  reinvocationPolicy: IfNeeded
+YAML
+  opted_in_namespace host-webhook
+  "$K" label namespace host-webhook node-e2e=host >/dev/null
+  eventually "the host webhook to default pods" uid_is host-webhook 65532
+  out="$(run_pod host-webhook defaulted)"
+  check_ids "$out" 65532 65532 65532 "defaulted pod"
+  out="$(run_pod host-webhook explicit '{"runAsUser": 1000}')"
+  check_ids "$out" 1000 65532 65532 "pod with runAsUser 1000"
+  "$K" delete mutatingwebhookconfiguration host.node-e2e.secure-defaults.io >/dev/null
+  kill "$WEBHOOK_PID"; wait "$WEBHOOK_PID" || true; WEBHOOK_PID=""
+  pass "2: pods in an opted-in namespace run as the defaults (host-process webhook); runAsUser 1000 is kept"
+fi
+
+if step 3; then
+  [[ -s "$NODE_IMAGES/secure-defaults.tar" ]] || fail "no $IMAGE in podman: run make image"
+  HELM="$("$ROOT/e2e/build-helm.sh" | tail -n 1)"
+  "$HELM" install secure-defaults "$ROOT/manifests/chart/secure-defaults" --namespace secure-defaults \
+    --create-namespace --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" >/dev/null
+  "$K" -n secure-defaults rollout status deployment/secure-defaults --timeout="${TIMEOUT}s" >&2 \
+    || fail "the chart's deployment did not become ready"
+  ready="$("$K" -n secure-defaults get deployment secure-defaults -o jsonpath='{.status.readyReplicas}')"
+  [[ "$ready" == 2 ]] || fail "expected 2 ready replicas, got $ready"
+  ca_injected() {
+    local b
+    b="$("$K" get mutatingwebhookconfiguration -o jsonpath='{range .items[*].webhooks[*]}{.clientConfig.service.name}={.clientConfig.caBundle}{"\n"}{end}')"
+    grep -q '^secure-defaults=..' <<<"$b"
+  }
+  eventually "the CA bundle injected into the webhook configuration" ca_injected
+  opted_in_namespace chart
+  eventually "pods defaulted through the Service" uid_is chart 65532
+  out="$(run_pod chart defaulted)"
+  check_ids "$out" 65532 65532 65532 "pod defaulted by the chart's webhook"
+  pass "3: chart installed, 2 replicas Ready, CA injected, pods defaulted through the Service"
+fi
+
+if step 4; then
+  # kubectl edit itself, with an "editor" that changes the default runAsUser.
+  printf '#!/bin/sh\nsed -i "s/runAsUser: 65532/runAsUser: 4242/" "$1"\n' >"$DIR/editor"
+  chmod +x "$DIR/editor"
+  KUBE_EDITOR="$DIR/editor" "$K" -n secure-defaults edit configmap secure-defaults-policy >/dev/null
+  # The kubelet syncs the ConfigMap volume of each replica on its own schedule: wait until every replica
+  # (read at its pod IP, reachable from the node) has reloaded, so whichever serves the next pod has it.
+  all_reloaded() {
+    local ip n=0
+    for ip in $("$K" -n secure-defaults get pods -l app.kubernetes.io/name=secure-defaults \
+      -o jsonpath='{range .items[*]}{.status.podIP}{" "}{end}'); do
+      curl -fsS "http://$ip:8080/metrics" | grep -Eq '^secure_defaults_policy_generation ([2-9]|[1-9][0-9])' || return 1
+      n=$((n + 1))
+    done
+    ((n == 2))
+  }
+  eventually "both replicas to reload the edited policy" all_reloaded
+  uid_is chart 4242 || fail "4: a dry run after the reload was defaulted to $(dry_run_uid chart), not 4242"
+  out="$(run_pod chart after-edit)"
+  check_ids "$out" 4242 65532 65532 "pod after the policy edit"
+  pass "4: the ConfigMap edit changed the defaults of the next pods"
+fi
+
+if step 5; then
+  # failurePolicy Fail (the chart's default is Ignore, which would hide failed calls). Patched rather than
+  # `helm upgrade`d, which would also put back the ConfigMap edited in step 4.
+  "$K" patch mutatingwebhookconfiguration secure-defaults --type=json \
+    -p '[{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Fail"}]' >/dev/null
+  [[ "$("$K" get mutatingwebhookconfiguration secure-defaults -o jsonpath='{.webhooks[*].failurePolicy}')" == Fail ]] \
+    || fail "5: failurePolicy is not Fail"
+  expected_uid="$(dry_run_uid chart)"
+  [[ "$expected_uid" =~ ^[0-9]+$ ]] || fail "5: pods in the opted-in namespace are not defaulted ($expected_uid)"
+  # The clients: three loops creating pods (server-side dry run: the whole admission chain, nothing to
+  # clean up) one after another until told to stop, each counting successes and failures.
+  client() { # <n>
+    local ok=0 bad=0 out
+    trap 'echo "$ok $bad" >"$DIR/client.$1.result"; exit 0' TERM
+    while :; do
+      if out="$(dry_run_uid chart 2>&1)" && [[ "$out" == "$expected_uid" ]]; then ok=$((ok + 1))
+      else bad=$((bad + 1)); echo "$(date -u +%T.%N) $out" >>"$DIR/client.failures"; fi
+    done
+  }
+  CLIENT_PID=""
+  for n in 1 2 3; do client "$n" & CLIENT_PID+=" $!"; done
+  "$K" -n secure-defaults rollout restart deployment/secure-defaults >/dev/null
+  "$K" -n secure-defaults rollout status deployment/secure-defaults --timeout="${TIMEOUT}s" >/dev/null
+  # Until only the new replicas are left (old ones terminated, not just unready).
+  only_new() {
+    local n
+    n="$("$K" -n secure-defaults get pods -l app.kubernetes.io/name=secure-defaults -o name | wc -l)"
+    [[ "$n" == 2 ]]
+  }
+  eventually "the old replicas to be gone" only_new
+  # shellcheck disable=SC2086
+  kill -TERM $CLIENT_PID; wait $CLIENT_PID || true; CLIENT_PID=""
+  ok=0 bad=0
+  for n in 1 2 3; do read -r o b <"$DIR/client.$n.result"; ok=$((ok + o)); bad=$((bad + b)); done
+  log "pod creations during the restart: $ok admitted and defaulted, $bad failed"
+  [[ -f "$DIR/client.failures" ]] && head -n 5 "$DIR/client.failures" >&2
+  ((bad == 0 && ok > 0)) || fail "5: $bad failed creations during the rollout restart"
+  pass "5: rollout restart under continuous creation with failurePolicy Fail: $ok creations, none failed"
+fi
+
+if step 6; then
+  "$ROOT/e2e/cluster.sh" down "$DIR"
+  leftovers=""
+  grep -q " $DIR" /proc/self/mountinfo && leftovers+=" mounts:$(awk -v d="$DIR" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | tr '\n' ' ')"
+  ip link show sd-node0 >/dev/null 2>&1 && leftovers+=" interface sd-node0"
+  ip -o link show type veth 2>/dev/null | grep -q 'master sd-node0' && leftovers+=" veths"
+  iptables -t nat -S SD-NODE >/dev/null 2>&1 && leftovers+=" iptables chain SD-NODE"
+  compgen -G "/sys/fs/cgroup/*/sd-node-e2e" >/dev/null && leftovers+=" cgroups"
+  pgrep -f "$DIR" >/dev/null && leftovers+=" processes: $(pgrep -af "$DIR" | tr '\n' ';')"
+  for p in $absent_before; do [[ -e "$p" ]] && leftovers+=" $p"; done
+  [[ "$(ls /var/run/netns 2>/dev/null | sort)" == "$netns_before" ]] || leftovers+=" network namespaces"
+  [[ -z "$leftovers" ]] || fail "6: left behind:$leftovers"
+  pass "6: down left no mounts, interfaces, network namespaces, iptables rules, cgroups, host directories or processes"
+fi
