@@ -38,7 +38,7 @@ cleanup() {
       echo "---- last lines of $f ----" >&2
       tail -n 25 "$f" >&2
     done
-    "$K" get pods -A -o wide >&2 2>/dev/null || true
+    [[ -z "${K:-}" ]] || "$K" get pods -A -o wide >&2 2>/dev/null || true
   fi
   "$ROOT/e2e/cluster.sh" down "$DIR" || true
   rm -rf "$DIR"
@@ -107,6 +107,10 @@ opted_in_namespace() { # <name>
 absent_before=""
 for p in /var/lib/kubelet /var/log/containers /run/containerd /var/lib/cni; do [[ -e "$p" ]] || absent_before+=" $p"; done
 netns_before="$(ls /var/run/netns 2>/dev/null | sort)"
+# The kernel settings the kubelet would otherwise rewrite (protectKernelDefaults keeps it from doing so).
+kernel_settings() { sysctl -n vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops \
+  kernel.keys.root_maxkeys kernel.keys.root_maxbytes | tr '\n' ' '; }
+sysctls_before="$(kernel_settings)"
 CLUSTER_NODE=1 "$ROOT/e2e/cluster.sh" up "$DIR" >/dev/null
 # shellcheck disable=SC1091
 source "$DIR/env"
@@ -262,6 +266,7 @@ if step 6; then
   pgrep -f "$DIR" >/dev/null && leftovers+=" processes: $(pgrep -af "$DIR" | tr '\n' ';')"
   for p in $absent_before; do [[ -e "$p" ]] && leftovers+=" $p"; done
   [[ "$(ls /var/run/netns 2>/dev/null | sort)" == "$netns_before" ]] || leftovers+=" network namespaces"
+  [[ "$(kernel_settings)" == "$sysctls_before" ]] || leftovers+=" kernel settings changed: $sysctls_before -> $(kernel_settings)"
   [[ -z "$leftovers" ]] || fail "6: left behind:$leftovers"
-  pass "6: down left no mounts, interfaces, network namespaces, iptables rules, cgroups, host directories or processes"
+  pass "6: down left no mounts, interfaces, network namespaces, iptables rules, cgroups, host directories or processes, and the host's kernel settings unchanged"
 fi
