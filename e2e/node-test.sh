@@ -9,7 +9,8 @@
 #      probes, self-managed certificate issued and injected, pods defaulted through the Service;
 #   4. an edit of the secure-defaults-policy ConfigMap changes the defaults of later pods;
 #   5. a rollout restart under continuous pod creation with failurePolicy Fail: no failed creation;
-#   6. `down` leaves no mounts, interfaces, iptables rules, cgroups or processes behind.
+#   6. `down` leaves no mounts, interfaces, network namespaces, iptables rules, cgroups, host directories or
+#      processes behind, and the host's kernel settings as they were.
 # Every wait polls up to NODE_TEST_TIMEOUT seconds (default 180). NODE_STEPS (e.g. "1 2") limits the steps.
 set -euo pipefail
 
@@ -21,7 +22,9 @@ DIR="$(mktemp -d "${TMPDIR:-/tmp}/sd-node.XXXXXX")"
 WEBHOOK_PID=""
 CLIENT_PID=""
 
-log() { printf '[node-test] %s\n' "$*" >&2; }
+# Messages go to fd 3, a copy of stderr, so a failure inside a silenced poll is still reported.
+exec 3>&2
+log() { printf '[node-test] %s\n' "$*" >&3; }
 fail() { log "FAIL: $*"; exit 1; }
 pass() { log "PASS: $*"; }
 step() { [[ "$STEPS" == *" $1 "* ]]; }
