@@ -457,6 +457,14 @@ cmd_start_apiserver() {
   BIN="$(. "$DIR/env" && printf '%s' "$BIN")"
   local -a args=()
   mapfile -d '' args <"$DIR/kube-apiserver.args"
+  # The stopped process may still hold its port for a moment (a large cache takes a while to let go): wait
+  # for the port to be free, bounded, rather than fail to bind.
+  local port="" arg deadline=$((SECONDS + 30))
+  for arg in "${args[@]}"; do [[ "$arg" == --secure-port=* ]] && port="${arg#--secure-port=}"; done
+  while [[ -n "$port" ]] && ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; do
+    ((SECONDS < deadline)) || { log "port $port is still taken 30s after kube-apiserver stopped"; exit 1; }
+    sleep 0.1
+  done
   # Appended to its own log: the outage stays readable in one file.
   CURRENT=kube-apiserver
   log "starting kube-apiserver"
