@@ -7,7 +7,7 @@
 //! be current again only once that list is in; until then a label changed while the API server was away would
 //! be invisible to a resumed watch that has nothing new to say, so lookups go to the API server.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -224,23 +224,32 @@ impl Cluster {
         backoff: &mut impl Backoff,
         outage: &mut Outage,
     ) -> Option<watcher::Error> {
-        let events = watcher(self.api.clone(), watcher::Config::default());
+        let events = watcher(self.api.clone(), watcher::Config::default().streaming_lists());
         let mut events = std::pin::pin!(events);
-        let mut listing: HashMap<String, Arc<LabelMap>> = HashMap::new();
+        // A fresh list updates the cache in place and then drops what it no longer holds, rather than building a
+        // second map beside the first: at the peak of a re-list the cache is held once, not twice, and entries
+        // whose labels did not change keep their allocation.
+        let mut listed: HashSet<String> = HashSet::new();
         loop {
             let event = match events.next().await? {
                 Ok(event) => event,
                 Err(error) => return Some(error),
             };
             match event {
-                watcher::Event::Init => listing.clear(),
-                watcher::Event::InitApply(meta) => listing.extend(entry(meta)),
+                watcher::Event::Init => listed.clear(),
+                watcher::Event::InitApply(meta) => {
+                    if let Some((name, labels)) = entry(meta) {
+                        listed.insert(name.clone());
+                        let mut cache = self.write();
+                        if cache.get(&name).is_none_or(|known| **known != *labels) {
+                            cache.insert(name, labels);
+                        }
+                    }
+                }
                 watcher::Event::InitDone => {
-                    let count = listing.len();
-                    let previous =
-                        std::mem::replace(&mut *self.write(), std::mem::take(&mut listing));
-                    // Freed after the lock is released: lookups never wait for thousands of entries to drop.
-                    drop(previous);
+                    let count = listed.len();
+                    self.write().retain(|name, _| listed.contains(name));
+                    listed = HashSet::new();
                     self.healthy.store(true, Ordering::Release);
                     backoff.reset();
                     if !self.synced.swap(true, Ordering::AcqRel) {
