@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod clientauth;
 mod manifests;
 mod outage;
 mod restricted;
