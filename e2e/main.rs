@@ -5,6 +5,7 @@
 
 mod clientauth;
 mod manifests;
+mod networkpolicy;
 mod outage;
 mod restricted;
 mod selfcerts;
