@@ -1,7 +1,7 @@
 # The one entry point: CI calls these same targets.
 CARGO ?= cargo
 
-.PHONY: build release test test-unit test-monitoring test-e2e test-image test-node helm manifests image image-dockerfile lint fmt bench run
+.PHONY: build release test test-unit test-monitoring test-e2e test-image test-node helm manifests image image-dockerfile lint fmt bench run fuzz
 
 build:
 	$(CARGO) build --locked
@@ -61,10 +61,12 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --test e2e -- -D warnings
 	cd bench/loadgen && $(CARGO) fmt -- --check && $(CARGO) clippy --locked --target-dir ../../target/loadgen -- -D warnings
+	cd fuzz && $(CARGO) fmt -- --check && $(CARGO) clippy --locked --target-dir ../target/fuzz-lint -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
 	cd bench/loadgen && $(CARGO) fmt
+	cd fuzz && $(CARGO) fmt
 
 ## Local demo: control plane + webhook + a sample pod before and after; Ctrl-C cleans up.
 run:
@@ -74,3 +76,9 @@ run:
 ## control plane; prints one table and writes target/bench/results.json. Reports, never fails on a missed target.
 bench:
 	bench/run.sh
+
+## Coverage-guided fuzzing (cargo-fuzz, installed on first use): the admission path, the policy parser and the
+## `mutate` input reader, FUZZ_SECONDS each (default 60). Not part of `make test`.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh

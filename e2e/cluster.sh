@@ -14,9 +14,13 @@
 #   kubeconfig  admin credentials (O=system:masters)
 #   env         shell lines to source: KUBECONFIG, APISERVER_URL, BIN, CA_CERT,
 #               CA_KEY (the CA the apiserver trusts for clients; tests may sign
-#               a webhook serving cert with it too), ETCD_URL
+#               a webhook serving cert with it too), ETCD_URL, WEBHOOK_CLIENT_CA
+#               (the CA of the client certificate the apiserver presents to
+#               every webhook that asks for one; see admission-config.yaml)
 #   pki/        certificates and keys      logs/<component>.log
 #   kube-apiserver.args  its flags, NUL-separated, for start-apiserver
+#   admission-config.yaml, webhook.kubeconfig  the apiserver's admission
+#               configuration: a client certificate for calls to webhooks
 #   etcd/       etcd data                  pids  "<name> <pid>" per process
 #   flexvolume/ (empty; keeps the controller-manager out of system paths)
 #
@@ -174,6 +178,15 @@ extendedKeyUsage=clientAuth"
     -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
   issue_cert "$pki" front-proxy-client "/CN=front-proxy-client" "$client" front-proxy-ca
 
+  # The client certificate the apiserver presents when it calls a webhook, from a CA of its own: a webhook
+  # that trusts it trusts the apiserver alone, not every client of the cluster CA.
+  openssl ecparam -name prime256v1 -genkey -noout -out "$pki/webhook-client-ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$pki/webhook-client-ca.key" -subj "/CN=secure-defaults-e2e-webhook-client-ca" \
+    -days 3650 -sha256 -out "$pki/webhook-client-ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+  issue_cert "$pki" webhook-client "/CN=kube-apiserver-webhook-client" "$client" webhook-client-ca
+
   # Service-account token signing key pair (the apiserver signs, both verify).
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key" 2>/dev/null
   openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
@@ -204,6 +217,32 @@ contexts:
 current-context: e2e
 EOF
   chmod 600 "$file"
+}
+
+# The apiserver's admission configuration: the MutatingAdmissionWebhook plugin presents the webhook client
+# certificate to every webhook host (user `*`). A webhook that does not ask for a client certificate never
+# sees it, so this changes nothing for servers started without a client CA.
+write_admission_config() { # <dir> <pki>
+  local dir="$1" pki="$2"
+  cat >"$dir/webhook.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+users:
+- name: "*"
+  user:
+    client-certificate: $pki/webhook-client.crt
+    client-key: $pki/webhook-client.key
+EOF
+  cat >"$dir/admission-config.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: MutatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $dir/webhook.kubeconfig
+EOF
 }
 
 # ---------------------------------------------------------------------------
@@ -299,7 +338,8 @@ cmd_up() {
   # Always start from a clean state: leftovers of an earlier run (old certs,
   # etcd data) would not match the new ports.
   rm -rf "$DIR/pki" "$DIR/etcd" "$DIR/logs" "$DIR/pids" "$DIR/kubeconfig" \
-    "$DIR/controller-manager.kubeconfig" "$DIR/env" "$DIR/flexvolume"
+    "$DIR/controller-manager.kubeconfig" "$DIR/env" "$DIR/flexvolume" \
+    "$DIR/admission-config.yaml" "$DIR/webhook.kubeconfig"
   mkdir -p "$DIR/logs"
   : >"$DIR/pids"
   trap on_up_failure EXIT
@@ -319,6 +359,7 @@ cmd_up() {
 
   write_kubeconfig "$DIR/kubeconfig" "$api_url" "$pki" admin
   write_kubeconfig "$DIR/controller-manager.kubeconfig" "$api_url" "$pki" controller-manager
+  write_admission_config "$DIR" "$pki"
 
   # etcd: single member, plain http on loopback. No fsync: the data is thrown
   # away after the run and fsync dominates write latency on CI disks.
@@ -384,6 +425,7 @@ AUDIT
     --proxy-client-cert-file="$pki/front-proxy-client.crt"
     --proxy-client-key-file="$pki/front-proxy-client.key"
     --allow-privileged=true
+    --admission-control-config-file="$DIR/admission-config.yaml"
     --endpoint-reconciler-type=none
     --profiling=false
     "${node_args[@]}"
@@ -427,6 +469,7 @@ AUDIT
     printf 'CA_CERT=%q\n' "$pki/ca.crt"
     printf 'CA_KEY=%q\n' "$pki/ca.key"
     printf 'ETCD_URL=%q\n' "$etcd_url"
+    printf 'WEBHOOK_CLIENT_CA=%q\n' "$pki/webhook-client-ca.crt"
   } >"$DIR/env"
 
   trap - EXIT INT TERM

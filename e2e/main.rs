@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod clientauth;
 mod helm;
 mod manifests;
 mod memory;
 mod monitoring;
+mod networkpolicy;
 mod outage;
 mod restricted;
 mod rollout;

@@ -44,6 +44,8 @@ pub struct RawConfig {
     pub admin_listen: SocketAddr,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// PEM CA certificates: when set, only clients presenting a certificate from one of them are served.
+    pub tls_client_ca: Option<PathBuf>,
     pub policy: PathBuf,
     /// Look namespace labels up in the cluster. Off only for local trials without a cluster.
     pub namespace_lookups: bool,
@@ -90,6 +92,7 @@ impl Default for RawConfig {
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             tls_cert: PathBuf::from("/etc/secure-defaults/tls/tls.crt"),
             tls_key: PathBuf::from("/etc/secure-defaults/tls/tls.key"),
+            tls_client_ca: None,
             policy: PathBuf::from(DEFAULT_POLICY),
             namespace_lookups: true,
             reload_interval_ms: 1000,
@@ -137,6 +140,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// Clients must present a certificate from these CAs (reloaded live); `None` serves any TLS client.
+    pub tls_client_ca: Option<PathBuf>,
     pub policy: PathBuf,
     pub namespace_lookups: bool,
     pub reload_interval: Duration,
@@ -233,6 +238,7 @@ impl TryFrom<RawConfig> for Config {
             admin_listen: raw.admin_listen,
             tls_cert: raw.tls_cert,
             tls_key: raw.tls_key,
+            tls_client_ca: raw.tls_client_ca,
             policy: raw.policy,
             namespace_lookups: raw.namespace_lookups,
             log_format: raw.log_format,
@@ -350,6 +356,23 @@ mod tests {
             );
 
             assert!(load(Path::new("absent.yaml"), true, &Flags::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_client_ca_is_off_unless_named() {
+        figment::Jail::expect_with(|jail| {
+            let c = load(Path::new("absent.yaml"), false, &Flags::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.tls_client_ca, None);
+            jail.set_env("SECURE_DEFAULTS_TLS_CLIENT_CA", "/etc/client-ca/ca.crt");
+            let c = load(Path::new("absent.yaml"), false, &Flags::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(
+                c.tls_client_ca.as_deref(),
+                Some(Path::new("/etc/client-ca/ca.crt"))
+            );
             Ok(())
         });
     }

@@ -233,6 +233,7 @@ impl Fixture {
             admin_listen: any_port,
             tls_cert: self.certs.path("tls.crt"),
             tls_key: self.certs.path("tls.key"),
+            tls_client_ca: None,
             policy: self.policy.path("policy.yaml"),
             namespace_lookups: false,
             reload_interval: Duration::from_millis(100),
@@ -1960,4 +1961,166 @@ fn bad_startup_input_exits_non_zero_with_a_one_line_error() {
             assert!(stderr.contains(word), "{word:?} not in {stderr}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Client certificates: with a client CA set, only clients presenting a certificate it issued are served
+
+/// PEM text of a DER certificate.
+fn pem(der: &CertificateDer<'static>) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|line| std::str::from_utf8(line).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A client certificate issued by `ca`, and its key, as a client presents them.
+fn client_identity(
+    ca: &Ca,
+    name: &str,
+) -> (
+    Vec<CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    (vec![cert.der().clone()], key)
+}
+
+/// A client that trusts `trusted` and presents `identity`, if any, over `versions`.
+fn tls_client_as(
+    trusted: &CertificateDer<'static>,
+    identity: Option<&(
+        Vec<CertificateDer<'static>>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    )>,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![Proto::H1.alpn().to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// Whether a fresh connection with `tls` gets a review answered. A refused client certificate fails the handshake
+/// for TLS 1.2; with TLS 1.3 the client finishes its side first and reads the server's alert with the response.
+async fn served(webhook: SocketAddr, tls: Arc<ClientConfig>, uid: &str) -> bool {
+    let Ok(mut conn) = connect(webhook, tls).await else {
+        return false;
+    };
+    matches!(conn.mutate(uid).await, Ok(reply) if reply.status == StatusCode::OK)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ca_admits_only_its_clients_and_reloads_keeping_the_last_good_one() {
+    let f = Fixture::new("client_ca");
+    let (ca_a, ca_b) = (Ca::new("client CA A"), Ca::new("client CA B"));
+    let (alice, bob) = (
+        client_identity(&ca_a, "alice"),
+        client_identity(&ca_b, "bob"),
+    );
+    let mut client_ca = Projected::create(
+        &f.dir.join("client-ca"),
+        &[("ca.crt", pem(&ca_a.cert).as_bytes())],
+    );
+    let server = start(Config {
+        tls_client_ca: Some(client_ca.path("ca.crt")),
+        ..f.config()
+    })
+    .await;
+    let handshake_failures = async || {
+        metric(
+            &scrape(server.admin).await,
+            "secure_defaults_tls_handshake_failures_total",
+        )
+        .unwrap_or(0.0)
+    };
+
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        let as_alice = tls_client_as(&f.ca.cert, Some(&alice), versions);
+        let mut conn = connect(server.webhook, as_alice).await.unwrap();
+        admitted(&conn.mutate("alice").await.unwrap(), "alice");
+
+        let before = handshake_failures().await;
+        let anonymous = tls_client_as(&f.ca.cert, None, versions);
+        assert!(
+            !served(server.webhook, anonymous, "anonymous").await,
+            "a client without a certificate is served ({versions:?})"
+        );
+        let as_bob = tls_client_as(&f.ca.cert, Some(&bob), versions);
+        assert!(
+            !served(server.webhook, as_bob, "bob").await,
+            "a client with another CA's certificate is served ({versions:?})"
+        );
+        eventually("both refusals counted as failed handshakes", async || {
+            (handshake_failures().await >= before + 2.0).then_some(())
+        })
+        .await;
+    }
+
+    // The file now names CA B: Bob is served and Alice no longer is, on new connections.
+    let as_alice = tls_client_as(&f.ca.cert, Some(&alice), ALL_VERSIONS);
+    let as_bob = tls_client_as(&f.ca.cert, Some(&bob), ALL_VERSIONS);
+    client_ca.update(&[("ca.crt", pem(&ca_b.cert).as_bytes())]);
+    eventually("a client of the new CA to be served", async || {
+        served(server.webhook, as_bob.clone(), "bob-after-reload")
+            .await
+            .then_some(())
+    })
+    .await;
+    assert!(!served(server.webhook, as_alice.clone(), "alice-after-reload").await);
+    let text = scrape(server.admin).await;
+    assert_eq!(
+        metric(
+            &text,
+            "secure_defaults_certificate_reloads_total{result=\"ok\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+
+    // A file that does not load is refused and counted; CA B stays.
+    client_ca.update(&[(
+        "ca.crt",
+        b"-----BEGIN CERTIFICATE-----\nbm90!!\n-----END CERTIFICATE-----\n",
+    )]);
+    eventually("the broken client CA to be refused", async || {
+        let text = scrape(server.admin).await;
+        metric(
+            &text,
+            "secure_defaults_certificate_reloads_total{result=\"failed\"}",
+        )
+        .filter(|n| *n >= 1.0)
+    })
+    .await;
+    assert!(served(server.webhook, as_bob, "bob-after-refusal").await);
+    assert!(!served(server.webhook, as_alice, "alice-after-refusal").await);
+    server.shutdown().await;
 }

@@ -266,6 +266,8 @@ pub struct Webhook {
     pub admin_port: u16,
     pub certs: Certs,
     child: Option<Child>,
+    /// Flags added to `serve`.
+    extra_args: Vec<String>,
     client: Client,
     config_name: String,
     env_kubeconfig: PathBuf,
@@ -288,6 +290,18 @@ impl Webhook {
         policy: &str,
         failure: FailurePolicy,
     ) -> Self {
+        Self::start_with_args(client, env, test, policy, failure, &[]).await
+    }
+
+    /// [`Webhook::start`], with `args` added to the server's flags.
+    pub async fn start_with_args(
+        client: &Client,
+        env: &ClusterEnv,
+        test: &str,
+        policy: &str,
+        failure: FailurePolicy,
+        args: &[&str],
+    ) -> Self {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join("e2e")
             .join(test);
@@ -304,6 +318,7 @@ impl Webhook {
             admin_port: free_port(),
             certs,
             child: None,
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
             client: client.clone(),
             config_name: format!("{test}.e2e.secure-defaults.io"),
             env_kubeconfig: env.kubeconfig.clone(),
@@ -342,6 +357,7 @@ impl Webhook {
             .arg(&self.certs.key)
             .arg("--policy")
             .arg(&self.policy)
+            .args(&self.extra_args)
             .env("KUBECONFIG", &self.env_kubeconfig)
             .env("SECURE_DEFAULTS_RELOAD_INTERVAL_MS", "200")
             .stdout(Stdio::null())

@@ -2,6 +2,7 @@
 //! policy, certificate and namespace cache live, and drains on shutdown.
 
 pub mod admin;
+pub mod client_auth;
 pub mod policy_reload;
 pub mod policy_store;
 pub mod serve;
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::policy::{self, PolicyError};
+use client_auth::{ClientAuthError, ClientCa};
 use policy_store::PolicyStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,8 @@ pub enum ServeError {
     LoadPolicy(#[source] PolicyError),
     #[error("cannot start without a valid serving certificate")]
     LoadCertificate(#[source] SourceError),
+    #[error("cannot start without a valid client CA")]
+    LoadClientCa(#[source] ClientAuthError),
     #[error("cannot set up TLS")]
     SetUpTls(#[source] tls::TlsError),
     #[error(
@@ -67,6 +71,8 @@ struct Background {
     /// The policy bytes loaded at start, so only later changes count as reloads.
     loaded_policy: Vec<u8>,
     certs: CertSource,
+    /// The client CA, if set, and the bytes loaded at start.
+    client_ca: Option<(Arc<ClientCa>, Vec<u8>)>,
     stop: CancellationToken,
 }
 
@@ -80,6 +86,14 @@ impl Background {
             interval,
             self.stop.clone(),
         ));
+        if let Some((client_ca, loaded)) = self.client_ca {
+            tokio::spawn(client_ca.reload(
+                loaded,
+                app.metrics.clone(),
+                interval,
+                self.stop.clone(),
+            ));
+        }
         self.certs.start(app.metrics.clone(), self.stop);
     }
 }
@@ -119,7 +133,14 @@ impl Server {
                 (source, Some(client))
             }
         };
-        let acceptor = tls::acceptor(certs.store()).map_err(ServeError::SetUpTls)?;
+        let client_ca = config
+            .tls_client_ca
+            .as_deref()
+            .map(ClientCa::load)
+            .transpose()
+            .map_err(ServeError::LoadClientCa)?;
+        let acceptor = tls::acceptor(certs.store(), client_ca.as_ref().map(|(ca, _)| ca))
+            .map_err(ServeError::SetUpTls)?;
 
         let stop = CancellationToken::new();
         let namespaces = if let (true, Some(client)) = (config.namespace_lookups, &client) {
@@ -169,6 +190,7 @@ impl Server {
                 policy_file: config.policy.clone(),
                 loaded_policy,
                 certs,
+                client_ca,
                 stop,
             },
             config,

@@ -1,0 +1,239 @@
+//! Who may call the webhook: with `tls_client_ca` set, only TLS clients that present a certificate issued by one
+//! of that file's CAs complete the handshake. The file is reloaded like the serving certificate; a reload swaps
+//! the verifier for new handshakes, and a file that does not load keeps the one in use.
+//!
+//! The API server presents a client certificate to a webhook when its admission configuration names one for the
+//! webhook's host (`kubeConfigFile` of the MutatingAdmissionWebhook plugin). Without this, anything that reaches
+//! the port can send reviews and read back what the policy would set.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use tokio_util::sync::CancellationToken;
+
+use crate::certs::store::provider;
+use crate::metrics::Metrics;
+use crate::watch::{Change, Every, FileSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientAuthError {
+    #[error("cannot read the client CA file {path}")]
+    ReadClientCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid PEM certificate in the client CA file {path}")]
+    ParseClientCa {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("no PEM certificate in the client CA file {path}")]
+    NoCertificate { path: PathBuf },
+    #[error("unusable CA certificate in the client CA file {path}")]
+    AddCertificate {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("cannot build a client certificate verifier from {path}")]
+    BuildVerifier {
+        path: PathBuf,
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+}
+
+/// A verifier that requires a client certificate issued by one of the CAs in `pem` (`path` names the file in
+/// errors).
+pub fn verifier(path: &Path, pem: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, ClientAuthError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ClientAuthError::ParseClientCa {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(ClientAuthError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|source| ClientAuthError::AddCertificate {
+                path: path.to_owned(),
+                source,
+            })?;
+    }
+    // No CA names are hinted: a swap could not change the hints of a verifier borrowed by rustls, and a client
+    // told nothing presents the certificate it has (RFC 8446 4.3.2), which is what the API server does anyway.
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .clear_root_hint_subjects()
+        .build()
+        .map_err(|source| ClientAuthError::BuildVerifier {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// The client CA in use, shared with the TLS configuration; every handshake asks the verifier current at its
+/// start.
+#[derive(Debug)]
+pub struct ClientCa {
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+    path: PathBuf,
+}
+
+impl ClientCa {
+    /// Loads the file; returns the holder and the bytes read, for change detection.
+    pub fn load(path: &Path) -> Result<(Arc<Self>, Vec<u8>), ClientAuthError> {
+        let pem = std::fs::read(path).map_err(|source| ClientAuthError::ReadClientCa {
+            path: path.to_owned(),
+            source,
+        })?;
+        let verifier = verifier(path, &pem)?;
+        let ca = Arc::new(Self {
+            current: RwLock::new(verifier),
+            path: path.to_owned(),
+        });
+        Ok((ca, pem))
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        // A poisoned lock only means a writer panicked mid-assignment of an Arc; the value is still whole.
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn replace(&self, verifier: Arc<dyn ClientCertVerifier>) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = verifier;
+    }
+
+    /// Polls the file and swaps in a changed CA once it loads; a file that does not load is logged and counted
+    /// (in `certificate_reloads`, with the serving certificate's), and the CA in use stays.
+    pub async fn reload(
+        self: Arc<Self>,
+        loaded: Vec<u8>,
+        metrics: Arc<Metrics>,
+        interval: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut file = FileSet::new(vec![self.path.clone()], vec![loaded]);
+        let mut every = Every::new(interval, stop);
+        // A file that fails to load is only reported once the same bytes are seen on a second poll: a file
+        // being written in place can be read half-written.
+        let mut refused: Option<ClientAuthError> = None;
+        let mut unreadable_reported = false;
+        while every.tick().await {
+            match file.poll() {
+                Change::Unchanged => {
+                    unreadable_reported = false;
+                    if let Some(error) = refused.take() {
+                        Metrics::count_reload(&metrics.certificate_reloads, false);
+                        tracing::error!(error = %crate::error_chain(&error), "new client CA refused; keeping the one in use");
+                    }
+                }
+                Change::Unreadable(path, error) => {
+                    refused = None;
+                    if !unreadable_reported {
+                        unreadable_reported = true;
+                        Metrics::count_reload(&metrics.certificate_reloads, false);
+                        tracing::warn!(path = %path.display(), %error, "client CA file unreadable; keeping the client CA in use");
+                    }
+                }
+                Change::Changed(contents) => {
+                    unreadable_reported = false;
+                    let [pem] = contents.as_slice() else {
+                        continue;
+                    };
+                    match verifier(&self.path, pem) {
+                        Ok(verifier) => {
+                            refused = None;
+                            self.replace(verifier);
+                            Metrics::count_reload(&metrics.certificate_reloads, true);
+                            tracing::info!(path = %self.path.display(), "client CA reloaded");
+                        }
+                        Err(error) => refused = Some(error),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ClientCertVerifier for ClientCa {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_without_certificates_is_refused() {
+        let path = Path::new("client-ca.pem");
+        assert!(matches!(
+            verifier(path, b""),
+            Err(ClientAuthError::NoCertificate { .. })
+        ));
+        let garbage = b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n";
+        assert!(matches!(
+            verifier(path, garbage),
+            Err(ClientAuthError::ParseClientCa { .. })
+        ));
+    }
+}
