@@ -61,7 +61,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --test e2e -- -D warnings
 	cd bench/loadgen && $(CARGO) fmt -- --check && $(CARGO) clippy --locked --target-dir ../../target/loadgen -- -D warnings
-	cd fuzz && $(CARGO) fmt -- --check && $(CARGO) clippy --locked --target-dir ../target/fuzz-lint -- -D warnings
+	cd fuzz && $(CARGO) fmt -- --check && $(CARGO) clippy --locked --target-dir $(HOME)/.cache/secure-defaults/fuzz-lint -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

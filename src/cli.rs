@@ -13,11 +13,14 @@ use crate::config::{DEFAULT_POLICY, LogFormat};
     version,
     about = "Fills in missing pod securityContext fields from a per-namespace policy"
 )]
+/// The command line.
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook server.
@@ -30,6 +33,7 @@ pub enum Command {
     Audit(AuditArgs),
 }
 
+/// Flags of `audit`.
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     /// The policy file; without it, the policy is read from the cluster's ConfigMap.
@@ -53,6 +57,7 @@ pub struct AuditArgs {
     pub page_size: u32,
 }
 
+/// What `mutate` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// The JSON Patch, as a JSON array (`[]` when nothing changes).
@@ -61,6 +66,7 @@ pub enum Output {
     Object,
 }
 
+/// Flags of `mutate`.
 #[derive(Debug, Args)]
 pub struct MutateArgs {
     /// A manifest file or a directory of them (read recursively: .yaml, .yml, .json), or `-` for standard input.
@@ -85,6 +91,7 @@ pub struct MutateArgs {
     pub output: Output,
 }
 
+/// Flags of `check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The policy file.
@@ -153,6 +160,7 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "is_false")]
     pub self_managed_certs: bool,
+    /// The log format.
     #[arg(long, value_enum, value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,

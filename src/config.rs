@@ -14,22 +14,29 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG: &str = "config/secure-defaults.yaml";
 /// The policy file read when none is named.
 pub const DEFAULT_POLICY: &str = "config/policy.yaml";
+/// The prefix of the environment variables that set configuration keys.
 pub const ENV_PREFIX: &str = "SECURE_DEFAULTS_";
 
+/// Why the configuration was not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A file, variable or flag could not be read into the configuration.
     #[error("invalid configuration")]
     ExtractConfig(#[source] Box<figment::Error>),
+    /// A value is out of range or the values contradict each other.
     #[error("invalid configuration: {0}")]
     ValidateConfig(String),
 }
 
+/// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// JSON when standard error is not a terminal, readable text when it is.
     Auto,
+    /// JSON lines.
     Json,
+    /// Readable text.
     Text,
 }
 
@@ -42,10 +49,13 @@ pub struct RawConfig {
     pub listen: SocketAddr,
     /// Plain-HTTP address of /healthz, /readyz and /metrics.
     pub admin_listen: SocketAddr,
+    /// PEM certificate chain.
     pub tls_cert: PathBuf,
+    /// PEM private key.
     pub tls_key: PathBuf,
     /// PEM CA certificates: when set, only clients presenting a certificate from one of them are served.
     pub tls_client_ca: Option<PathBuf>,
+    /// The policy file, reloaded live.
     pub policy: PathBuf,
     /// Look namespace labels up in the cluster. Off only for local trials without a cluster.
     pub namespace_lookups: bool,
@@ -63,7 +73,9 @@ pub struct RawConfig {
     pub idle_timeout_ms: u64,
     /// Deadline for a direct namespace lookup when the cache does not know the namespace yet.
     pub namespace_lookup_timeout_ms: u64,
+    /// Open webhook connections at most; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// The log format.
     pub log_format: LogFormat,
     /// A tracing filter: `info`, `debug`, `secure_defaults=debug,kube=info`.
     pub log_level: String,
@@ -77,11 +89,15 @@ pub struct RawConfig {
     pub service: String,
     /// Self-managed: extra names (DNS names or IP addresses) for the serving certificate.
     pub cert_extra_names: Vec<String>,
+    /// Self-managed: how long a CA is valid.
     pub ca_validity_seconds: u64,
+    /// Self-managed: how long a serving certificate is valid.
     pub cert_validity_seconds: u64,
     /// Self-managed: how long a new CA is in the bundle before the serving certificate switches to it.
     pub ca_overlap_seconds: u64,
+    /// Self-managed: how often the Lease holder checks the certificates.
     pub cert_check_seconds: u64,
+    /// Self-managed: how long the Lease lasts without renewal.
     pub lease_duration_seconds: u64,
 }
 
@@ -122,37 +138,62 @@ impl Default for RawConfig {
 /// Self-managed certificate settings, validated.
 #[derive(Clone, Debug)]
 pub struct SelfManaged {
+    /// The Secret holding the CA and serving certificate.
     pub tls_secret: String,
+    /// The MutatingWebhookConfiguration whose caBundle is kept current.
     pub webhook_configuration: String,
+    /// The Service the certificate is issued for.
     pub service: String,
+    /// Extra DNS names or IP addresses.
     pub extra_names: Vec<String>,
+    /// How long a CA is valid.
     pub ca_validity: Duration,
+    /// How long a serving certificate is valid.
     pub cert_validity: Duration,
+    /// How long a new CA is in the bundle before the serving certificate switches to it.
     pub ca_overlap: Duration,
+    /// How often the Lease holder checks.
     pub check_interval: Duration,
+    /// How long the Lease lasts without renewal.
     pub lease_duration: Duration,
 }
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// HTTPS address of the webhook.
     pub listen: SocketAddr,
+    /// Plain-HTTP address of /healthz, /readyz and /metrics.
     pub admin_listen: SocketAddr,
+    /// PEM certificate chain.
     pub tls_cert: PathBuf,
+    /// PEM private key.
     pub tls_key: PathBuf,
     /// Clients must present a certificate from these CAs (reloaded live); `None` serves any TLS client.
     pub tls_client_ca: Option<PathBuf>,
+    /// The policy file, reloaded live.
     pub policy: PathBuf,
+    /// Look namespace labels up in the cluster.
     pub namespace_lookups: bool,
+    /// How often the policy and certificate files are read.
     pub reload_interval: Duration,
+    /// After SIGTERM, how long to keep serving with readiness false.
     pub drain: Duration,
+    /// After the drain, how long in-flight requests get.
     pub shutdown_timeout: Duration,
+    /// The deadline of one admission request.
     pub request_timeout: Duration,
+    /// The deadline of the TLS handshake, the first request and each HTTP/1.1 request head.
     pub header_timeout: Duration,
+    /// How long a connection may sit with no request in flight.
     pub idle_timeout: Duration,
+    /// The deadline of a direct namespace lookup.
     pub namespace_lookup_timeout: Duration,
+    /// Open webhook connections at most.
     pub max_connections: NonZeroUsize,
+    /// The log format.
     pub log_format: LogFormat,
+    /// A tracing filter.
     pub log_level: String,
     /// Set when the serving certificate is issued in the cluster rather than read from files.
     pub self_managed: Option<SelfManaged>,

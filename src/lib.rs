@@ -20,6 +20,8 @@
 //! thin layers around it. The offline preview (`preview`, behind `secure-defaults mutate`) and the audit of running
 //! pods (`audit`) run exactly the same code.
 
+#![warn(missing_docs)]
+
 pub mod admission;
 pub mod audit;
 pub mod certs;

@@ -224,7 +224,10 @@ impl Cluster {
         backoff: &mut impl Backoff,
         outage: &mut Outage,
     ) -> Option<watcher::Error> {
-        let events = watcher(self.api.clone(), watcher::Config::default().streaming_lists());
+        let events = watcher(
+            self.api.clone(),
+            watcher::Config::default().streaming_lists(),
+        );
         let mut events = std::pin::pin!(events);
         // A fresh list updates the cache in place and then drops what it no longer holds, rather than building a
         // second map beside the first: at the peak of a re-list the cache is held once, not twice, and entries

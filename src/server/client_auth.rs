@@ -22,31 +22,48 @@ use crate::certs::store::provider;
 use crate::metrics::Metrics;
 use crate::watch::{Change, Every, FileSet};
 
+/// Why a client CA file was not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientAuthError {
+    /// The file could not be read.
     #[error("cannot read the client CA file {path}")]
     ReadClientCa {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: std::io::Error,
     },
+    /// A certificate in it does not parse.
     #[error("invalid PEM certificate in the client CA file {path}")]
     ParseClientCa {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: rustls_pki_types::pem::Error,
     },
+    /// It holds no certificate.
     #[error("no PEM certificate in the client CA file {path}")]
-    NoCertificate { path: PathBuf },
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A certificate is not usable as a trust anchor.
     #[error("unusable CA certificate in the client CA file {path}")]
     AddCertificate {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: rustls::Error,
     },
+    /// No verifier could be built from it.
     #[error("cannot build a client certificate verifier from {path}")]
     BuildVerifier {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: rustls::server::VerifierBuilderError,
     },
@@ -117,6 +134,7 @@ impl ClientCa {
             .clone()
     }
 
+    /// Verifies new handshakes with `verifier`.
     pub fn replace(&self, verifier: Arc<dyn ClientCertVerifier>) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = verifier;
     }

@@ -24,29 +24,41 @@ use crate::policy::{self, PolicyError};
 use client_auth::{ClientAuthError, ClientCa};
 use policy_store::PolicyStore;
 
+/// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The policy did not load.
     #[error("cannot start without a valid policy")]
     LoadPolicy(#[source] PolicyError),
+    /// The serving certificate did not load.
     #[error("cannot start without a valid serving certificate")]
     LoadCertificate(#[source] SourceError),
+    /// The client CA did not load.
     #[error("cannot start without a valid client CA")]
     LoadClientCa(#[source] ClientAuthError),
+    /// The TLS configuration could not be built.
     #[error("cannot set up TLS")]
     SetUpTls(#[source] tls::TlsError),
     #[error(
         "no cluster credentials (in-cluster service account or KUBECONFIG); use --no-namespace-lookups for a local trial without a cluster"
     )]
+    /// No cluster credentials.
     ConnectCluster(#[source] kube::Error),
+    /// The webhook address could not be bound.
     #[error("cannot listen on {addr} (webhook)")]
     BindWebhook {
+        /// The address.
         addr: SocketAddr,
+        /// The cause.
         #[source]
         source: std::io::Error,
     },
+    /// The admin address could not be bound.
     #[error("cannot listen on {addr} (admin)")]
     BindAdmin {
+        /// The address.
         addr: SocketAddr,
+        /// The cause.
         #[source]
         source: std::io::Error,
     },
@@ -197,14 +209,17 @@ impl Server {
         })
     }
 
+    /// The webhook's bound address.
     pub fn webhook_addr(&self) -> Option<SocketAddr> {
         self.webhook.local_addr().ok()
     }
 
+    /// The admin endpoint's bound address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.local_addr().ok()
     }
 
+    /// The server's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.app.metrics.clone()
     }

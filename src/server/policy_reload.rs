@@ -10,6 +10,7 @@ use super::policy_store::PolicyStore;
 use crate::metrics::Metrics;
 use crate::watch::{Change, Every, FileSet};
 
+/// Polls the policy file every `interval` until `stop`, putting each valid change in force.
 pub async fn run(
     path: PathBuf,
     loaded: Vec<u8>,

@@ -8,8 +8,10 @@ use rustls::ServerConfig;
 use super::client_auth::ClientCa;
 use crate::certs::store::{CertStore, provider};
 
+/// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// rustls refused the settings.
     #[error("cannot build the TLS configuration")]
     BuildConfig(#[source] rustls::Error),
 }
