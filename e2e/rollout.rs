@@ -262,23 +262,41 @@ async fn audit_pages_through_five_thousand_pods_in_a_hundred_namespaces() {
     let env = cluster_env();
     let client = client(&env).await;
     let (namespaces, per) = (100, 50);
-    let mut created = Vec::new();
-    for i in 0..namespaces {
-        created.push(
-            TestNamespace::create(
-                &client,
-                &env,
-                "audit-scale",
-                &format!("e2e-audit-scale-{i}"),
-                &[(INJECT, "enabled")],
-            )
-            .await,
-        );
+    let names: Vec<String> = (0..namespaces)
+        .map(|i| format!("e2e-audit-scale-{i}"))
+        .collect();
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    for name in &names {
+        let ns = serde_json::from_value(json!({"metadata": {"name": name,
+            "labels": {TEST_LABEL: "audit-scale", INJECT: "enabled"}}}))
+        .unwrap();
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
     }
+    let _cleanup = ScaleCleanup(&env);
+    // Pods are refused until the controller manager has made each namespace's `default` ServiceAccount, which
+    // takes a while when a test before this one left thousands of namespaces for it to handle.
+    eventually(
+        "the namespaces' default ServiceAccounts",
+        5 * DEADLINE,
+        || {
+            let (client, names) = (&client, &names);
+            async move {
+                for name in names {
+                    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                        Api::namespaced(client.clone(), name);
+                    accounts.get_opt("default").await.ok().flatten()?;
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
     let started = Instant::now();
-    let pods: Vec<(String, String)> = created
+    let pods: Vec<(String, String)> = names
         .iter()
-        .flat_map(|ns| (0..per).map(move |p| (ns.name.clone(), format!("pod-{p}"))))
+        .flat_map(|ns| (0..per).map(move |p| (ns.clone(), format!("pod-{p}"))))
         .collect();
     let api = |ns: &str| Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns);
     let mut pending = futures_util::stream::iter(pods.into_iter().map(|(ns, name)| {
@@ -315,4 +333,24 @@ async fn audit_pages_through_five_thousand_pods_in_a_hundred_namespaces() {
         .sum();
     assert_eq!(listed, namespaces * per);
     eprintln!("audit of {listed} pods in {namespaces} namespaces took {took:?}");
+}
+
+/// Deletes the scale test's namespaces whatever way it ends.
+struct ScaleCleanup<'a>(&'a ClusterEnv);
+
+impl Drop for ScaleCleanup<'_> {
+    fn drop(&mut self) {
+        let _ = kubectl(
+            &self.0.bin.join("kubectl"),
+            &self.0.kubeconfig,
+            &[
+                "delete",
+                "namespace",
+                "-l",
+                &format!("{TEST_LABEL}=audit-scale"),
+                "--wait=false",
+            ],
+            None,
+        );
+    }
 }
