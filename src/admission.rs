@@ -315,9 +315,10 @@ fn decide(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> 
     };
     let skip = pod.annotations().and_then(|a| a.skip.as_deref());
     let asked = exceptions::decide(skip, &plan.exceptions, &plan.defaults);
-    let mut defaults = plan.defaults.clone();
+    // The policy's defaults as they are, unless the pod opts out of some: then a copy without those.
+    let mut defaults = Cow::Borrowed(&plan.defaults);
     for field in &asked.honoured {
-        defaults.clear(*field);
+        defaults.to_mut().clear(*field);
     }
     let mut outcome = match route {
         Route::CreatePod => engine::default_pod(pod, &defaults),
@@ -335,7 +336,11 @@ fn decide(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> 
         && !pod.is_mirror()
         && spec.windows().is_none()
     {
-        let new = engine::new_ephemeral_names(pod, old);
+        // Only an ephemeral-container update needs the names of what it adds.
+        let new = match route {
+            Route::AddEphemeral => engine::new_ephemeral_names(pod, old),
+            _ => Vec::new(),
+        };
         let scope = match route {
             Route::AddEphemeral => restricted::Scope::Containers(&new),
             _ => restricted::Scope::Pod,

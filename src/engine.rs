@@ -119,7 +119,11 @@ fn pod_level(spec: &pod::Spec<'_>, defaults: &Defaults, out: &mut Outcome) {
     let sc = spec.security_context.as_ref();
     let mut added = Map::new();
     for (field, value) in defaults.iter() {
-        if field.level() != Level::Pod || stated(sc, &field.path()) {
+        if field.level() != Level::Pod {
+            continue;
+        }
+        let path = field.path();
+        if stated(sc, &path) {
             continue;
         }
         let state = PodState {
@@ -128,7 +132,7 @@ fn pod_level(spec: &pod::Spec<'_>, defaults: &Defaults, out: &mut Outcome) {
         };
         match field.pod_guard(&state) {
             Guard::Set(notes) => {
-                insert(&mut added, &field.path(), value.clone());
+                insert(&mut added, &path, value.clone());
                 out.applied.pod(field, value.clone());
                 out.warnings.extend(
                     notes
@@ -155,12 +159,16 @@ fn container_level(
     let sc = container.security_context.as_ref();
     let mut added = Map::new();
     for (field, value) in defaults.iter() {
-        if field.level() != Level::Container || stated(sc, &field.path()) {
+        if field.level() != Level::Container {
+            continue;
+        }
+        let path = field.path();
+        if stated(sc, &path) {
             continue;
         }
         match field.container_guard(container) {
             None => {
-                insert(&mut added, &field.path(), value.clone());
+                insert(&mut added, &path, value.clone());
                 out.applied.container(field, value, container.name());
             }
             Some(reason) => out.warnings.push(skipped(field, &reason)),
