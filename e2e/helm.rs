@@ -898,7 +898,14 @@ async fn helm_install_defaults_pods_and_uninstall_leaves_nothing() {
     assert_eq!(out, "", "policy or config left behind");
     // Without webhook and backstop a pod in the opted-in namespace is created as it was sent (the backstop,
     // were it still there, would refuse it: the test server's own webhook does not select this namespace).
-    let after = on.create_pod(bare("after-uninstall")).await;
+    // The API server drops a deleted admission policy from its cache a moment after the object is gone: poll
+    // (each refused attempt stores nothing) until the pod is admitted.
+    let after = eventually(
+        "a pod admitted once the backstop is gone",
+        DEADLINE,
+        || async { on.try_create_pod(bare("after-uninstall")).await.ok() },
+    )
+    .await;
     assert_eq!(annotation(&after), None, "{after}");
     assert!(
         after["spec"]["securityContext"].get("runAsUser").is_none(),
