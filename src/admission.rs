@@ -325,16 +325,17 @@ fn decide(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> 
         Route::AddEphemeral => engine::default_new_ephemeral(pod, old, &defaults),
         Route::Ignore => Outcome::default(),
     };
-    if !asked.warnings.is_empty() && !pod.is_mirror() {
+    // A pod the engine leaves alone gets nothing else either: no record of its exceptions, no warnings about them.
+    let alone = engine::left_alone_because(pod).is_some();
+    if !asked.warnings.is_empty() && !alone {
         outcome.warnings.splice(0..0, asked.warnings);
     }
-    if route == Route::CreatePod && !asked.honoured.is_empty() {
+    if route == Route::CreatePod && !asked.honoured.is_empty() && !alone {
         engine::record_exceptions(pod, &asked.honoured, &mut outcome);
     }
     if plan.enforces_restricted
+        && !alone
         && let Some(spec) = &pod.spec
-        && !pod.is_mirror()
-        && spec.windows().is_none()
     {
         // Only an ephemeral-container update needs the names of what it adds.
         let new = match route {
@@ -731,6 +732,41 @@ mod tests {
         );
         assert!(warnings.contains("leave out runAsUser"), "{warnings}");
         assert_eq!(r.outcome.exceptions.len(), 1);
+    }
+
+    #[test]
+    fn pods_left_alone_get_no_record_of_their_exceptions() {
+        let policy = crate::policy::parse(
+            b"apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\npodExceptions: [fsGroup]\ndefaults: {runAsUser: 65532, fsGroup: 65532}\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        let on = BTreeMap::from([(INJECT_LABEL.to_owned(), "enabled".to_owned())]);
+        // (pod's annotations, its os, the one warning it gets)
+        let cases = [
+            (
+                json!({"secure-defaults.io/skip": "fsGroup,runAsUser", "kubernetes.io/config.mirror": "x"}),
+                Value::Null,
+                "secure-defaults: mirror pod of a static pod left unchanged",
+            ),
+            (
+                json!({"secure-defaults.io/skip": "fsGroup,nonsense"}),
+                json!({"name": "windows"}),
+                "secure-defaults: Windows pod (spec.os.name is windows) left unchanged",
+            ),
+        ];
+        for (annotations, os, warning) in cases {
+            let mut object = pod();
+            object["metadata"]["annotations"] = annotations;
+            object["spec"]["os"] = os;
+            let bytes = serde_json::to_vec(&review("CREATE", None, object, Value::Null)).unwrap();
+            let parsed = parse(&bytes).unwrap();
+            let r = respond(&parsed, &policy, NamespaceLabels::Known(&on)).unwrap();
+            let out: Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(r.verdict, Verdict::Unchanged, "{out}");
+            assert!(out["response"].get("patch").is_none(), "{out}");
+            assert_eq!(out["response"]["warnings"], json!([warning]), "{out}");
+        }
     }
 
     #[test]

@@ -95,20 +95,28 @@ pub fn new_ephemeral_names<'p>(pod: &'p Pod<'_>, old: &Pod<'_>) -> Vec<&'p str> 
         .collect()
 }
 
+/// Why the pod is never defaulted: a mirror pod of a static pod, or a Windows pod. Nothing is added to such a pod,
+/// not even a record of its exceptions, and no other warning is given for it.
+pub fn left_alone_because(pod: &Pod<'_>) -> Option<String> {
+    if pod.is_mirror() {
+        return Some("mirror pod of a static pod".to_owned());
+    }
+    pod.spec
+        .as_ref()
+        .and_then(pod::Spec::windows)
+        .map(|reason| format!("Windows pod ({reason})"))
+}
+
 /// Mirror pods and Windows pods are never defaulted; says so in a warning.
 fn left_alone(pod: &Pod<'_>, out: &mut Outcome) -> bool {
-    if pod.is_mirror() {
-        out.warnings
-            .push("secure-defaults: mirror pod of a static pod left unchanged".to_owned());
-        return true;
+    match left_alone_because(pod) {
+        Some(why) => {
+            out.warnings
+                .push(format!("secure-defaults: {why} left unchanged"));
+            true
+        }
+        None => false,
     }
-    if let Some(reason) = pod.spec.as_ref().and_then(pod::Spec::windows) {
-        out.warnings.push(format!(
-            "secure-defaults: Windows pod ({reason}) left unchanged"
-        ));
-        return true;
-    }
-    false
 }
 
 fn skipped(field: Field, reason: &str) -> String {
