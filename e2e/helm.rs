@@ -11,7 +11,7 @@
 //! The chart's cluster-scoped objects (MutatingWebhookConfiguration `secure-defaults`, ...) are the
 //! overlays' too: [`CLUSTER_SCOPED`] keeps the install test and the overlays' install test apart.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
@@ -521,6 +521,9 @@ fn helm_values_change_what_they_say() {
             "podAnnotations.a=b",
             "podLabels.team=platform",
             "serviceMonitor.enabled=true",
+            "prometheusRule.enabled=true",
+            "prometheusRule.labels.release=kube-prometheus-stack",
+            "grafanaDashboard.enabled=true",
             "networkPolicy.enabled=true",
             "networkPolicy.controlPlaneCIDRs[0]=10.0.0.0/24",
             "logFormat=text",
@@ -616,6 +619,35 @@ fn helm_values_change_what_they_say() {
         "the webhook's Service keeps its one port"
     );
 
+    // The alerts and the dashboard: the same as the kustomize monitoring component's, with the labels asked for.
+    let component = |file: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("manifests/components/monitoring")
+            .join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let rule = find(&docs, "PrometheusRule", "secure-defaults");
+    let component_rule: Value = serde_yaml_ng::from_str(&component("prometheusrule.yaml")).unwrap();
+    assert_eq!(rule["spec"], component_rule["spec"]);
+    assert!(
+        !rule["spec"]["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(rule["metadata"]["namespace"], "secure-defaults");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    let dashboard = find(&docs, "ConfigMap", "secure-defaults-dashboard");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json_of = |text: &str| serde_json::from_str::<Value>(text).unwrap();
+    assert_eq!(
+        json_of(dashboard["data"]["secure-defaults.json"].as_str().unwrap()),
+        json_of(&component("dashboard.json"))
+    );
+
     // Network policy: the webhook port from the control plane only, the admin port from monitoring only.
     let policy = find(&docs, "NetworkPolicy", "secure-defaults");
     assert_eq!(
@@ -642,10 +674,12 @@ fn helm_values_change_what_they_say() {
         Some(&json!({"name": "policy", "configMap": {"name": "my-policy"}}))
     );
 
-    // Defaults: no NetworkPolicy, no ServiceMonitor.
+    // Defaults: no NetworkPolicy, no ServiceMonitor, no PrometheusRule, no dashboard.
     let docs = template("secure-defaults", &[]);
     assert!(try_find(&docs, "NetworkPolicy", "secure-defaults").is_none());
     assert!(try_find(&docs, "ServiceMonitor", "secure-defaults").is_none());
+    assert!(try_find(&docs, "PrometheusRule", "secure-defaults").is_none());
+    assert!(try_find(&docs, "ConfigMap", "secure-defaults-dashboard").is_none());
 }
 
 fn check_deployment_hardening(docs: &[Value]) {

@@ -82,6 +82,13 @@ fn the_component_carries_the_plain_rules_and_dashboard() {
         read("manifests/monitoring/dashboard.json"),
         "the component's dashboard differs from manifests/monitoring/dashboard.json: {HOW}"
     );
+    for file in ["alerts.yaml", "dashboard.json"] {
+        assert_eq!(
+            read(&format!("manifests/chart/secure-defaults/files/{file}")),
+            read(&format!("manifests/monitoring/{file}")),
+            "the chart's files/{file} differs from manifests/monitoring/{file}: {HOW}"
+        );
+    }
 
     let kustomization = yaml("manifests/components/monitoring/kustomization.yaml");
     assert_eq!(kustomization["kind"], "Component");

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Copies the monitoring sources in this directory into the kustomize component manifests/components/monitoring
-# (kustomize reads no file outside a component's directory):
+# and into the Helm chart's files/ (neither kustomize nor Helm reads a file outside its own directory):
 #   alerts.yaml    -> prometheusrule.yaml, a PrometheusRule whose spec is the same groups, line for line;
-#   dashboard.json -> dashboard.json, unchanged (the component's configMapGenerator makes the ConfigMap).
-# Edit the files here, then run this; `cargo test --test monitoring` fails while the two disagree.
+#                     the chart's files/alerts.yaml, unchanged (its PrometheusRule template indents it under spec);
+#   dashboard.json -> dashboard.json in both, unchanged (the ConfigMap is made around it).
+# Edit the files here, then run this; `cargo test --test monitoring` fails while the copies disagree.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 component="$here/../components/monitoring"
+chart="$here/../chart/secure-defaults/files"
 
 {
   cat <<'HEAD'
@@ -28,3 +30,5 @@ HEAD
 } >"$component/prometheusrule.yaml"
 
 cp "$here/dashboard.json" "$component/dashboard.json"
+mkdir -p "$chart"
+cp "$here/alerts.yaml" "$here/dashboard.json" "$chart/"
