@@ -78,7 +78,10 @@ bench:
 	bench/run.sh
 
 ## Coverage-guided fuzzing (cargo-fuzz, installed on first use): the admission path, the policy parser and the
-## `mutate` input reader, FUZZ_SECONDS each (default 60). Not part of `make test`.
+## `mutate` input reader, FUZZ_SECONDS each (default 60), or FUZZ_RUNS executions from FUZZ_SEED (default 1),
+## which does the same work on every fresh checkout. Not part of `make test`.
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?=
+FUZZ_SEED ?= 1
 fuzz:
-	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_SEED=$(FUZZ_SEED) fuzz/run.sh
