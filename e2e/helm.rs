@@ -528,6 +528,7 @@ fn helm_values_change_what_they_say() {
             "networkPolicy.controlPlaneCIDRs[0]=10.0.0.0/24",
             "logFormat=text",
             "logLevel=debug",
+            "clientAuth.caConfigMap=apiserver-client-ca",
             "policy.profile=restricted",
             "policy.followPodSecurityLabels=true",
         ],
@@ -581,6 +582,21 @@ fn helm_values_change_what_they_say() {
     let (_, config) = process_config(&docs);
     assert_eq!(config["log_format"], "text");
     assert_eq!(config["log_level"], "debug");
+    // Client authentication: the CA's ConfigMap mounted whole (so it reloads), and the server pointed at it.
+    assert_eq!(
+        config["tls_client_ca"],
+        "/etc/secure-defaults/client-ca/ca.crt"
+    );
+    assert_eq!(
+        volume(pod, "client-ca"),
+        Some(&json!({"name": "client-ca", "configMap": {"name": "apiserver-client-ca"}}))
+    );
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "client-ca", "mountPath": "/etc/secure-defaults/client-ca", "readOnly": true}))
+    );
     let text = policy_text(&docs);
     let policy = policy_value(&text);
     assert_eq!(policy["profile"], "restricted");
@@ -680,6 +696,8 @@ fn helm_values_change_what_they_say() {
     assert!(try_find(&docs, "ServiceMonitor", "secure-defaults").is_none());
     assert!(try_find(&docs, "PrometheusRule", "secure-defaults").is_none());
     assert!(try_find(&docs, "ConfigMap", "secure-defaults-dashboard").is_none());
+    assert!(process_config(&docs).1.get("tls_client_ca").is_none());
+    assert!(volume(pod_spec(&docs), "client-ca").is_none());
 }
 
 fn check_deployment_hardening(docs: &[Value]) {

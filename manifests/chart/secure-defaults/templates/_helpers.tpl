@@ -79,6 +79,11 @@ log_level: {{ .Values.logLevel }}
 # 5 + 0 + 10 = 15s, well under terminationGracePeriodSeconds (30).
 drain_seconds: 0
 shutdown_timeout_seconds: 10
+{{- with .Values.clientAuth.caConfigMap }}
+# Only callers presenting a client certificate from this CA are served (the API server's AdmissionConfiguration
+# must give it one); reloaded when the ConfigMap changes.
+tls_client_ca: /etc/secure-defaults/client-ca/{{ $.Values.clientAuth.caKey }}
+{{- end }}
 {{- end }}
 
 {{- define "secure-defaults.validate" -}}
