@@ -8,7 +8,9 @@
 #   3. the Helm chart, installed with only the image reference changed: two replicas Ready through their
 #      probes, self-managed certificate issued and injected, pods defaulted through the Service;
 #   4. an edit of the secure-defaults-policy ConfigMap changes the defaults of later pods;
-#   5. a rollout restart under continuous pod creation with failurePolicy Fail: no failed creation;
+#   5. under continuous pod creation with failurePolicy Fail (real creations of pods no node can take): a
+#      rollout restart and the graceful deletion of one replica's pod fail no creation; a SIGKILL of one
+#      replica's container is reported (how many creations failed, how long until it was back);
 #   6. `down` leaves no mounts, interfaces, network namespaces, iptables rules, cgroups, host directories or
 #      processes behind, and the host's kernel settings as they were.
 # Every wait polls up to NODE_TEST_TIMEOUT seconds (default 180). NODE_STEPS (e.g. "1 2") limits the steps.
@@ -99,6 +101,39 @@ dry_run_uid() { # <ns>
 JSON
 }
 uid_is() { [[ "$(dry_run_uid "$1")" == "$2" ]]; }
+# A real creation of a pod that no node can take (its nodeSelector matches none, so it stays Pending): the whole
+# admission chain and a write to etcd, without loading the node. Prints the runAsUser it was given.
+create_uid() { # <ns>
+  "$K" -n "$1" create -o jsonpath='{.spec.securityContext.runAsUser}' -f - <<'JSON'
+{"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "load-", "labels": {"node-e2e": "load"}},
+ "spec": {"nodeSelector": {"node-e2e/never": "true"}, "containers": [{"name": "t", "image": "localhost/sd-test:e2e"}]}}
+JSON
+}
+# Three clients creating pods in the namespace chart one after another until stopped, each counting the
+# creations defaulted to $expected_uid and the failed ones (with failurePolicy Fail, a failed call is a failed
+# creation).
+client() { # <n>
+  local ok=0 bad=0 out
+  trap 'echo "$ok $bad" >"$DIR/client.$1.result"; exit 0' TERM
+  while :; do
+    if out="$(create_uid chart 2>&1)" && [[ "$out" == "$expected_uid" ]]; then ok=$((ok + 1))
+    else bad=$((bad + 1)); echo "$(date -u +%T.%N) $out" >>"$DIR/client.failures"; fi
+  done
+}
+start_clients() {
+  rm -f "$DIR"/client.*
+  CLIENT_PID=""
+  for n in 1 2 3; do client "$n" & CLIENT_PID+=" $!"; done
+}
+stop_clients() { # <label>; sets ok and bad
+  # shellcheck disable=SC2086
+  kill -TERM $CLIENT_PID; wait $CLIENT_PID || true; CLIENT_PID=""
+  ok=0 bad=0
+  local n o b
+  for n in 1 2 3; do read -r o b <"$DIR/client.$n.result"; ok=$((ok + o)); bad=$((bad + b)); done
+  log "$1: $ok admitted and defaulted, $bad failed"
+  [[ ! -f "$DIR/client.failures" ]] || head -n 5 "$DIR/client.failures" >&2
+}
 opted_in_namespace() { # <name>
   "$K" create namespace "$1" >/dev/null
   "$K" label namespace "$1" secure-defaults.io/inject=enabled >/dev/null
@@ -225,37 +260,52 @@ if step 5; then
     -p '[{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Fail"}]' >/dev/null
   [[ "$("$K" get mutatingwebhookconfiguration secure-defaults -o jsonpath='{.webhooks[*].failurePolicy}')" == Fail ]] \
     || fail "5: failurePolicy is not Fail"
-  expected_uid="$(dry_run_uid chart)"
+  expected_uid="$(create_uid chart)"
   [[ "$expected_uid" =~ ^[0-9]+$ ]] || fail "5: pods in the opted-in namespace are not defaulted ($expected_uid)"
-  # The clients: three loops creating pods (server-side dry run: the whole admission chain, nothing to
-  # clean up) one after another until told to stop, each counting successes and failures.
-  client() { # <n>
-    local ok=0 bad=0 out
-    trap 'echo "$ok $bad" >"$DIR/client.$1.result"; exit 0' TERM
-    while :; do
-      if out="$(dry_run_uid chart 2>&1)" && [[ "$out" == "$expected_uid" ]]; then ok=$((ok + 1))
-      else bad=$((bad + 1)); echo "$(date -u +%T.%N) $out" >>"$DIR/client.failures"; fi
-    done
+  replicas() { "$K" -n secure-defaults get pods -l app.kubernetes.io/name=secure-defaults -o name; }
+  # Both replicas Ready and no other (old, terminating) one left.
+  settled() {
+    [[ "$(replicas | wc -l)" == 2 ]] || return 1
+    [[ "$("$K" -n secure-defaults get deployment secure-defaults -o jsonpath='{.status.readyReplicas}')" == 2 ]]
   }
-  CLIENT_PID=""
-  for n in 1 2 3; do client "$n" & CLIENT_PID+=" $!"; done
+
+  # 5a. A rolling restart.
+  start_clients
   "$K" -n secure-defaults rollout restart deployment/secure-defaults >/dev/null
   "$K" -n secure-defaults rollout status deployment/secure-defaults --timeout="${TIMEOUT}s" >/dev/null
-  # Until only the new replicas are left (old ones terminated, not just unready).
-  only_new() {
-    local n
-    n="$("$K" -n secure-defaults get pods -l app.kubernetes.io/name=secure-defaults -o name | wc -l)"
-    [[ "$n" == 2 ]]
+  eventually "the old replicas to be gone" settled
+  stop_clients "5a: pod creations during the rollout restart"
+  ((bad == 0 && ok > 0)) || fail "5a: $bad failed creations during the rollout restart"
+  pass "5a: rollout restart under continuous creation with failurePolicy Fail: $ok creations, none failed"
+
+  # 5b. One replica's pod deleted (gracefully, as a drain or an eviction does).
+  start_clients
+  victim="$(replicas | awk 'NR == 1')"
+  "$K" -n secure-defaults delete "$victim" --wait=true >/dev/null
+  eventually "a replacement replica Ready" settled
+  stop_clients "5b: pod creations while $victim was deleted"
+  ((bad == 0 && ok > 0)) || fail "5b: $bad failed creations while one replica's pod was deleted"
+  pass "5b: one replica's pod deleted under continuous creation: $ok creations, none failed"
+
+  # 5c. One replica's container SIGKILLed: no draining is possible, so this reports what it costs (the API
+  # server keeps calling the dead endpoint until the kubelet reports the pod unready), and checks recovery.
+  victim="$(replicas | awk 'NR == 1')"
+  restarts_before="$("$K" -n secure-defaults get "$victim" -o jsonpath='{.status.containerStatuses[0].restartCount}')"
+  container="$("$K" -n secure-defaults get "$victim" -o jsonpath='{.status.containerStatuses[0].containerID}')"
+  start_clients
+  killed_at=$SECONDS
+  ctr --address "$NODE_DIR/run/containerd.sock" -n k8s.io tasks kill -s KILL "${container#containerd://}" >/dev/null
+  restarted() {
+    [[ "$("$K" -n secure-defaults get "$victim" -o jsonpath='{.status.containerStatuses[0].restartCount}')" \
+      -gt "$restarts_before" ]] && settled
   }
-  eventually "the old replicas to be gone" only_new
-  # shellcheck disable=SC2086
-  kill -TERM $CLIENT_PID; wait $CLIENT_PID || true; CLIENT_PID=""
-  ok=0 bad=0
-  for n in 1 2 3; do read -r o b <"$DIR/client.$n.result"; ok=$((ok + o)); bad=$((bad + b)); done
-  log "pod creations during the restart: $ok admitted and defaulted, $bad failed"
-  [[ -f "$DIR/client.failures" ]] && head -n 5 "$DIR/client.failures" >&2
-  ((bad == 0 && ok > 0)) || fail "5: $bad failed creations during the rollout restart"
-  pass "5: rollout restart under continuous creation with failurePolicy Fail: $ok creations, none failed"
+  eventually "the killed container restarted and Ready" restarted
+  recovered_in=$((SECONDS - killed_at))
+  stop_clients "5c: pod creations around a SIGKILL of one replica's container"
+  ((ok > 0)) || fail "5c: no creation succeeded around the SIGKILL"
+  uid_is chart "$expected_uid" || fail "5c: pods are not defaulted after the killed replica came back"
+  pass "5c: SIGKILL of one replica's container: $bad of $((ok + bad)) creations failed (failurePolicy Fail), replica back in ${recovered_in}s"
+  "$K" -n chart delete pods -l node-e2e=load --wait=false >/dev/null
 fi
 
 if step 6; then
