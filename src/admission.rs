@@ -32,6 +32,9 @@ pub enum AdmissionError {
     /// The body is JSON, but not an object.
     #[error("body is not an AdmissionReview: expected a JSON object")]
     NotAnObject,
+    /// The body is not UTF-8, which JSON must be.
+    #[error("body is not an AdmissionReview: not UTF-8")]
+    NotUtf8(#[source] std::str::Utf8Error),
     /// An AdmissionReview of another version.
     #[error("unsupported AdmissionReview apiVersion {0:?}; only {API_VERSION} is served")]
     UnsupportedVersion(String),
@@ -172,7 +175,10 @@ pub fn parse(body: &[u8]) -> Result<Review<'_>, AdmissionError> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(AdmissionError::NotAnObject);
     }
-    match serde_json::from_slice::<ReviewIn<'_, Pod<'_>>>(body) {
+    // serde_json checks UTF-8 only in the strings it reads, not in those it skips; checking the whole body first
+    // means a review is accepted only if all of it is valid UTF-8, as any other JSON reader would require.
+    let body = std::str::from_utf8(body).map_err(AdmissionError::NotUtf8)?;
+    match serde_json::from_str::<ReviewIn<'_, Pod<'_>>>(body) {
         Ok(review) => check(review, |object, old_object| Objects::Pods {
             object: object.unwrap_or_default(),
             old_object: old_object.unwrap_or_default(),
@@ -181,7 +187,7 @@ pub fn parse(body: &[u8]) -> Result<Review<'_>, AdmissionError> {
         // that skips the objects tells which.
         Err(pod_error) => {
             let review: ReviewIn<'_, IgnoredAny> =
-                serde_json::from_slice(body).map_err(AdmissionError::ParseReview)?;
+                serde_json::from_str(body).map_err(AdmissionError::ParseReview)?;
             check(review, |_, _| Objects::Unreadable(pod_error.to_string()))
         }
     }
@@ -678,7 +684,7 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_errors_not_panics() {
-        let cases: [(&[u8], &str); 8] = [
+        let cases: [(&[u8], &str); 9] = [
             (b"", "not an AdmissionReview"),
             (b"{", "not an AdmissionReview"),
             (b"[]", "not an AdmissionReview: expected a JSON object"),
@@ -687,6 +693,8 @@ mod tests {
             (b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"Pod\"}", "expected AdmissionReview"),
             (b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\"}", "has no request"),
             (b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"request\":{\"uid\":1}}", "not an AdmissionReview"),
+            // Invalid UTF-8 in a string nothing reads.
+            (b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"x\":\"\xff\"}", "not UTF-8"),
         ];
         for (body, words) in cases {
             let err = parse(body).unwrap_err();
