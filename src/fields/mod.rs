@@ -1,6 +1,6 @@
 //! The fields secure-defaults can fill in, as one table: each field is one file here behind [`FieldDef`], and
 //! everything else (the policy parser, `check`, the engine, the annotation, metrics, the property tests)
-//! iterates [`Field::ALL`]. Adding a field is its own file plus one line in [`TABLE`].
+//! iterates [`Field::all`]. Adding a field is its own file, its `mod` line and one entry in [`TABLE`].
 //!
 //! A field's value is kept as the JSON value the patch adds, checked once when the policy is read.
 
