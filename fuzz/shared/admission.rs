@@ -1,44 +1,20 @@
 //! The admission fuzz target's input handling and checks, shared by the target (`fuzz_targets/admission.rs`) and the
 //! replay of its seeds in the normal test suite (`tests/fuzz_seeds.rs`): the review bytes go through
-//! `admission::parse` and `respond` with a fixed policy and known namespace labels. Never a panic; every answer is
-//! an AdmissionReview, and its patch holds only `add` operations that apply to the request's object.
+//! `admission::parse` and `respond` with the targets' fixed policy (`policy.rs`) and known namespace labels. Never a
+//! panic; every answer is an AdmissionReview, and its patch holds only `add` operations that apply to the request's
+//! object.
+
+#[path = "policy.rs"]
+mod policy;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::LazyLock;
 
 use base64::Engine as _;
 use json_patch::PatchOperation;
 use secure_defaults::admission;
-use secure_defaults::policy::{NamespaceLabels, Policy};
+use secure_defaults::policy::NamespaceLabels;
 use serde_json::Value;
-
-/// Every field, restricted enforcement, per-pod exceptions, and a report-only namespace, so that the fuzzer can
-/// reach each branch of the decision by choosing the review's namespace.
-const POLICY: &str = "\
-apiVersion: secure-defaults.io/v1alpha1
-kind: Policy
-mode: cluster-wide
-exemptNamespaces: [legacy]
-followPodSecurityLabels: true
-podExceptions: [runAsUser]
-defaults:
-  runAsUser: 65532
-  runAsGroup: 65532
-  fsGroup: 65532
-  fsGroupChangePolicy: OnRootMismatch
-  allowPrivilegeEscalation: false
-namespaces:
-  - match: {names: [payments]}
-    set: {runAsUser: 10001}
-    podExceptions: [fsGroup, allowPrivilegeEscalation]
-  - match: {names: [audit]}
-    report: true
-";
-
-static POLICY_PARSED: LazyLock<Option<Policy>> = LazyLock::new(|| {
-    secure_defaults::policy::parse(POLICY.as_bytes(), Path::new("fuzz-policy.yaml")).ok()
-});
 
 static LABELS: LazyLock<BTreeMap<String, String>> = LazyLock::new(|| {
     BTreeMap::from([
@@ -57,9 +33,7 @@ static LABELS: LazyLock<BTreeMap<String, String>> = LazyLock::new(|| {
 /// unknown); panics on a finding. Returns how many of the two answers carried a patch (0 for a body that is not a
 /// review).
 pub fn run(data: &[u8]) -> usize {
-    let Some(policy) = POLICY_PARSED.as_ref() else {
-        panic!("the fuzz target's own policy does not parse");
-    };
+    let policy = policy::policy();
     let Ok(review) = admission::parse(data) else {
         return 0;
     };
