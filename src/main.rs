@@ -112,10 +112,7 @@ fn mutate(args: MutateArgs) -> anyhow::Result<ExitCode> {
         std::io::stdin()
             .read_to_end(&mut bytes)
             .context("cannot read standard input")?;
-        vec![preview::Source {
-            name: "-".to_owned(),
-            bytes,
-        }]
+        vec![preview::Source::new("-", bytes)]
     } else {
         preview::read_path(&args.file)?
     };
@@ -124,11 +121,12 @@ fn mutate(args: MutateArgs) -> anyhow::Result<ExitCode> {
         namespace: args.namespace.as_deref(),
         labels: &labels,
     };
-    let previews = preview::run(&sources, &policy, &options)?;
-    for note in preview::notes(&previews) {
+    let run = preview::run(sources, &policy, &options);
+    for note in preview::notes(&run) {
         eprintln!("{note}");
     }
-    let not_opted_in = previews
+    let not_opted_in = run
+        .previews
         .iter()
         .any(|p| p.verdict == admission::Verdict::Exempt(policy::Exemption::NotOptedIn));
     if not_opted_in && labels.is_empty() {
@@ -137,10 +135,14 @@ fn mutate(args: MutateArgs) -> anyhow::Result<ExitCode> {
             policy::INJECT_LABEL
         );
     }
-    let text = preview::render(&previews, args.output == Output::Object)?;
+    let text = preview::render(&run, args.output == Output::Object);
     std::io::stdout().lock().write_all(text.as_bytes())?;
-    let changes = previews.iter().any(|p| !p.patch.is_empty());
-    Ok(if args.exit_code && changes {
+    for error in &run.errors {
+        eprintln!("error: {}", secure_defaults::error_chain(error));
+    }
+    Ok(if !run.errors.is_empty() {
+        ExitCode::from(2)
+    } else if args.exit_code && run.changes() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

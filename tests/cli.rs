@@ -185,22 +185,23 @@ fn bad_input_fails_with_one_line() {
         (
             vec!["mutate", "-f", "-"],
             "spec: [unclosed",
-            "-: not valid YAML",
+            "-: document 1: not valid YAML: unclosed bracket '[' at line 1",
         ),
         (
             vec!["mutate", "-f", "-"],
             "{\"spec\": [unclosed",
-            "-: not valid JSON",
+            "-: document 1: not valid YAML",
         ),
+        (vec!["mutate", "-f", "-"], "", "-: no objects to preview"),
         (
-            vec!["mutate", "-f", "-"],
-            "kind: Service\n",
-            "Service \"\" is not a Pod, a workload with a pod template",
+            vec!["mutate", "-f", "-", "--exit-code"],
+            "# only a comment\n---\n",
+            "-: no objects to preview",
         ),
         (
             vec!["mutate", "-f", "-"],
             "- a\n",
-            "a document is not a YAML or JSON object",
+            "-: document 1: not an object but a sequence",
         ),
         (
             vec![
@@ -334,4 +335,201 @@ fn mutate_previews_workloads_in_a_directory_and_gates_ci_with_exit_code() {
     let out = run(&["mutate", "-f", "/nonexistent", "--exit-code"], None);
     assert_eq!(out.status.code(), Some(2), "errors are not 'would change'");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A release manifest as `helm template` prints it: objects with no pod around a workload.
+const MIXED: &str = "# Source: shop/templates/sa.yaml
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: web   # the app's identity
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: web-config}
+data:
+  mode: '0644'
+  enabled: \"yes\"
+---
+# Source: shop/templates/deployment.yaml
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: nginx
+        env:
+        - {name: DEBUG, value: 'on'}
+      volumes:
+      - name: config
+        configMap: {name: web-config, defaultMode: 0644}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{port: 80, targetPort: 0x50}]
+";
+
+#[test]
+fn mutate_passes_objects_without_a_pod_through_in_their_place() {
+    let label = "secure-defaults.io/inject=enabled";
+    let out = run(
+        &["mutate", "-f", "-", "-l", label, "--exit-code"],
+        Some(MIXED),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let patch: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        patch
+            .to_string()
+            .contains("/spec/template/spec/securityContext"),
+        "the one pod-bearing object's patch: {patch}"
+    );
+    assert!(
+        text(&out.stderr).contains("3 objects carry no pod and pass through unchanged"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(
+        &["mutate", "-f", "-", "-l", label, "-o", "object"],
+        Some(MIXED),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = text(&out.stdout);
+    let documents: Vec<&str> = written.split("\n---\n").collect();
+    let original: Vec<&str> = MIXED.split("\n---\n").collect();
+    assert_eq!(documents.len(), 4, "{written}");
+    for i in [0, 1, 3] {
+        assert_eq!(
+            documents[i],
+            original[i],
+            "document {} is kept byte for byte",
+            i + 1
+        );
+    }
+    assert!(
+        documents[2].starts_with("# Source: shop/templates/deployment.yaml\n"),
+        "the comment before a changed document stays: {}",
+        documents[2]
+    );
+    // The changed Deployment keeps the meaning of what it does not default: kubectl reads 0644 as 420 and 'on'
+    // as a string; so must the output.
+    let values = secure_defaults::preview::read::yaml_values(&written).unwrap();
+    let deployment = &values[2]["spec"]["template"]["spec"];
+    assert_eq!(
+        deployment["volumes"][0]["configMap"]["defaultMode"], 420,
+        "{written}"
+    );
+    assert_eq!(
+        deployment["containers"][0]["env"][0]["value"], "on",
+        "{written}"
+    );
+    assert_eq!(deployment["securityContext"]["runAsUser"], 65532);
+
+    // Fed back in, nothing changes.
+    let out = run(
+        &["mutate", "-f", "-", "-l", label, "--exit-code"],
+        Some(&written),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn mutate_reads_a_yaml_file_that_starts_with_a_flow_mapping() {
+    let path = temp(
+        "flow.yaml",
+        "{apiVersion: v1, kind: Pod, metadata: {name: flow}, spec: {containers: [{name: a, image: x}]}}\n",
+    );
+    let label = "secure-defaults.io/inject=enabled";
+    let out = run(&["mutate", "-f", path.to_str().unwrap(), "-l", label], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("runAsUser"),
+        "{}",
+        text(&out.stdout)
+    );
+    let json = temp("flow.json", "{apiVersion: v1, kind: Pod}\n");
+    let out = run(&["mutate", "-f", json.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("flow.json: document 1: not valid JSON"),
+        "a .json file is JSON: {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn mutate_reports_a_broken_document_and_previews_the_others() {
+    let input = "apiVersion: v1\nkind: Pod\nmetadata: {name: one}\nspec: {containers: [{name: a, image: x}]}\n---\nkind: Deployment\nmetadata: {name: broken}\nspec: {template: [1]}\n---\nkind: Pod\nspec: [unclosed\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: two}\nspec: {containers: [{name: a, image: x}]}\n";
+    let label = "secure-defaults.io/inject=enabled";
+    let out = run(
+        &["mutate", "-f", "-", "-l", label, "--exit-code"],
+        Some(input),
+    );
+    assert_eq!(out.status.code(), Some(2), "an error is not 'would change'");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("error: -: document 2: Deployment \"broken\": the pod template at /spec/template is not an object"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error: -: document 3: not valid YAML: ") && stderr.contains("line 11"),
+        "the line is the line in the whole input: {stderr}"
+    );
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["one", "two"], "the others are still previewed");
+}
+
+#[test]
+fn mutate_skips_an_empty_file_in_a_directory_but_refuses_an_empty_input() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-empty");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("empty.yaml"), "# nothing yet\n").unwrap();
+    std::fs::write(dir.join("pod.yaml"), POD).unwrap();
+    let out = run(
+        &["mutate", "-f", dir.to_str().unwrap(), "--exit-code"],
+        None,
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("empty.yaml: no objects, skipped"),
+        "{stderr}"
+    );
+    assert_ne!(out.status.code(), Some(2), "{stderr}");
+
+    std::fs::remove_file(dir.join("pod.yaml")).unwrap();
+    let out = run(
+        &["mutate", "-f", dir.to_str().unwrap(), "--exit-code"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "nothing at all to preview");
+    assert!(
+        text(&out.stderr).contains("no objects to preview"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(
+        &["mutate", "-f", dir.join("empty.yaml").to_str().unwrap()],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a file named on its own must hold objects"
+    );
 }
