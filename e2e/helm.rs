@@ -36,7 +36,7 @@ const HELM_LABELS: [&str; 4] = [
 ];
 
 /// The helm binary e2e/build-helm.sh builds (once per machine) at the pinned version.
-fn helm_bin() -> &'static PathBuf {
+pub(crate) fn helm_bin() -> &'static PathBuf {
     static HELM: OnceLock<PathBuf> = OnceLock::new();
     HELM.get_or_init(|| {
         let out = Command::new(repo().join("e2e/build-helm.sh"))

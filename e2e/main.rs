@@ -10,6 +10,7 @@ mod memory;
 mod monitoring;
 mod networkpolicy;
 mod outage;
+mod preview;
 mod restricted;
 mod rollout;
 mod selfcerts;

@@ -1531,6 +1531,22 @@ async fn backstop_cases(client: &Client, mode: &str, ns: &str, docs: &[Value]) {
             ),
         ),
         ("Windows pod", windows("p")),
+        (
+            "pod pinned to Windows by its nodeSelector",
+            pod(
+                "p",
+                json!({"nodeSelector": {"kubernetes.io/os": "windows"}, "containers": [{"name": "app", "image": IMAGE}]}),
+            ),
+        ),
+        (
+            "pod pinned to Windows by its required node affinity",
+            pod(
+                "p",
+                json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "NotIn", "values": ["linux"]}]}]}}},
+                    "containers": [{"name": "app", "image": IMAGE}]}),
+            ),
+        ),
         ("mirror pod", mirror("p")),
         ("the Deployment's own pod template", pod("p", own)),
     ];

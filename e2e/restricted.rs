@@ -493,6 +493,22 @@ async fn the_restricted_backstop_refuses_pods_the_webhook_did_not_default() {
             false,
         ),
     ];
+    let image = "registry.k8s.io/pause:3.10";
+    let webhook_skips = [
+        // Pinned to Windows by node selection: the webhook leaves it alone.
+        json!({"metadata": {"name": "p"}, "spec": {"nodeSelector": {"kubernetes.io/os": "windows"},
+            "containers": [{"name": "app", "image": image}]}}),
+        // A Windows host process pod without spec.os.
+        json!({"metadata": {"name": "p"}, "spec": {"hostNetwork": true, "securityContext": {"windowsOptions": {"hostProcess": true,
+            "runAsUserName": "NT AUTHORITY\\SYSTEM"}}, "containers": [{"name": "app", "image": image}]}}),
+        // The deprecated seccomp annotation states the pod's profile; the webhook adds no field beside it.
+        json!({"metadata": {"name": "p", "annotations": {"seccomp.security.alpha.kubernetes.io/pod": "localhost/profiles/audit.json"}},
+            "spec": {"securityContext": {"runAsNonRoot": true},
+            "containers": [{"name": "app", "image": image, "securityContext": {"capabilities": {"drop": ["ALL"]}}}]}}),
+    ];
+    let cases = cases
+        .into_iter()
+        .chain(webhook_skips.into_iter().map(|pod| (pod, true)));
     for (pod, admitted) in cases {
         let (ok, err) = dry_run(pod.clone());
         assert_eq!(ok, admitted, "{pod}: {err}");

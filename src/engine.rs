@@ -38,7 +38,7 @@ pub fn default_pod(pod: &Pod<'_>, defaults: &Defaults) -> Outcome {
     if left_alone(pod, &mut out) {
         return out;
     }
-    pod_level(spec, defaults, &mut out);
+    pod_level(spec, pod.annotations(), defaults, &mut out);
     for (list, index, container) in spec.all_containers() {
         container_level(list, index, container, defaults, &mut out);
     }
@@ -99,20 +99,22 @@ pub fn new_ephemeral_names<'p>(pod: &'p Pod<'_>, old: &Pod<'_>) -> Vec<&'p str> 
 /// not even a record of its exceptions, and no other warning is given for it.
 pub fn left_alone_because(pod: &Pod<'_>) -> Option<String> {
     if pod.is_mirror() {
-        return Some("mirror pod of a static pod".to_owned());
+        return Some("mirror pod of a static pod left unchanged".to_owned());
     }
     pod.spec
         .as_ref()
         .and_then(pod::Spec::windows)
-        .map(|reason| format!("Windows pod ({reason})"))
+        .map(|by| match by.hint() {
+            Some(hint) => format!("Windows pod ({by}) left unchanged; {hint}"),
+            None => format!("Windows pod ({by}) left unchanged"),
+        })
 }
 
 /// Mirror pods and Windows pods are never defaulted; says so in a warning.
 fn left_alone(pod: &Pod<'_>, out: &mut Outcome) -> bool {
     match left_alone_because(pod) {
         Some(why) => {
-            out.warnings
-                .push(format!("secure-defaults: {why} left unchanged"));
+            out.warnings.push(format!("secure-defaults: {why}"));
             true
         }
         None => false,
@@ -123,7 +125,12 @@ fn skipped(field: Field, reason: &str) -> String {
     format!("secure-defaults: {field} not defaulted: {reason}")
 }
 
-fn pod_level(spec: &pod::Spec<'_>, defaults: &Defaults, out: &mut Outcome) {
+fn pod_level(
+    spec: &pod::Spec<'_>,
+    annotations: Option<&pod::Annotations>,
+    defaults: &Defaults,
+    out: &mut Outcome,
+) {
     let sc = spec.security_context.as_ref();
     let mut added = Map::new();
     for (field, value) in defaults.iter() {
@@ -136,6 +143,7 @@ fn pod_level(spec: &pod::Spec<'_>, defaults: &Defaults, out: &mut Outcome) {
         }
         let state = PodState {
             spec,
+            annotations,
             applied: &out.applied,
         };
         match field.pod_guard(&state) {
@@ -463,6 +471,56 @@ mod tests {
     }
 
     #[test]
+    fn pods_that_may_run_on_linux_or_say_runtime_default_are_defaulted() {
+        let mut defaults = full();
+        defaults.set(field("seccompProfile"), json!({"type": "RuntimeDefault"}));
+        let cases = [
+            (
+                "one term admits any node",
+                json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]},
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                ]}}}, "containers": [{"name": "a"}]}}),
+            ),
+            (
+                "Linux or Windows",
+                json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows", "linux"]}]}
+                ]}}}, "containers": [{"name": "a"}]}}),
+            ),
+            (
+                "a preferred Windows affinity only",
+                json!({"spec": {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 1, "preference": {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]}}
+                ]}}, "containers": [{"name": "a"}]}}),
+            ),
+            (
+                "a Linux nodeSelector",
+                json!({"spec": {"nodeSelector": {"kubernetes.io/os": "linux"}, "containers": [{"name": "a"}]}}),
+            ),
+            (
+                "seccomp annotations that ask for the runtime's default",
+                json!({"metadata": {"annotations": {"seccomp.security.alpha.kubernetes.io/pod": "runtime/default",
+                    "container.seccomp.security.alpha.kubernetes.io/a": "docker/default"}},
+                    "spec": {"containers": [{"name": "a"}]}}),
+            ),
+            (
+                "a container annotation beside the container's own field",
+                json!({"metadata": {"annotations": {"container.seccomp.security.alpha.kubernetes.io/a": "localhost/x.json"}},
+                    "spec": {"containers": [{"name": "a", "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "x.json"}}}]}}),
+            ),
+        ];
+        for (name, pod) in cases {
+            let (patched, _) = run(&pod, &defaults);
+            assert_eq!(
+                patched.pointer("/spec/securityContext/seccompProfile/type"),
+                Some(&json!("RuntimeDefault")),
+                "{name}: {patched}"
+            );
+        }
+    }
+
+    #[test]
     fn guards_skip_with_a_warning() {
         // (name, pod, pointer that must stay absent, words the warning must contain)
         let cases: Vec<(&str, Value, &str, &str)> = vec![
@@ -502,9 +560,46 @@ mod tests {
                 "/spec/securityContext",
                 "mirror pod",
             ),
+            (
+                "Windows by nodeSelector",
+                json!({"spec": {"nodeSelector": {"kubernetes.io/os": "windows"}, "containers": [{"name": "a"}]}}),
+                "/spec/securityContext",
+                "Windows pod (nodeSelector kubernetes.io/os is windows) left unchanged; set spec.os.name: windows",
+            ),
+            (
+                "Windows by the older nodeSelector label",
+                json!({"spec": {"nodeSelector": {"beta.kubernetes.io/os": "windows"}, "containers": [{"name": "a"}]}}),
+                "/spec/securityContext",
+                "spec.os.name",
+            ),
+            (
+                "Windows by a required node affinity in every term",
+                json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]},
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}, {"key": "kubernetes.io/os", "operator": "NotIn", "values": ["linux"]}]}
+                ]}}}, "containers": [{"name": "a"}]}}),
+                "/spec/securityContext",
+                "required node affinity admits only Windows nodes",
+            ),
+            (
+                "a pod-level seccomp annotation naming another profile",
+                json!({"metadata": {"annotations": {"seccomp.security.alpha.kubernetes.io/pod": "localhost/profiles/audit.json"}},
+                    "spec": {"containers": [{"name": "a"}]}}),
+                "/spec/securityContext/seccompProfile",
+                "seccompProfile not defaulted: the pod states its profile \"localhost/profiles/audit.json\" in the deprecated annotation",
+            ),
+            (
+                "a container's seccomp annotation naming another profile",
+                json!({"metadata": {"annotations": {"container.seccomp.security.alpha.kubernetes.io/a": "unconfined"}},
+                    "spec": {"containers": [{"name": "a"}]}}),
+                "/spec/securityContext/seccompProfile",
+                "container \"a\" states its profile \"unconfined\" in the deprecated annotation container.seccomp.security.alpha.kubernetes.io/a",
+            ),
         ];
+        let mut defaults = full();
+        defaults.set(field("seccompProfile"), json!({"type": "RuntimeDefault"}));
         for (name, pod, absent, words) in cases {
-            let (patched, outcome) = run(&pod, &full());
+            let (patched, outcome) = run(&pod, &defaults);
             assert!(
                 patched.pointer(absent).is_none(),
                 "{name}: {absent} was set: {patched}"

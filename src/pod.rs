@@ -20,6 +20,14 @@ pub const DEFAULTED_ANNOTATION: &str = "secure-defaults.io/defaulted";
 pub const SKIP_ANNOTATION: &str = "secure-defaults.io/skip";
 /// The annotation that records on the pod which of the fields it asked to skip were left out.
 pub const EXCEPTIONS_ANNOTATION: &str = "secure-defaults.io/exceptions";
+/// The deprecated pod-level seccomp annotation. The API server still refuses a pod whose
+/// `securityContext.seccompProfile` does not match it; the kubelet ignores it since Kubernetes 1.27.
+pub const SECCOMP_POD_ANNOTATION: &str = "seccomp.security.alpha.kubernetes.io/pod";
+/// The prefix of the deprecated per-container seccomp annotation (`…/NAME`), ignored by the kubelet since 1.27.
+pub const SECCOMP_CONTAINER_ANNOTATION_PREFIX: &str =
+    "container.seccomp.security.alpha.kubernetes.io/";
+/// The node labels that say a node's operating system.
+const OS_LABELS: [&str; 2] = ["kubernetes.io/os", "beta.kubernetes.io/os"];
 
 /// A `securityContext`, as the pod states it.
 pub type SecurityContext = Map<String, Value>;
@@ -62,6 +70,10 @@ pub struct Annotations {
     pub exceptions: bool,
     /// The value of the skip annotation.
     pub skip: Option<String>,
+    /// The value of the deprecated pod-level seccomp annotation.
+    pub seccomp_pod: Option<String>,
+    /// The deprecated per-container seccomp annotations: container name and value.
+    pub seccomp_containers: Vec<(String, String)>,
 }
 
 /// A map key, borrowed from the input when it has no escapes (a plain `Cow` would always copy it).
@@ -88,7 +100,21 @@ impl<'de> Deserialize<'de> for Annotations {
                             seen.skip = map.next_value::<Option<String>>()?;
                             continue;
                         }
-                        _ => {}
+                        SECCOMP_POD_ANNOTATION => {
+                            seen.seccomp_pod = map.next_value::<Option<String>>()?;
+                            continue;
+                        }
+                        other => {
+                            if let Some(name) =
+                                other.strip_prefix(SECCOMP_CONTAINER_ANNOTATION_PREFIX)
+                            {
+                                let name = name.to_owned();
+                                if let Some(value) = map.next_value::<Option<String>>()? {
+                                    seen.seccomp_containers.push((name, value));
+                                }
+                                continue;
+                            }
+                        }
                     }
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -130,6 +156,149 @@ pub struct Spec<'a> {
     /// `volumes`.
     #[serde(borrow, default)]
     pub volumes: Option<Vec<Volume<'a>>>,
+    /// `nodeSelector`: only the operating system labels are kept.
+    #[serde(default)]
+    pub node_selector: Option<NodeSelector>,
+    /// `affinity`: only the required node affinity's terms on the operating system are read.
+    #[serde(default)]
+    pub affinity: Option<Affinity>,
+}
+
+/// What the engine reads of `nodeSelector`: whether it asks for Windows nodes.
+#[derive(Debug, Default)]
+pub struct NodeSelector {
+    /// `kubernetes.io/os` (or the older `beta.kubernetes.io/os`) is `windows`.
+    pub windows: bool,
+}
+
+impl<'de> Deserialize<'de> for NodeSelector {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SelectorVisitor;
+        impl<'de> Visitor<'de> for SelectorVisitor {
+            type Value = NodeSelector;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of node labels")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NodeSelector, A::Error> {
+                let mut seen = NodeSelector::default();
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    if OS_LABELS.contains(&key.as_ref()) {
+                        let value = map.next_value::<Value>()?;
+                        seen.windows |= value.as_str() == Some("windows");
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(seen)
+            }
+        }
+        deserializer.deserialize_map(SelectorVisitor)
+    }
+}
+
+/// `affinity`, down to the required node affinity's terms.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Affinity {
+    /// `nodeAffinity`.
+    #[serde(default)]
+    pub node_affinity: Option<NodeAffinity>,
+}
+
+/// `affinity.nodeAffinity`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAffinity {
+    /// `requiredDuringSchedulingIgnoredDuringExecution`.
+    #[serde(default)]
+    pub required_during_scheduling_ignored_during_execution: Option<RequiredNodes>,
+}
+
+/// The node selector a pod's nodes must match: any one of its terms.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequiredNodes {
+    /// `nodeSelectorTerms`, ORed.
+    #[serde(default)]
+    pub node_selector_terms: Option<Vec<NodeSelectorTerm>>,
+}
+
+/// One term: its expressions, ANDed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSelectorTerm {
+    /// `matchExpressions`.
+    #[serde(default)]
+    pub match_expressions: Option<Vec<Requirement>>,
+}
+
+/// One node selector requirement; values the engine does not need are read as they come.
+#[derive(Debug, Default, Deserialize)]
+pub struct Requirement {
+    /// `key`.
+    #[serde(default)]
+    pub key: Option<Value>,
+    /// `operator`.
+    #[serde(default)]
+    pub operator: Option<Value>,
+    /// `values`.
+    #[serde(default)]
+    pub values: Option<Value>,
+}
+
+impl Requirement {
+    /// Whether this requirement admits only Windows nodes: `In [windows]`, or `NotIn` a list holding `linux`.
+    fn only_windows(&self) -> bool {
+        let key = self.key.as_ref().and_then(Value::as_str);
+        if !key.is_some_and(|k| OS_LABELS.contains(&k)) {
+            return false;
+        }
+        let values: Vec<&str> = match &self.values {
+            Some(Value::Array(values)) => values.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        match self.operator.as_ref().and_then(Value::as_str) {
+            Some("In") => !values.is_empty() && values.iter().all(|v| *v == "windows"),
+            Some("NotIn") => values.contains(&"linux"),
+            _ => false,
+        }
+    }
+}
+
+/// Why a pod counts as a Windows pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowsBy {
+    /// `spec.os.name: windows`.
+    OsName,
+    /// `windowsOptions.hostProcess: true` on the pod or a container.
+    HostProcess,
+    /// `nodeSelector` asks for `kubernetes.io/os: windows`.
+    NodeSelector,
+    /// Every term of the required node affinity admits only Windows nodes.
+    NodeAffinity,
+}
+
+impl WindowsBy {
+    /// What the pod should say instead, where the API server cannot tell it is a Windows pod.
+    pub fn hint(self) -> Option<&'static str> {
+        match self {
+            WindowsBy::NodeSelector | WindowsBy::NodeAffinity => {
+                Some("set spec.os.name: windows to say so")
+            }
+            WindowsBy::OsName | WindowsBy::HostProcess => None,
+        }
+    }
+}
+
+impl std::fmt::Display for WindowsBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WindowsBy::OsName => "spec.os.name is windows",
+            WindowsBy::HostProcess => "windowsOptions.hostProcess is set",
+            WindowsBy::NodeSelector => "nodeSelector kubernetes.io/os is windows",
+            WindowsBy::NodeAffinity => "its required node affinity admits only Windows nodes",
+        })
+    }
 }
 
 /// What the engine reads of a volume: its name, and whether it is a hostPath volume.
@@ -255,10 +424,12 @@ impl<'a> Spec<'a> {
         })
     }
 
-    /// Why the pod counts as a Windows pod, where the Linux fields this engine sets are invalid.
-    pub fn windows(&self) -> Option<&'static str> {
+    /// Why the pod counts as a Windows pod, where the Linux fields this engine sets are invalid or break it (a
+    /// Windows kubelet refuses `runAsNonRoot` for ContainerAdministrator). A pod pinned to Windows nodes by its
+    /// node selection counts too, though the API server knows it only by `spec.os.name`.
+    pub fn windows(&self) -> Option<WindowsBy> {
         if self.os.as_ref().and_then(|os| os.name.as_deref()) == Some("windows") {
-            return Some("spec.os.name is windows");
+            return Some(WindowsBy::OsName);
         }
         let pod_hpc = self
             .security_context
@@ -267,9 +438,30 @@ impl<'a> Spec<'a> {
             .and_then(|w| w.get("hostProcess"))
             == Some(&Value::Bool(true));
         if pod_hpc || self.all_containers().any(|(_, _, c)| c.host_process()) {
-            return Some("windowsOptions.hostProcess is set");
+            return Some(WindowsBy::HostProcess);
         }
-        None
+        if self.node_selector.as_ref().is_some_and(|s| s.windows) {
+            return Some(WindowsBy::NodeSelector);
+        }
+        let terms = self
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .and_then(|r| r.node_selector_terms.as_deref())
+            .unwrap_or_default();
+        let pinned = !terms.is_empty()
+            && terms.iter().all(|t| {
+                t.match_expressions
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(Requirement::only_windows)
+            });
+        pinned.then_some(WindowsBy::NodeAffinity)
     }
 }
 

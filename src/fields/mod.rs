@@ -17,7 +17,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::pod::{Container, Spec};
+use crate::pod::{Annotations, Container, Spec};
 
 /// Where a field lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -375,6 +375,7 @@ fn push_item(out: &mut String, field: Field, value: &Value, containers: &[String
 /// What a pod-level guard may read: the pod, and the pod-level fields decided before this one.
 pub struct PodState<'s, 'a> {
     pub(crate) spec: &'s Spec<'a>,
+    pub(crate) annotations: Option<&'s Annotations>,
     pub(crate) applied: &'s Applied,
 }
 
@@ -388,6 +389,11 @@ impl<'a> PodState<'_, 'a> {
             .and_then(|sc| sc.get(field))
             .filter(|v| !v.is_null());
         own.or_else(|| Field::by_name(field).and_then(|f| self.applied.get(f)))
+    }
+
+    /// What the engine knows of the pod's annotations.
+    pub fn annotations(&self) -> Option<&Annotations> {
+        self.annotations
     }
 
     /// Every container of the pod.

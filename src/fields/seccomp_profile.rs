@@ -1,9 +1,22 @@
 //! `seccompProfile: {type: RuntimeDefault}` at pod level: the container runtime's default system-call filter.
 //! Only set where the pod states no profile; a container's own profile (Localhost ones included) always wins.
+//!
+//! The deprecated seccomp annotations count as stated profiles. The API server refuses a pod whose pod-level
+//! annotation and field disagree ("seccomp type in annotation and field must match"), so a pod with the pod-level
+//! annotation gets no field, unless the annotation itself says `runtime/default` (then the field makes it take
+//! effect: the kubelet has ignored the annotations since 1.27). A container whose annotation names another profile
+//! keeps the pod without a pod-level default: that profile (often a Localhost one allowing more) was meant for it,
+//! and RuntimeDefault could stop it.
 
 use serde_json::{Value, json};
 
-use super::{FieldDef, Level, id};
+use super::{FieldDef, Guard, Level, PodState, id};
+use crate::pod::{SECCOMP_CONTAINER_ANNOTATION_PREFIX, SECCOMP_POD_ANNOTATION};
+
+/// Annotation values that mean the runtime's default profile.
+fn runtime_default(value: &str) -> bool {
+    matches!(value, "runtime/default" | "docker/default")
+}
 
 pub struct SeccompProfile;
 
@@ -44,6 +57,45 @@ impl FieldDef for SeccompProfile {
 
     fn restricted(&self) -> Option<Value> {
         Some(json!({"type": "RuntimeDefault"}))
+    }
+
+    fn pod_guard(&self, pod: &PodState<'_, '_>) -> Guard {
+        let Some(annotations) = pod.annotations() else {
+            return Guard::Set(Vec::new());
+        };
+        let mut notes = Vec::new();
+        if let Some(value) = &annotations.seccomp_pod {
+            if !runtime_default(value) {
+                return Guard::Skip(vec![format!(
+                    "the pod states its profile {value:?} in the deprecated annotation {SECCOMP_POD_ANNOTATION}, which \
+                     the field must match; set spec.securityContext.seccompProfile instead"
+                )]);
+            }
+            notes.push(format!(
+                "the deprecated annotation {SECCOMP_POD_ANNOTATION} asks for {value:?}, which the kubelet ignores \
+                 since Kubernetes 1.27; the field makes it take effect"
+            ));
+        }
+        let own_profile = |name: &str| {
+            pod.containers()
+                .any(|c| c.name() == name && c.value(&["seccompProfile"]).is_some())
+        };
+        let other: Vec<String> = annotations
+            .seccomp_containers
+            .iter()
+            .filter(|(name, value)| !runtime_default(value) && !own_profile(name))
+            .map(|(name, value)| {
+                format!(
+                    "container {name:?} states its profile {value:?} in the deprecated annotation \
+                     {SECCOMP_CONTAINER_ANNOTATION_PREFIX}{name}, which the kubelet ignores since Kubernetes 1.27; \
+                     set its securityContext.seccompProfile instead"
+                )
+            })
+            .collect();
+        if !other.is_empty() {
+            return Guard::Skip(other);
+        }
+        Guard::Set(notes)
     }
 
     fn show(&self, value: &Value) -> String {

@@ -1,0 +1,650 @@
+//! The preview and the webhook on manifests nobody on the team wrote (`tests/corpus/`), judged by the real
+//! kube-apiserver and the real kubectl:
+//! - every pod built from the corpus's pods and pod templates that the API server admits without the webhook is
+//!   also admitted with it, under the shipped policy and under `profile: restricted` (server-side dry runs);
+//! - kubectl reads each corpus file as `mutate` reads it, and reads `mutate -o object`'s output as the input
+//!   plus exactly the patches `mutate` reported;
+//! - `helm template` of the chart and `kubectl kustomize` of an overlay preview through standard input;
+//! - pods pinned to Windows by node selection, and pods with the deprecated seccomp annotations, stay admissible.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+
+use super::support::*;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn corpus_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(root().join("tests/corpus"))
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs the real binary with `stdin`.
+fn secure_defaults(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut input, stdin).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Where a kind keeps its pod template (as `mutate` reads it).
+fn template_at(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => Some(""),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => Some("/spec/template"),
+        "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        "PodTemplate" => Some("/template"),
+        _ => None,
+    }
+}
+
+/// Every pod of the corpus: each Pod, and a pod made of each workload's template. Names are made unique.
+fn corpus_pods() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for file in corpus_files() {
+        let source = secure_defaults::preview::read_path(&file)
+            .unwrap()
+            .remove(0);
+        let (_, documents) = secure_defaults::preview::read::documents(&source);
+        for document in documents {
+            let Some(value) = document.content.unwrap() else {
+                continue;
+            };
+            for object in secure_defaults::preview::read::objects(value).unwrap() {
+                let kind = object["kind"].as_str().unwrap_or("Pod");
+                let Some(at) = template_at(kind) else {
+                    continue;
+                };
+                let template = object.pointer(at).cloned().unwrap();
+                let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": template.get("metadata").cloned().unwrap_or(json!({})),
+                    "spec": template["spec"].clone()});
+                let n = out.len();
+                // As the StatefulSet controller does: a volume for each claim template.
+                let claims = object
+                    .pointer("/spec/volumeClaimTemplates")
+                    .and_then(Value::as_array);
+                for claim in claims.into_iter().flatten() {
+                    let name = claim["metadata"]["name"].clone();
+                    let volume = json!({"name": name, "persistentVolumeClaim": {"claimName": format!("{}-{n}", name.as_str().unwrap_or(""))}});
+                    match pod["spec"]["volumes"].as_array_mut() {
+                        Some(volumes) => volumes.push(volume),
+                        None => pod["spec"]["volumes"] = json!([volume]),
+                    }
+                }
+                let meta = pod["metadata"].as_object_mut().unwrap();
+                meta.remove("namespace");
+                meta.remove("generateName");
+                meta.insert("name".into(), json!(format!("corpus-{n}")));
+                let what = format!(
+                    "{} {kind}/{}",
+                    file.strip_prefix(root()).unwrap().display(),
+                    object
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                );
+                out.push((what, pod));
+            }
+        }
+    }
+    out
+}
+
+/// A server-side dry run of `pod` in `ns`: `Ok` with the pod the API server would store, or its refusal.
+async fn dry_run(pods: &Api<DynamicObject>, pod: &Value) -> Result<Value, String> {
+    let object: DynamicObject = serde_json::from_value(pod.clone()).map_err(|e| e.to_string())?;
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    match pods.create(&params, &object).await {
+        Ok(stored) => Ok(serde_json::to_value(stored).unwrap()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn pod_api(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", "Pod"));
+    Api::namespaced_with(client.clone(), ns, &resource)
+}
+
+#[tokio::test]
+async fn corpus_pods_admitted_without_the_webhook_are_admitted_with_it() {
+    let env = cluster_env();
+    let client = client(&env).await;
+    let pods = corpus_pods();
+    assert!(pods.len() >= 100, "{} pods", pods.len());
+    let bare = TestNamespace::create(&client, &env, "corpus-bare", "e2e-corpus-bare", &[]).await;
+    let mut served = Vec::new();
+    for (test, policy) in [
+        ("corpus-plain", policy_yaml("opt-in", "")),
+        (
+            "corpus-restricted",
+            policy_yaml("opt-in", "profile: restricted\n"),
+        ),
+    ] {
+        let hook = Webhook::start(&client, &env, test, &policy, FailurePolicy::Fail).await;
+        let ns = TestNamespace::create(
+            &client,
+            &env,
+            test,
+            &format!("e2e-{test}"),
+            &[(INJECT, "enabled")],
+        )
+        .await;
+        hook.wait_effective(&ns).await;
+        served.push((test, hook, ns));
+    }
+    // The ServiceAccounts the pods name, in every namespace, as their manifests would have created them.
+    let accounts: std::collections::BTreeSet<String> = pods
+        .iter()
+        .filter_map(|(_, p)| {
+            p.pointer("/spec/serviceAccountName")
+                .or_else(|| p.pointer("/spec/serviceAccount"))
+                .and_then(Value::as_str)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+        })
+        .collect();
+    for ns in std::iter::once(&bare.name).chain(served.iter().map(|(_, _, ns)| &ns.name)) {
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), ns);
+        for account in accounts.iter().filter(|a| *a != "default") {
+            let sa = serde_json::from_value(json!({"metadata": {"name": account}})).unwrap();
+            api.create(&PostParams::default(), &sa).await.unwrap();
+        }
+    }
+    let without = pod_api(&client, &bare.name);
+    let mut admitted = 0;
+    let mut defaulted = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut refused_anyway = BTreeMap::new();
+    for (what, pod) in &pods {
+        if let Err(e) = dry_run(&without, pod).await {
+            let reason: String = e.chars().take(90).collect();
+            refused_anyway
+                .entry(reason)
+                .or_insert_with(Vec::new)
+                .push(what.clone());
+            continue;
+        }
+        admitted += 1;
+        for (test, _, ns) in &served {
+            match dry_run(&pod_api(&client, &ns.name), pod).await {
+                Ok(stored) => {
+                    let annotated = stored
+                        .pointer("/metadata/annotations/secure-defaults.io~1defaulted")
+                        .is_some();
+                    *defaulted.entry(*test).or_insert(0) += usize::from(annotated);
+                }
+                Err(e) => failures.push(format!("{test}: {what}: {e}")),
+            }
+        }
+    }
+    eprintln!(
+        "corpus: {} pods, {admitted} admitted without the webhook; defaulted with it: {defaulted:?}",
+        pods.len()
+    );
+    for (reason, pods) in &refused_anyway {
+        eprintln!(
+            "refused without the webhook too ({}): {reason}: {:?}",
+            pods.len(),
+            &pods[..pods.len().min(3)]
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "admitted without the webhook, refused with it:\n{}",
+        failures.join("\n")
+    );
+    assert!(admitted >= 100, "{admitted} admitted");
+    for (test, _, _) in &served {
+        assert!(
+            defaulted.get(test).copied().unwrap_or(0) >= 100,
+            "{test}: {defaulted:?}"
+        );
+    }
+}
+
+/// A number as kubectl prints it: a float with no fraction is an integer.
+fn normalised(value: &Value) -> Value {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or_default();
+            if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                json!(f as i64)
+            } else {
+                value.clone()
+            }
+        }
+        Value::Array(items) => Value::Array(items.iter().map(normalised).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), normalised(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// What `kubectl create --dry-run=client -o json` reads from `input`: its objects, in order.
+fn kubectl_reads(env: &ClusterEnv, input: &[u8]) -> (Vec<Value>, String) {
+    let out = kubectl(
+        &env.bin.join("kubectl"),
+        &env.kubeconfig,
+        &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+        Some(&text(input)),
+    );
+    let mut objects = Vec::new();
+    for value in serde_json::Deserializer::from_slice(&out.stdout).into_iter::<Value>() {
+        let value = value.unwrap();
+        match value["kind"].as_str() {
+            Some("List") => objects.extend(value["items"].as_array().cloned().unwrap_or_default()),
+            _ => objects.push(value),
+        }
+    }
+
+    (objects, text(&out.stderr))
+}
+
+#[tokio::test]
+async fn kubectl_reads_the_preview_output_as_the_input_plus_the_reported_patches() {
+    let env = cluster_env();
+    let label = format!("{INJECT}=enabled");
+    let mut compared = 0;
+    let mut patched = 0;
+    for file in corpus_files() {
+        let name = file.strip_prefix(root()).unwrap().display().to_string();
+        let input = std::fs::read(&file).unwrap();
+        let format = if name.ends_with(".json") {
+            "json"
+        } else {
+            "yaml"
+        };
+        // Standard input is told by its content; a file by its name. Give `mutate` the file, as a user would.
+        let f = file.to_str().unwrap();
+        let patches = secure_defaults(&["mutate", "-f", f, "-n", "corpus", "-l", &label], b"");
+        assert!(
+            patches.status.success(),
+            "{name}: {}",
+            text(&patches.stderr)
+        );
+        let written = secure_defaults(
+            &[
+                "mutate", "-f", f, "-n", "corpus", "-l", &label, "-o", "object",
+            ],
+            b"",
+        );
+        assert!(
+            written.status.success(),
+            "{name}: {}",
+            text(&written.stderr)
+        );
+
+        let (before, before_err) = kubectl_reads(&env, &input);
+        let (after, after_err) = kubectl_reads(&env, &written.stdout);
+        assert_eq!(
+            before.len(),
+            after.len(),
+            "{name}: kubectl read a different number of objects\nbefore: {before_err}\nafter: {after_err}"
+        );
+
+        // kubectl reads the input as `mutate` does.
+        let source = secure_defaults::preview::read_path(&file)
+            .unwrap()
+            .remove(0);
+        let (_, documents) = secure_defaults::preview::read::documents(&source);
+        let ours: Vec<Value> = documents
+            .into_iter()
+            .filter_map(|d| d.content.unwrap())
+            .flat_map(|v| secure_defaults::preview::read::objects(v).unwrap())
+            .collect();
+        let key = |o: &Value| {
+            (
+                o["kind"].as_str().unwrap_or("").to_owned(),
+                o.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        };
+        let at = |o: &Value| {
+            let ns = o.pointer("/metadata/namespace").and_then(Value::as_str);
+            (key(o), ns.unwrap_or("default").to_owned())
+        };
+        for theirs in &before {
+            // The object of the same kind and name; of the same namespace too where several share a name.
+            let candidates: Vec<&Value> = ours.iter().filter(|o| key(o) == key(theirs)).collect();
+            let mine = match candidates.as_slice() {
+                [one] => *one,
+                many => many
+                    .iter()
+                    .find(|o| at(o) == at(theirs))
+                    .copied()
+                    .unwrap_or_else(|| {
+                        panic!("{name}: kubectl read {:?}, mutate did not", at(theirs))
+                    }),
+            };
+            // kubectl fills in the namespace of its context where an object names none, and drops it from
+            // cluster-scoped objects.
+            let without_namespace = |o: &Value| {
+                let mut o = o.clone();
+                if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.remove("namespace");
+                }
+                o
+            };
+            let (mine, theirs) = (&without_namespace(mine), without_namespace(theirs));
+            assert_eq!(
+                normalised(mine),
+                normalised(&theirs),
+                "{name}: {:?} read differently ({format})",
+                key(&theirs)
+            );
+        }
+
+        // The output, as kubectl reads it, is the input plus the reported patches.
+        let reported: Value = serde_json::from_slice(&patches.stdout).unwrap();
+        let records: Vec<Value> = match &reported {
+            Value::Array(ops) if ops.first().is_none_or(|o| o.get("op").is_some()) => {
+                // One pod-bearing object: the patch itself.
+                let one = ours
+                    .iter()
+                    .find(|o| template_at(o["kind"].as_str().unwrap_or("Pod")).is_some());
+                one.map(|o| json!({"kind": key(o).0, "name": key(o).1, "patch": reported.clone()}))
+                    .into_iter()
+                    .collect()
+            }
+            Value::Array(records) => records.clone(),
+            other => panic!("{name}: {other}"),
+        };
+        for (theirs_before, theirs_after) in before.iter().zip(&after) {
+            let mut expected = theirs_before.clone();
+            if let Some(record) = records.iter().find(|r| {
+                (
+                    r["kind"].as_str().unwrap_or("").to_owned(),
+                    r["name"].as_str().unwrap_or("").to_owned(),
+                ) == key(theirs_before)
+            }) {
+                let patch: json_patch::Patch =
+                    serde_json::from_value(record["patch"].clone()).unwrap();
+                json_patch::patch(&mut expected, &patch).unwrap();
+                patched += usize::from(!patch.0.is_empty());
+            }
+            assert_eq!(
+                normalised(&expected),
+                normalised(theirs_after),
+                "{name}: {:?}: kubectl reads the output otherwise than input + patch",
+                key(theirs_before)
+            );
+            compared += 1;
+        }
+    }
+    eprintln!("kubectl: {compared} objects compared, {patched} of them patched");
+    assert!(compared >= 300, "{compared} objects compared");
+    assert!(patched >= 100, "{patched} objects patched");
+}
+
+#[tokio::test]
+async fn helm_template_and_kustomize_output_preview_through_standard_input() {
+    let env = cluster_env();
+    let label = format!("{INJECT}=enabled");
+    let helm = super::helm::helm_bin();
+    let chart = root().join("manifests/chart/secure-defaults");
+    let rendered = Command::new(helm)
+        .args([
+            "template",
+            "sd",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "secure-defaults",
+        ])
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{}", text(&rendered.stderr));
+    let overlay = kubectl(
+        &env.bin.join("kubectl"),
+        &env.kubeconfig,
+        &[
+            "kustomize",
+            root().join("manifests/overlays/opt-in").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(overlay.status.success(), "{}", text(&overlay.stderr));
+    for (what, manifest) in [
+        ("helm template", rendered.stdout),
+        ("kubectl kustomize", overlay.stdout),
+    ] {
+        // The chart's Deployment states its own user but no fsGroup: that is what would change.
+        let out = secure_defaults(
+            &[
+                "mutate",
+                "-f",
+                "-",
+                "-n",
+                "apps",
+                "-l",
+                &label,
+                "--exit-code",
+            ],
+            &manifest,
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(
+            stderr.contains("objects carry no pod and pass through unchanged"),
+            "{what}: {stderr}"
+        );
+        let patch: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            patch
+                .to_string()
+                .contains("/spec/template/spec/securityContext/fsGroup"),
+            "{what}: {patch}"
+        );
+
+        let out = secure_defaults(
+            &[
+                "mutate", "-f", "-", "-n", "apps", "-l", &label, "-o", "object",
+            ],
+            &manifest,
+        );
+        assert!(out.status.success(), "{what}: {}", text(&out.stderr));
+        let (before, before_err) = kubectl_reads(&env, &manifest);
+        let (after, after_err) = kubectl_reads(&env, &out.stdout);
+        assert!(
+            before.len() > 5 && before.len() == after.len(),
+            "{what}: {before_err}\n{after_err}"
+        );
+        for (b, a) in before.iter().zip(&after) {
+            if b["kind"] == "Deployment" {
+                let sc = |o: &Value| {
+                    o.pointer("/spec/template/spec/securityContext")
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                assert_eq!(
+                    sc(a)["runAsUser"],
+                    sc(b)["runAsUser"],
+                    "{what}: its own user is kept"
+                );
+                assert_eq!(sc(a)["fsGroup"], json!(65532), "{what}: {a}");
+            } else {
+                assert_eq!(a, b, "{what}: objects with no pod pass through");
+            }
+        }
+        // Applied, nothing is left to change: a CI gate passes.
+        let again = secure_defaults(
+            &[
+                "mutate",
+                "-f",
+                "-",
+                "-n",
+                "apps",
+                "-l",
+                &label,
+                "--exit-code",
+            ],
+            &out.stdout,
+        );
+        assert_eq!(
+            again.status.code(),
+            Some(0),
+            "{what}: {}",
+            text(&again.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn windows_pods_pinned_by_node_selection_are_left_alone() {
+    let Served {
+        ns, hook: _hook, ..
+    } = served(
+        "windows-pinned",
+        &policy_yaml("opt-in", "profile: restricted\n"),
+        FailurePolicy::Fail,
+    )
+    .await;
+    let container = json!([{"name": "iis", "image": "mcr.microsoft.com/windows/servercore/iis"}]);
+    let cases = [
+        (
+            "nodeSelector",
+            json!({"nodeSelector": {"kubernetes.io/os": "windows"}, "containers": container}),
+            "nodeSelector kubernetes.io/os is windows",
+        ),
+        (
+            "required node affinity",
+            json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]}]}}},
+                "containers": container}),
+            "required node affinity admits only Windows nodes",
+        ),
+    ];
+    for (i, (what, spec, words)) in cases.into_iter().enumerate() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("win-{i}")}, "spec": spec});
+        let out = ns.kubectl(
+            &["create", "-n", &ns.name, "-o", "json", "-f", "-"],
+            Some(&pod.to_string()),
+        );
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{what}: {stderr}");
+        assert!(
+            stderr.contains(words) && stderr.contains("set spec.os.name: windows"),
+            "{what}: {stderr}"
+        );
+        let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            stored["spec"]
+                .get("securityContext")
+                .is_none_or(|s| s == &json!({})),
+            "{what}: {stored}"
+        );
+        assert!(
+            stored["spec"]["containers"][0]
+                .get("securityContext")
+                .is_none(),
+            "{what}: {stored}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pods_with_the_deprecated_seccomp_annotations_stay_admissible() {
+    let Served {
+        ns, hook: _hook, ..
+    } = served(
+        "seccomp-annotations",
+        &policy_yaml("opt-in", "profile: restricted\n"),
+        FailurePolicy::Fail,
+    )
+    .await;
+    let pod = |name: &str, annotations: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}})
+    };
+    // (pod, the pod-level profile stored, words of the warning)
+    let cases = [
+        (
+            pod(
+                "pod-localhost",
+                json!({"seccomp.security.alpha.kubernetes.io/pod": "localhost/profiles/audit.json"}),
+            ),
+            None,
+            "the pod states its profile \"localhost/profiles/audit.json\" in the deprecated annotation",
+        ),
+        (
+            pod(
+                "container-unconfined",
+                json!({"container.seccomp.security.alpha.kubernetes.io/app": "unconfined"}),
+            ),
+            None,
+            "container \"app\" states its profile \"unconfined\"",
+        ),
+        (
+            pod(
+                "pod-runtime-default",
+                json!({"seccomp.security.alpha.kubernetes.io/pod": "runtime/default"}),
+            ),
+            Some(json!({"type": "RuntimeDefault"})),
+            "the field makes it take effect",
+        ),
+    ];
+    for (pod, profile, words) in cases {
+        let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+        let out = ns.kubectl(
+            &["create", "-n", &ns.name, "-o", "json", "-f", "-"],
+            Some(&pod.to_string()),
+        );
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{name}: refused: {stderr}");
+        assert!(stderr.contains(words), "{name}: {stderr}");
+        let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            stored
+                .pointer("/spec/securityContext/seccompProfile")
+                .cloned(),
+            profile,
+            "{name}: {stored}"
+        );
+        // Everything else restricted needs is still set.
+        assert_eq!(
+            stored.pointer("/spec/securityContext/runAsNonRoot"),
+            Some(&json!(true)),
+            "{name}"
+        );
+    }
+}
