@@ -24,6 +24,9 @@ use crate::policy::{self, NamespaceLabels, Policy};
 pub enum AuditError {
     /// No kubeconfig or in-cluster credentials.
     #[error("no cluster credentials (KUBECONFIG, ~/.kube/config or an in-cluster service account)")]
+    FindCluster(#[source] kube::config::InferConfigError),
+    /// The client could not be built from the credentials found.
+    #[error("cannot connect to the cluster")]
     ConnectCluster(#[source] kube::Error),
     /// A list call failed.
     #[error("cannot list {0}")]
@@ -37,6 +40,28 @@ pub enum AuditError {
     /// The policy in the ConfigMap is invalid.
     #[error("the policy in ConfigMap {0} is invalid")]
     ParsePolicy(String, #[source] policy::PolicyError),
+}
+
+/// How long to wait on the cluster: for a connection (TCP and TLS), and for each read or write once connected.
+/// A cluster that accepts a connection and then never answers fails the call after `read`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connecting.
+    pub connect: Duration,
+    /// Each read or write of a request.
+    pub read: Duration,
+}
+
+/// A client for the cluster of the kubeconfig (or the in-cluster service account), with `timeouts`. kube's own
+/// default has no read timeout, so a silent API server would hold `audit` for ever.
+pub async fn connect(timeouts: Timeouts) -> Result<kube::Client, AuditError> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(AuditError::FindCluster)?;
+    config.connect_timeout = Some(timeouts.connect);
+    config.read_timeout = Some(timeouts.read);
+    config.write_timeout = Some(timeouts.read);
+    kube::Client::try_from(config).map_err(AuditError::ConnectCluster)
 }
 
 /// Pods of one owner that would get the same fields.

@@ -55,6 +55,12 @@ pub struct AuditArgs {
     /// How many objects to ask the API server for at a time.
     #[arg(long, value_name = "N", default_value_t = 500)]
     pub page_size: u32,
+    /// Seconds to wait for a connection to the API server.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout: u64,
+    /// Seconds to wait for each read from the API server (a page of a list) before giving up.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout: u64,
 }
 
 /// What `mutate` prints.

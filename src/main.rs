@@ -173,9 +173,11 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let groups = runtime.block_on(async {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(secure_defaults::audit::AuditError::ConnectCluster)?;
+        let timeouts = secure_defaults::audit::Timeouts {
+            connect: std::time::Duration::from_secs(args.connect_timeout),
+            read: std::time::Duration::from_secs(args.request_timeout),
+        };
+        let client = secure_defaults::audit::connect(timeouts).await?;
         let policy = match &args.policy {
             Some(path) => policy::load(path)?,
             None => {
