@@ -794,5 +794,29 @@ mod tests {
             out["response"]["auditAnnotations"],
             json!({"would-default": "runAsUser=65532,allowPrivilegeEscalation=false(c)"})
         );
+        assert_eq!(
+            r.outcome.guard_warnings, 0,
+            "the report line is no guard warning: {:?}",
+            r.outcome.warnings
+        );
+    }
+
+    #[test]
+    fn only_guard_warnings_count_as_guard_warnings() {
+        let policy = crate::policy::parse(
+            b"apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\npodExceptions: [fsGroup]\ndefaults: {runAsUser: 65532, fsGroup: 65532, allowPrivilegeEscalation: false}\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        let on = BTreeMap::from([(INJECT_LABEL.to_owned(), "enabled".to_owned())]);
+        let mut object = pod();
+        // One exception honoured, one refused (two exception warnings), one privileged container (a guard).
+        object["metadata"]["annotations"] = json!({"secure-defaults.io/skip": "fsGroup,runAsUser"});
+        object["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+        let bytes = serde_json::to_vec(&review("CREATE", None, object, Value::Null)).unwrap();
+        let parsed = parse(&bytes).unwrap();
+        let r = respond(&parsed, &policy, NamespaceLabels::Known(&on)).unwrap();
+        assert!(r.outcome.warnings.len() >= 2, "{:?}", r.outcome.warnings);
+        assert_eq!(r.outcome.guard_warnings, 1, "{:?}", r.outcome.warnings);
     }
 }

@@ -21,8 +21,11 @@ pub struct Outcome {
     pub patch: Vec<PatchOperation>,
     /// What was set, as recorded in the pod's annotation (`runAsUser=65532,...`); empty when nothing was.
     pub summary: String,
-    /// One line per skipped default, naming the container (where there is one) and the reason.
+    /// One line per skipped default, naming the container (where there is one) and the reason; callers add
+    /// their own lines (report mode, exceptions, what Pod Security will refuse).
     pub warnings: Vec<String>,
+    /// How many of `warnings` the field guards gave (a default skipped or set with a note, a pod left alone).
+    pub guard_warnings: usize,
     /// What was set, field by field.
     pub applied: Applied,
     /// The fields left out because the pod opted out of them, as its policy allows.
@@ -115,6 +118,7 @@ fn left_alone(pod: &Pod<'_>, out: &mut Outcome) -> bool {
     match left_alone_because(pod) {
         Some(why) => {
             out.warnings.push(format!("secure-defaults: {why}"));
+            out.guard_warnings += 1;
             true
         }
         None => false,
@@ -150,15 +154,18 @@ fn pod_level(
             Guard::Set(notes) => {
                 insert(&mut added, &path, value.clone());
                 out.applied.pod(field, value.clone());
+                out.guard_warnings += notes.len();
                 out.warnings.extend(
                     notes
                         .iter()
                         .map(|n| format!("secure-defaults: {field} set: {n}")),
                 );
             }
-            Guard::Skip(reasons) => out
-                .warnings
-                .extend(reasons.iter().map(|r| skipped(field, r))),
+            Guard::Skip(reasons) => {
+                out.guard_warnings += reasons.len();
+                out.warnings
+                    .extend(reasons.iter().map(|r| skipped(field, r)));
+            }
         }
     }
     let at = PointerBuf::from_tokens(["spec", "securityContext"]);
@@ -187,7 +194,10 @@ fn container_level(
                 insert(&mut added, &path, value.clone());
                 out.applied.container(field, value, container.name());
             }
-            Some(reason) => out.warnings.push(skipped(field, &reason)),
+            Some(reason) => {
+                out.warnings.push(skipped(field, &reason));
+                out.guard_warnings += 1;
+            }
         }
     }
     let at = PointerBuf::from_tokens(["spec", list.key()])

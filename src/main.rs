@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use secure_defaults::cli::{AuditArgs, CheckArgs, Cli, Command, MutateArgs, Output, ServeArgs};
 use secure_defaults::config::{self, Config, LogFormat};
-use secure_defaults::policy::{self, Decision, NamespaceLabels};
+use secure_defaults::policy::{self, NamespaceLabels};
 use secure_defaults::{admission, preview};
 
 fn main() -> ExitCode {
@@ -158,10 +158,8 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     );
     if let Some(namespace) = args.namespace {
         let labels: BTreeMap<String, String> = args.namespace_labels.into_iter().collect();
-        match policy.decide(&namespace, NamespaceLabels::Known(&labels)) {
-            Decision::Apply(plan) => println!("namespace {namespace:?}: defaults {plan}"),
-            Decision::Exempt(why) => println!("namespace {namespace:?}: exempt, {why}"),
-        }
+        let decision = policy.decide(&namespace, NamespaceLabels::Known(&labels));
+        print!("{}", policy::describe_decision(&namespace, &decision));
     }
     Ok(())
 }

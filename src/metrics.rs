@@ -137,7 +137,7 @@ impl Metrics {
             fields_defaulted.clone(),
         );
         let warnings = Counter::default();
-        registry.register("guard_warnings", "Defaults skipped by a guard (privileged, CAP_SYS_ADMIN, Windows, no runAsUser), each returned as a warning", warnings.clone());
+        registry.register("guard_warnings", "Warnings of the field guards: a default skipped or set with a note (privileged, CAP_SYS_ADMIN, no runAsUser, a deprecated seccomp annotation) or a pod left alone (mirror, Windows); report-mode lines and exception warnings are not counted here", warnings.clone());
         let policy_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -283,7 +283,7 @@ impl Metrics {
                 })
                 .inc();
         }
-        self.warnings.inc_by(outcome.warnings.len() as u64);
+        self.warnings.inc_by(outcome.guard_warnings as u64);
     }
 
     /// Counts one answered (or refused) request.

@@ -612,3 +612,26 @@ fn audit_gives_up_on_a_cluster_that_never_answers() {
     assert!(err.starts_with("error: cannot list namespaces"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn check_shows_what_a_namespace_entry_lets_pods_opt_out_of() {
+    let policy = temp(
+        "exceptions-policy.yaml",
+        "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\npodExceptions: [fsGroup]\ndefaults: {runAsUser: 65532, fsGroup: 65532}\nnamespaces:\n- match: {names: [legacy]}\n  podExceptions: [runAsUser]\n- match: {names: [trial]}\n  report: true\n",
+    );
+    let label = "secure-defaults.io/inject=enabled";
+    let p = policy.to_str().unwrap();
+    let out = run(&["check", "--policy", p, "-n", "legacy", "-l", label], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("  its pods may opt out of runAsUser, fsGroup with the annotation secure-defaults.io/skip"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(&["check", "--policy", p, "-n", "trial", "-l", label], None);
+    assert!(
+        text(&out.stdout).contains("  report-only:"),
+        "{}",
+        text(&out.stdout)
+    );
+}

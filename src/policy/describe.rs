@@ -2,8 +2,31 @@
 
 use std::fmt::Write as _;
 
-use super::{ALWAYS_EXEMPT, Action, INJECT_LABEL, Mode, Policy, Profile};
+use super::{ALWAYS_EXEMPT, Action, Decision, INJECT_LABEL, Mode, Policy, Profile};
 use crate::restricted::ENFORCE_LABEL;
+
+/// What applies to one namespace, in plain words: exempt and why, or the defaults, whether they are only reported,
+/// and what its pods may opt out of (the policy's `podExceptions` and those of the entries that match it).
+pub fn describe_decision(namespace: &str, decision: &Decision) -> String {
+    let plan = match decision {
+        Decision::Exempt(why) => return format!("namespace {namespace:?}: exempt, {why}\n"),
+        Decision::Apply(plan) => plan,
+    };
+    let mut out = format!("namespace {namespace:?}: defaults {plan}\n");
+    if plan.report {
+        out.push_str("  report-only: what would be set is said, nothing is set\n");
+    }
+    if !plan.exceptions.is_empty() {
+        let names: Vec<&str> = plan.exceptions.iter().map(|f| f.name()).collect();
+        let _ = writeln!(
+            out,
+            "  its pods may opt out of {} with the annotation {}",
+            names.join(", "),
+            crate::pod::SKIP_ANNOTATION
+        );
+    }
+    out
+}
 
 /// The policy in plain words, one line per statement.
 pub fn describe(policy: &Policy) -> String {

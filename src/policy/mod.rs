@@ -9,7 +9,7 @@ use std::fmt;
 
 use kube::core::{Selector, SelectorExt as _};
 
-pub use describe::describe;
+pub use describe::{describe, describe_decision};
 pub use file::{PolicyError, load, parse};
 
 use crate::fields::{Defaults, Field};
