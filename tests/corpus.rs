@@ -6,6 +6,8 @@
 //! documents that do not change byte for byte; what `-o object` writes reads back as the values that were
 //! previewed; and that output, previewed again, changes nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
