@@ -16,7 +16,6 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use base64::Engine as _;
-use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 use crate::manifests::*;
@@ -84,10 +83,7 @@ fn helm_ok(env: Option<&ClusterEnv>, args: &[&str]) -> String {
 }
 
 fn parse(text: &str) -> Vec<Value> {
-    serde_yaml_ng::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).expect("a YAML document"))
-        .filter(|doc| !doc.is_null())
-        .collect()
+    secure_defaults::preview::read::yaml_values(text).expect("YAML documents")
 }
 
 /// `helm template` of the chart in `namespace` with `--set` values.
@@ -135,7 +131,7 @@ fn normalise(docs: &[Value]) -> Vec<Value> {
             }
             let data = doc["data"].as_object_mut().expect("ConfigMap data");
             for (key, text) in data.iter_mut() {
-                let mut parsed: Value = serde_yaml_ng::from_str(text.as_str().unwrap())
+                let mut parsed: Value = serde_saphyr::from_str(text.as_str().unwrap())
                     .unwrap_or_else(|e| panic!("ConfigMap {name} {key}: {e}"));
                 if key == "secure-defaults.yaml" && parsed.get("log_level").is_none() {
                     parsed["log_level"] = json!("info");
@@ -643,7 +639,7 @@ fn helm_values_change_what_they_say() {
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     };
     let rule = find(&docs, "PrometheusRule", "secure-defaults");
-    let component_rule: Value = serde_yaml_ng::from_str(&component("prometheusrule.yaml")).unwrap();
+    let component_rule: Value = serde_saphyr::from_str(&component("prometheusrule.yaml")).unwrap();
     assert_eq!(rule["spec"], component_rule["spec"]);
     assert!(
         !rule["spec"]["groups"][0]["rules"]

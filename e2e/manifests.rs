@@ -22,7 +22,6 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
-use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -97,10 +96,7 @@ pub(crate) fn kubectl_ok(env: &ClusterEnv, args: &[&str], stdin: Option<&str>) -
 pub(crate) fn render(env: &ClusterEnv, dir: &str) -> Vec<Value> {
     let path = repo().join(dir);
     let text = kubectl_ok(env, &["kustomize", path.to_str().unwrap()], None);
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).expect("a YAML document"))
-        .filter(|doc| !doc.is_null())
-        .collect()
+    secure_defaults::preview::read::yaml_values(&text).expect("YAML documents")
 }
 
 /// The documents as one `v1/List`, which kubectl apply, get and delete all take.
@@ -146,7 +142,7 @@ pub(crate) fn policy_text(docs: &[Value]) -> String {
 }
 
 pub(crate) fn policy_value(text: &str) -> Value {
-    serde_yaml_ng::from_str(text).expect("policy YAML")
+    serde_saphyr::from_str(text).expect("policy YAML")
 }
 
 pub(crate) fn deployment(docs: &[Value]) -> &Value {
@@ -192,7 +188,7 @@ pub(crate) fn process_config(docs: &[Value]) -> (String, Value) {
         .as_str()
         .expect("key secure-defaults.yaml")
         .to_owned();
-    let parsed = serde_yaml_ng::from_str(&text).expect("process config YAML");
+    let parsed = serde_saphyr::from_str(&text).expect("process config YAML");
     (text, parsed)
 }
 

@@ -5,7 +5,6 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::support::*;
@@ -44,10 +43,7 @@ fn render(env: &ClusterEnv, dir: &Path) -> Vec<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).expect("a YAML document"))
-        .filter(|doc| !doc.is_null())
-        .collect()
+    secure_defaults::preview::read::yaml_values(&text).expect("YAML documents")
 }
 
 fn key(doc: &Value) -> String {
@@ -101,7 +97,7 @@ async fn the_monitoring_component_adds_rules_scraping_and_the_dashboard() {
     }
 
     let find = |kind: &str| *added.iter().find(|d| d["kind"] == kind).unwrap();
-    let rules: Value = serde_yaml_ng::from_str(
+    let rules: Value = serde_saphyr::from_str(
         &std::fs::read_to_string(manifests.join("monitoring/alerts.yaml")).unwrap(),
     )
     .unwrap();

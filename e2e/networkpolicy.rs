@@ -3,7 +3,6 @@
 //! selects the webhook's pods and admits the webhook port only from the control plane's range and the admin
 //! port only from the monitoring namespace; and the real API server accepts it as rendered.
 
-use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -23,10 +22,7 @@ fn render(env: &ClusterEnv, dir: &str) -> Vec<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).unwrap())
-        .filter(|doc| !doc.is_null())
-        .collect()
+    secure_defaults::preview::read::yaml_values(&text).expect("YAML documents")
 }
 
 #[tokio::test]

@@ -317,7 +317,7 @@ pub enum Format {
 pub fn render(groups: &[Group], format: Format) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(groups).unwrap_or_default() + "\n",
-        Format::Yaml => serde_yaml_ng::to_string(groups).unwrap_or_default(),
+        Format::Yaml => serde_saphyr::to_string(&groups).unwrap_or_default(),
         Format::Table => {
             if groups.is_empty() {
                 return "no running pod would be changed by the policy\n".to_owned();

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format as _, Serialized, Yaml};
+use figment::providers::{Env, Format as _, Serialized};
 use serde::{Deserialize, Serialize};
+use serde_saphyr::figment::Yaml;
 
 /// The process config file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG: &str = "config/secure-defaults.yaml";

@@ -80,11 +80,8 @@ fn mutate_object_output_keeps_the_input_format() {
         Some(POD),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let pod: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        pod["spec"]["securityContext"]["runAsUser"],
-        serde_yaml_ng::Value::from(65532)
-    );
+    let pod: serde_json::Value = serde_saphyr::from_slice(&out.stdout).unwrap();
+    assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 65532);
     assert!(
         text(&out.stdout).starts_with("apiVersion: v1"),
         "{}",

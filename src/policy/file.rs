@@ -1,7 +1,7 @@
 //! The policy file (`config/policy.yaml`): its YAML shape, and validation into a [`Policy`].
 //!
-//! Validation happens while deserialising, through newtypes, so every error carries the field path and the
-//! line and column where the YAML parser was when it failed.
+//! Validation happens while deserialising, through newtypes, so every error carries the field path (kept by
+//! serde_path_to_error) and the line and column where the YAML parser (serde-saphyr) was when it failed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,14 +27,13 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not a valid policy; the cause names the field and line.
-    #[error("invalid policy file {path}")]
+    /// The file is not a valid policy; the message names the field and line.
+    #[error("invalid policy file {path}: {message}")]
     ParsePolicy {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        #[source]
-        source: serde_yaml_ng::Error,
+        /// The field's path, what is wrong with it, and the line and column.
+        message: String,
     },
 }
 
@@ -49,11 +48,27 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 
 /// Validates policy text; `path` is only used to name the file in errors.
 pub fn parse(text: &[u8], path: &Path) -> Result<Policy, PolicyError> {
-    let file: PolicyFile =
-        serde_yaml_ng::from_slice(text).map_err(|source| PolicyError::ParsePolicy {
+    // serde_path_to_error follows the path; serde-saphyr gives the line and column where it stopped.
+    let mut field = String::new();
+    let file = serde_saphyr::with_deserializer_from_slice(text, |de| {
+        serde_path_to_error::deserialize::<_, PolicyFile>(de).map_err(|e| {
+            field = e.path().to_string();
+            e.into_inner()
+        })
+    })
+    .map_err(|e| {
+        let options = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off };
+        let what = e.render_with_options(options);
+        let what = what.lines().next().unwrap_or_default();
+        let message = match field.as_str() {
+            "" | "." => what.to_owned(),
+            field => format!("{field}: {what}"),
+        };
+        PolicyError::ParsePolicy {
             path: path.to_owned(),
-            source,
-        })?;
+            message,
+        }
+    })?;
     Ok(file.into_policy())
 }
 
@@ -568,7 +583,7 @@ mod tests {
     #[test]
     fn error_points_at_the_offending_line() {
         let message = error_of("defaults:\n  fsGroup: 1\n  runAsUser: 0\n");
-        assert!(message.contains("at line 6 column"), "{message}");
+        assert!(message.contains("at line 6, column 14"), "{message}");
     }
 
     #[test]
