@@ -1,4 +1,4 @@
-//! The command line: `serve`, `mutate` (offline preview) and `check` (policy validation).
+//! The command line: `serve`, `mutate` (offline preview), `check` (policy validation) and `audit`.
 
 use std::path::PathBuf;
 
@@ -75,12 +75,13 @@ pub enum Output {
 /// Flags of `mutate`.
 #[derive(Debug, Args)]
 pub struct MutateArgs {
-    /// A manifest file or a directory of them (read recursively: .yaml, .yml, .json), or `-` for standard input.
-    /// Pods, workloads with a pod template (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob,
-    /// PodTemplate), multi-document YAML, `kind: List`, or an AdmissionReview.
+    /// A manifest file or a directory of them (read recursively: .yaml, .yml, .json), or `-` for standard input
+    /// (such as `helm template` or `kubectl kustomize` output). Pods, workloads with a pod template (Deployment,
+    /// StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job, CronJob, PodTemplate), `kind: List` items,
+    /// or an AdmissionReview are previewed; every other object passes through unchanged.
     #[arg(short = 'f', long = "filename", value_name = "FILE|DIR")]
     pub file: PathBuf,
-    /// Exit 1 when anything would change (errors exit 2), for CI gates.
+    /// Exit 1 when anything would change, for CI gates (anything unreadable, or no objects at all, exits 2).
     #[arg(long)]
     pub exit_code: bool,
     /// The policy file.
