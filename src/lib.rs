@@ -26,6 +26,7 @@ pub mod admission;
 pub mod audit;
 pub mod certs;
 pub mod cli;
+pub mod compat;
 pub mod config;
 pub mod engine;
 pub mod exceptions;

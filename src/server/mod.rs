@@ -276,7 +276,49 @@ impl Server {
 }
 
 async fn connect() -> Result<kube::Client, ServeError> {
-    kube::Client::try_default()
+    let client = kube::Client::try_default()
         .await
-        .map_err(ServeError::ConnectCluster)
+        .map_err(ServeError::ConnectCluster)?;
+    log_cluster(&client).await;
+    Ok(client)
+}
+
+/// Says at start which Kubernetes release serves the cluster and what of it matters here. Never fails the start:
+/// the version is information, and the cluster may still be coming up.
+async fn log_cluster(client: &kube::Client) {
+    let version = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.apiserver_version(),
+    )
+    .await;
+    let info = match version {
+        Ok(Ok(info)) => info,
+        Ok(Err(error)) => {
+            tracing::warn!(error = %crate::error_chain(&error), "cannot read the API server's version");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("the API server did not say its version within 5 s");
+            return;
+        }
+    };
+    match crate::compat::Release::parse(&info.major, &info.minor) {
+        Some(release) => {
+            let features = release.features();
+            tracing::info!(
+                kube_apiserver = %info.git_version,
+                release = %release,
+                match_conditions = features.match_conditions,
+                validating_admission_policy = features.validating_admission_policy,
+                mutating_admission_policy = %features.mutating_admission_policy,
+                "cluster detected"
+            );
+            if !features.validating_admission_policy {
+                tracing::warn!(release = %release, "this release has no ValidatingAdmissionPolicy v1: the backstops cannot be installed");
+            }
+        }
+        None => {
+            tracing::info!(kube_apiserver = %info.git_version, "cluster detected (release not recognised)")
+        }
+    }
 }
