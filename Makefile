@@ -1,7 +1,7 @@
 # The one entry point: CI calls these same targets.
 CARGO ?= cargo
 
-.PHONY: build release test test-unit test-monitoring test-e2e test-image test-node helm manifests image image-dockerfile lint fmt bench run fuzz
+.PHONY: build release test test-unit test-monitoring test-e2e test-compat test-image test-node helm manifests image image-dockerfile lint fmt bench run fuzz
 
 build:
 	$(CARGO) build --locked
@@ -25,6 +25,13 @@ test-monitoring:
 
 test-e2e: helm
 	e2e/run.sh
+
+## The end-to-end suite against older Kubernetes releases, where MutatingAdmissionPolicy is not GA: each
+## release's control plane is built from the Go module proxy (e2e/tools/kubernetes-<release>/go.mod) and cached
+## by version like the default one. The long #[ignore]d tests (outage, memory, scale) are left out.
+COMPAT_RELEASES ?= 1.33 1.35
+test-compat: helm
+	@set -e; for release in $(COMPAT_RELEASES); do 	  echo "== e2e against Kubernetes $$release =="; 	  K8S_TOOLS=kubernetes-$$release E2E_IGNORED=0 e2e/run.sh; 	done
 
 ## The image: on a distroless-equivalent base made from Debian 12 packages and the release binary built here,
 ## with podman (no registry needed; Containerfile.local). IMAGE overrides the name.

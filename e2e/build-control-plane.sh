@@ -7,6 +7,9 @@
 #   ${CONTROL_PLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secure-defaults}
 #     /control-plane/k8s-<version>-etcd-<version>/bin/<binary>
 #
+# K8S_TOOLS picks the Kubernetes pin: a directory under e2e/tools, default
+# `kubernetes` (e.g. K8S_TOOLS=kubernetes-1.33 for an older release).
+#
 # Idempotent: a complete build is reused at once. Progress goes to stderr;
 # the last line of stdout is the bin directory, so callers can do
 #   BIN=$(e2e/build-control-plane.sh | tail -1)
@@ -14,11 +17,13 @@
 set -euo pipefail
 
 TOOLS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/tools"
-K8S_MOD="$TOOLS_DIR/kubernetes"
+K8S_MOD="$TOOLS_DIR/${K8S_TOOLS:-kubernetes}"
 ETCD_MOD="$TOOLS_DIR/etcd"
 
 log() { printf '[build-control-plane] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+[[ -f "$K8S_MOD/go.mod" ]] || die "no $K8S_MOD/go.mod (K8S_TOOLS=${K8S_TOOLS:-})"
 
 command -v go >/dev/null 2>&1 || die "go is not on PATH (need Go >= 1.26)"
 

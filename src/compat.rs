@@ -99,7 +99,7 @@ mod tests {
         );
         assert_eq!(Release::parse("1", ""), None);
         let features = |minor| Release { major: 1, minor }.features();
-        assert_eq!(features(29).validating_admission_policy, false);
+        assert!(!features(29).validating_admission_policy);
         assert!(features(30).match_conditions);
         assert_eq!(
             features(33).mutating_admission_policy,
