@@ -90,6 +90,9 @@ pub struct Cluster {
     synced: AtomicBool,
     /// A complete list has been stored since the last watch error: the cache can be trusted.
     healthy: AtomicBool,
+    /// The API server streams the initial list in the watch (WatchList); cleared for good, and a list then a watch
+    /// used instead, when it refuses to (the feature gate is off by default in 1.33 and before 1.32).
+    streaming: AtomicBool,
     lookup_timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -107,6 +110,7 @@ impl Namespaces {
             cache: RwLock::new(HashMap::new()),
             synced: AtomicBool::new(false),
             healthy: AtomicBool::new(false),
+            streaming: AtomicBool::new(true),
             lookup_timeout,
             metrics,
         });
@@ -159,6 +163,18 @@ impl Namespaces {
     }
 }
 
+/// Whether the API server refused a streamed initial list: it answers `sendInitialEvents` with 422 Invalid where
+/// its WatchList feature gate is off.
+fn refuses_streaming(error: &watcher::Error) -> bool {
+    let status = match error {
+        watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.as_ref(),
+        watcher::Error::WatchError(status) => status.as_ref(),
+        _ => return false,
+    };
+    status.code == 422 || (status.code == 400 && status.message.contains("sendInitialEvents"))
+}
+
 /// A watch event's namespace, reduced to what is kept.
 fn entry(meta: Meta) -> Option<(String, Arc<LabelMap>)> {
     let name = meta.metadata.name?;
@@ -198,6 +214,13 @@ impl Cluster {
                 () = stop.cancelled() => return,
             };
             self.healthy.store(false, Ordering::Release);
+            if let Some(error) = &ended
+                && refuses_streaming(error)
+                && self.streaming.swap(false, Ordering::AcqRel)
+            {
+                tracing::info!(error = %crate::error_chain(error), "the API server does not stream initial lists (WatchList off); listing, then watching");
+                continue;
+            }
             if let Some(error) = ended {
                 match outage.failed(Instant::now()) {
                     Some(Report::Began) => {
@@ -224,10 +247,12 @@ impl Cluster {
         backoff: &mut impl Backoff,
         outage: &mut Outage,
     ) -> Option<watcher::Error> {
-        let events = watcher(
-            self.api.clone(),
-            watcher::Config::default().streaming_lists(),
-        );
+        let config = if self.streaming.load(Ordering::Acquire) {
+            watcher::Config::default().streaming_lists()
+        } else {
+            watcher::Config::default()
+        };
+        let events = watcher(self.api.clone(), config);
         let mut events = std::pin::pin!(events);
         // A fresh list updates the cache in place and then drops what it no longer holds, rather than building a
         // second map beside the first: at the peak of a re-list the cache is held once, not twice, and entries
@@ -284,6 +309,31 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_streamed_list_is_told_from_other_failures() {
+        let status = |code: u16, message: &str| -> Box<kube::core::Status> {
+            Box::new(
+                serde_json::from_value(
+                    serde_json::json!({"code": code, "message": message, "status": "Failure"}),
+                )
+                .unwrap(),
+            )
+        };
+        let refused = watcher::Error::WatchStartFailed(kube::Error::Api(status(
+            422,
+            "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+        )));
+        assert!(refuses_streaming(&refused));
+        assert!(refuses_streaming(&watcher::Error::WatchError(status(
+            422, "Invalid"
+        ))));
+        let gone = watcher::Error::WatchError(status(410, "too old resource version"));
+        assert!(!refuses_streaming(&gone));
+        let forbidden =
+            watcher::Error::WatchStartFailed(kube::Error::Api(status(403, "forbidden")));
+        assert!(!refuses_streaming(&forbidden));
+    }
 
     #[test]
     fn only_the_name_and_labels_are_kept() {
