@@ -1,7 +1,7 @@
 # The one entry point: CI calls these same targets.
 CARGO ?= cargo
 
-.PHONY: build release test test-unit test-monitoring test-e2e test-compat test-image test-node helm manifests image image-dockerfile lint fmt bench run fuzz
+.PHONY: build release test test-unit test-monitoring test-e2e test-compat test-image test-node helm generate manifests image image-dockerfile lint fmt bench run fuzz
 
 build:
 	$(CARGO) build --locked
@@ -57,6 +57,12 @@ test-node: helm image
 ## cached under ~/.cache/secure-defaults/tools/.
 helm:
 	e2e/build-helm.sh >/dev/null
+
+## The files written from the field table (README tables, the shipped policies' defaults), then install.yaml
+## from the chart. `cargo test` (tests/generated.rs) fails while any of them is stale.
+generate:
+	$(CARGO) run --locked --quiet -- generate
+	$(MAKE) manifests
 
 ## manifests/install.yaml, rendered from the Helm chart (the e2e suite fails while it is stale).
 manifests:

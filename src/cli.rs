@@ -31,6 +31,18 @@ pub enum Command {
     Check(CheckArgs),
     /// List the running pods the policy would change if they were created now, by owner. Read-only.
     Audit(AuditArgs),
+    /// Rewrite the files generated from the field table (README tables, shipped policies); run from the
+    /// repository root (`make generate`).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+/// Flags of `generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Only say which files are stale; exit 1 if any is.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Flags of `audit`.

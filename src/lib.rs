@@ -31,6 +31,7 @@ pub mod config;
 pub mod engine;
 pub mod exceptions;
 pub mod fields;
+pub mod generate;
 pub mod metrics;
 pub mod namespaces;
 pub mod pod;

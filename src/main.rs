@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use secure_defaults::cli::{AuditArgs, CheckArgs, Cli, Command, MutateArgs, Output, ServeArgs};
+use secure_defaults::cli::{
+    AuditArgs, CheckArgs, Cli, Command, GenerateArgs, MutateArgs, Output, ServeArgs,
+};
 use secure_defaults::config::{self, Config, LogFormat};
 use secure_defaults::policy::{self, NamespaceLabels};
 use secure_defaults::{admission, preview};
@@ -19,6 +21,7 @@ fn main() -> ExitCode {
         Command::Mutate(args) => (mutate(args), 2),
         Command::Check(args) => (check(args).map(|()| ExitCode::SUCCESS), 1),
         Command::Audit(args) => (audit(args).map(|()| ExitCode::SUCCESS), 1),
+        Command::Generate(args) => (generate(args), 1),
     };
     match result {
         Ok(code) => code,
@@ -191,4 +194,36 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
     })?;
     print!("{}", secure_defaults::audit::render(&groups, args.output));
     Ok(())
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    use secure_defaults::generate;
+    let mut stale = Vec::new();
+    let mut files: BTreeMap<&str, String> = BTreeMap::new();
+    for region in generate::regions() {
+        let text = match files.remove(region.file) {
+            Some(text) => text,
+            None => std::fs::read_to_string(region.file).with_context(|| {
+                format!("cannot read {} (run from the repository root)", region.file)
+            })?,
+        };
+        files.insert(region.file, generate::apply(&text, &region)?);
+    }
+    for (file, text) in files {
+        let current =
+            std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+        if current == text {
+            continue;
+        }
+        stale.push(file);
+        if !args.check {
+            std::fs::write(file, text).with_context(|| format!("cannot write {file}"))?;
+            eprintln!("wrote {file}");
+        }
+    }
+    if args.check && !stale.is_empty() {
+        eprintln!("stale: {} (run `make generate`)", stale.join(", "));
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }

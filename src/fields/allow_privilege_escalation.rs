@@ -18,6 +18,21 @@ impl FieldDef for AllowPrivilegeEscalation {
         Level::Container
     }
 
+    fn shipped(&self) -> Option<Value> {
+        Some(json!(false))
+    }
+
+    fn when(&self) -> &'static str {
+        "absent; `containers`, `initContainers` and `ephemeralContainers`, except a privileged one or one that adds `CAP_SYS_ADMIN` (the API server refuses that combination)"
+    }
+
+    fn restricted_doc(&self) -> Option<(&'static str, &'static str)> {
+        Some((
+            "no privilege escalation",
+            "an explicit `allowPrivilegeEscalation: true`",
+        ))
+    }
+
     fn check(&self, value: &Value) -> Result<(), String> {
         match value {
             Value::Bool(false) => Ok(()),

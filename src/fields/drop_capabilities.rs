@@ -18,6 +18,17 @@ impl FieldDef for DropCapabilities {
         Level::Container
     }
 
+    fn when(&self) -> &'static str {
+        "the container has no `drop` list and is not privileged; its own `add` list stays (Kubernetes drops first, then adds)"
+    }
+
+    fn restricted_doc(&self) -> Option<(&'static str, &'static str)> {
+        Some((
+            "capabilities: drop `ALL`, add at most `NET_BIND_SERVICE`",
+            "an added capability other than `NET_BIND_SERVICE` (such as the `SYS_PTRACE` of `kubectl debug`'s default profile); a `drop` list without `ALL`",
+        ))
+    }
+
     fn path(&self) -> Vec<&'static str> {
         vec!["capabilities", "drop"]
     }

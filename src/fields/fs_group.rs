@@ -16,6 +16,14 @@ impl FieldDef for FsGroup {
         Level::Pod
     }
 
+    fn shipped(&self) -> Option<Value> {
+        Some(json!(65532))
+    }
+
+    fn when(&self) -> &'static str {
+        "absent at pod level"
+    }
+
     fn check(&self, value: &Value) -> Result<(), String> {
         id::any(value).map(drop)
     }

@@ -18,6 +18,14 @@ impl FieldDef for FsGroupChangePolicy {
         Level::Pod
     }
 
+    fn shipped(&self) -> Option<Value> {
+        Some(json!("OnRootMismatch"))
+    }
+
+    fn when(&self) -> &'static str {
+        "absent, and the pod ends up with an `fsGroup` (its own or the default)"
+    }
+
     fn check(&self, value: &Value) -> Result<(), String> {
         match value.as_str() {
             Some(s) if VALUES.contains(&s) => Ok(()),

@@ -48,6 +48,16 @@ pub trait FieldDef: Sync {
     fn restricted(&self) -> Option<Value> {
         None
     }
+    /// The value of the shipped policy (`config/policy.yaml` and the manifests'), if it defaults the field.
+    fn shipped(&self) -> Option<Value> {
+        None
+    }
+    /// When the field is set, for the README's table: the conditions besides "the pod states none".
+    fn when(&self) -> &'static str;
+    /// For a field "restricted" needs: what it requires, and what defaulting cannot fix (warned about).
+    fn restricted_doc(&self) -> Option<(&'static str, &'static str)> {
+        None
+    }
     /// Pod level: whether the field may be set on this pod, with the warnings to give either way.
     fn pod_guard(&self, _pod: &PodState<'_, '_>) -> Guard {
         Guard::Set(Vec::new())
@@ -147,6 +157,21 @@ impl Field {
     /// See [`FieldDef::show`].
     pub fn show(self, value: &Value) -> String {
         self.def().show(value)
+    }
+
+    /// See [`FieldDef::shipped`].
+    pub fn shipped(self) -> Option<Value> {
+        self.def().shipped()
+    }
+
+    /// See [`FieldDef::when`].
+    pub fn when(self) -> &'static str {
+        self.def().when()
+    }
+
+    /// See [`FieldDef::restricted_doc`].
+    pub fn restricted_doc(self) -> Option<(&'static str, &'static str)> {
+        self.def().restricted_doc()
     }
 
     pub(crate) fn pod_guard(self, pod: &PodState<'_, '_>) -> Guard {

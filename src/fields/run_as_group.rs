@@ -16,6 +16,14 @@ impl FieldDef for RunAsGroup {
         Level::Pod
     }
 
+    fn shipped(&self) -> Option<Value> {
+        Some(json!(65532))
+    }
+
+    fn when(&self) -> &'static str {
+        "absent at pod level, and every container ends up with a `runAsUser` (its own, the pod's, or the default): container runtimes refuse a group without a user"
+    }
+
     fn check(&self, value: &Value) -> Result<(), String> {
         id::non_root(value).map(drop)
     }

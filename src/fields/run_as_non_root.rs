@@ -18,6 +18,17 @@ impl FieldDef for RunAsNonRoot {
         Level::Pod
     }
 
+    fn when(&self) -> &'static str {
+        "absent, and no container would run as user 0 (its own `runAsUser`, else the pod's)"
+    }
+
+    fn restricted_doc(&self) -> Option<(&'static str, &'static str)> {
+        Some((
+            "run as non-root, never `runAsUser: 0`",
+            "an explicit `runAsUser: 0` or `runAsNonRoot: false`",
+        ))
+    }
+
     fn check(&self, value: &Value) -> Result<(), String> {
         match value {
             Value::Bool(true) => Ok(()),

@@ -16,6 +16,14 @@ impl FieldDef for RunAsUser {
         Level::Pod
     }
 
+    fn shipped(&self) -> Option<Value> {
+        Some(json!(65532))
+    }
+
+    fn when(&self) -> &'static str {
+        "absent at pod level. A container's own value always wins over the pod's in Kubernetes, so this never overrides a container."
+    }
+
     fn check(&self, value: &Value) -> Result<(), String> {
         id::non_root(value).map(drop)
     }

@@ -29,6 +29,17 @@ impl FieldDef for SeccompProfile {
         Level::Pod
     }
 
+    fn when(&self) -> &'static str {
+        "absent at pod level, and no deprecated seccomp annotation names another profile; a container's own profile (Localhost ones included) stays and wins"
+    }
+
+    fn restricted_doc(&self) -> Option<(&'static str, &'static str)> {
+        Some((
+            "seccomp `RuntimeDefault` or `Localhost`",
+            "an explicit `Unconfined` profile",
+        ))
+    }
+
     fn check(&self, value: &Value) -> Result<(), String> {
         let Some(map) = value.as_object() else {
             return Err(format!(
