@@ -18,34 +18,113 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.5, 1.0,
 ];
 
+/// Which request a series counts: the route of an answered review, or `unknown` for one refused before its route
+/// was known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// An answered review's route.
+    Route(Route),
+    /// Refused before its route was known.
+    Unknown,
+}
+
+impl Operation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Operation::Route(route) => route.as_str(),
+            Operation::Unknown => "unknown",
+        }
+    }
+}
+
+/// How a request ended: a review's verdict, or why it got no review answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestResult {
+    /// Answered.
+    Answered(Verdict),
+    /// Not an AdmissionReview we take (HTTP 400).
+    BadRequest,
+    /// The body did not arrive in time (HTTP 408).
+    ClientTimeout,
+    /// Answering failed (HTTP 500).
+    Error,
+}
+
+impl RequestResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            RequestResult::Answered(verdict) => verdict.as_str(),
+            RequestResult::BadRequest => "bad_request",
+            RequestResult::ClientTimeout => "client_timeout",
+            RequestResult::Error => "error",
+        }
+    }
+}
+
+/// Where namespace labels came from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum LookupSource {
+    /// The watched cache.
+    Cache,
+    /// A direct GET, while the cache could not answer.
+    Direct,
+    /// Neither answered.
+    Failed,
+}
+
+impl LookupSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            LookupSource::Cache => "cache",
+            LookupSource::Direct => "direct",
+            LookupSource::Failed => "failed",
+        }
+    }
+}
+
+/// How a reload ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Reload {
+    /// The new file (or Secret) is in force.
+    Ok,
+    /// It was refused; the last good one stays.
+    Failed,
+}
+
+impl Reload {
+    const ALL: [Reload; 2] = [Reload::Ok, Reload::Failed];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Reload::Ok => "ok",
+            Reload::Failed => "failed",
+        }
+    }
+}
+
 /// Labels of the admission counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// create, ephemeral, other.
-    pub operation: &'static str,
-    /// patched, unchanged, exempt, ignored, unreadable, bad_request, client_timeout, error.
-    pub result: &'static str,
+    operation: &'static str,
+    result: &'static str,
 }
 
 /// Labels of the latency histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
-    /// create, ephemeral, other, unknown.
-    pub operation: &'static str,
+    operation: &'static str,
 }
 
-/// Labels of the per-field counters.
+/// Labels of the per-field counters: a field's name in the table.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FieldLabels {
-    /// A field's name in the table.
-    pub field: &'static str,
+    field: &'static str,
 }
 
 /// Labels of the reload counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// ok or failed.
-    pub result: &'static str,
+    result: &'static str,
 }
 
 /// Labels of the policy info metric.
@@ -58,51 +137,91 @@ pub struct PolicyInfoLabels {
 /// Labels of the namespace lookup counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LookupLabels {
-    /// cache, direct, failed.
-    pub source: &'static str,
-}
-
-/// Every metric the server exports, in one registry.
-pub struct Metrics {
-    registry: Registry,
-    /// Admission reviews answered.
-    pub requests: Family<RequestLabels, Counter>,
-    /// Time per review.
-    pub duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
-    /// Pods that got each field.
-    pub fields_defaulted: Family<FieldLabels, Counter>,
-    /// Warnings returned.
-    pub warnings: Counter,
-    /// Policy reloads.
-    pub policy_reloads: Family<ResultLabels, Counter>,
-    /// The policy's generation.
-    pub policy_generation: Gauge,
-    /// Certificate reloads.
-    pub certificate_reloads: Family<ResultLabels, Counter>,
-    /// Where namespace labels came from.
-    pub namespace_lookups: Family<LookupLabels, Counter>,
-    /// Open webhook connections.
-    pub open_connections: Gauge,
-    /// Failed or timed-out TLS handshakes.
-    pub tls_handshake_failures: Counter,
-    /// Pods that would have got a field, in report-only namespaces.
-    pub fields_would_default: Family<FieldLabels, Counter>,
-    /// Fields left out because a pod opted out of them, as its policy allows.
-    pub exceptions: Family<FieldLabels, Counter>,
-    /// notAfter of the serving certificate in use (Unix seconds).
-    pub certificate_expiry: Gauge,
-    /// notAfter of the CA signing the self-managed serving certificate (Unix seconds).
-    pub ca_expiry: Gauge,
-    /// When the self-managed serving certificate in use was issued (Unix seconds).
-    pub certificate_last_rotation: Gauge,
-    /// When the policy in force was loaded: at start, then at each successful reload (Unix seconds).
-    pub policy_last_reload: Gauge,
-    /// The policy in force, by content hash; only the current hash has a series.
-    pub policy_info: Family<PolicyInfoLabels, Gauge>,
+    source: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Declares every metric once: its field, type, how it is made, its name (after the `secure_defaults_` prefix)
+/// and its help. The struct and its registration are written from this one list.
+macro_rules! metrics {
+    ($($(#[doc = $doc:literal])* $field:ident: $ty:ty = $make:expr, $name:literal, $help:literal;)*) => {
+        /// Every metric the server exports, in one registry.
+        pub struct Metrics {
+            registry: Registry,
+            $($(#[doc = $doc])* pub $field: $ty,)*
+        }
+
+        impl Metrics {
+            /// A registry with every metric registered.
+            pub fn new() -> Self {
+                let mut registry = Registry::with_prefix("secure_defaults");
+                $(
+                    let $field: $ty = $make;
+                    registry.register($name, $help, $field.clone());
+                )*
+                let metrics = Self { registry, $($field,)* };
+                metrics.start_at_zero();
+                metrics
+            }
+        }
+    };
+}
+
+metrics! {
+    /// Admission reviews answered.
+    requests: Family<RequestLabels, Counter> = Family::default(),
+        "admission_requests", "Admission reviews answered, by operation and result";
+    /// Time per review.
+    duration: Family<OperationLabels, Histogram, fn() -> Histogram> = Family::new_with_constructor(latency_histogram),
+        "admission_duration_seconds", "Time from the request's first byte read to the response, by operation";
+    /// Pods that got each field.
+    fields_defaulted: Family<FieldLabels, Counter> = Family::default(),
+        "fields_defaulted", "Pods (or new ephemeral containers) that got a field defaulted, by field";
+    /// Warnings of the field guards.
+    warnings: Counter = Counter::default(),
+        "guard_warnings", "Warnings of the field guards: a default skipped or set with a note (privileged, CAP_SYS_ADMIN, no runAsUser, a deprecated seccomp annotation) or a pod left alone (mirror, Windows); report-mode lines and exception warnings are not counted here";
+    /// Policy reloads.
+    policy_reloads: Family<ResultLabels, Counter> = Family::default(),
+        "policy_reloads", "Policy file reloads, ok or failed (a failed one keeps the last good policy)";
+    /// The policy's generation.
+    policy_generation: Gauge = Gauge::default(),
+        "policy_generation", "Generation of the policy in force: 1 at start, +1 per successful reload";
+    /// Certificate reloads.
+    certificate_reloads: Family<ResultLabels, Counter> = Family::default(),
+        "certificate_reloads", "Serving certificate reloads, ok or failed (a failed one keeps the certificate in use)";
+    /// Where namespace labels came from.
+    namespace_lookups: Family<LookupLabels, Counter> = Family::default(),
+        "namespace_lookups", "Namespace label lookups, by source: cache, direct (not yet cached) or failed";
+    /// Open webhook connections.
+    open_connections: Gauge = Gauge::default(),
+        "open_connections", "Open webhook connections";
+    /// Failed or timed-out TLS handshakes.
+    tls_handshake_failures: Counter = Counter::default(),
+        "tls_handshake_failures", "TLS handshakes that failed or timed out";
+    /// Pods that would have got a field, in report-only namespaces.
+    fields_would_default: Family<FieldLabels, Counter> = Family::default(),
+        "fields_would_default", "Pods in report-only namespaces that would have got a field, by field";
+    /// Fields left out because a pod opted out of them, as its policy allows.
+    exceptions: Family<FieldLabels, Counter> = Family::default(),
+        "exceptions", "Fields left out because the pod opted out with secure-defaults.io/skip, as its policy allows, by field";
+    /// notAfter of the serving certificate in use (Unix seconds).
+    certificate_expiry: Gauge = Gauge::default(),
+        "certificate_expiry_timestamp_seconds", "Expiry (notAfter) of the serving certificate in use, as a Unix time";
+    /// notAfter of the CA signing the self-managed serving certificate (Unix seconds).
+    ca_expiry: Gauge = Gauge::default(),
+        "ca_expiry_timestamp_seconds", "Expiry (notAfter) of the CA that signs the self-managed serving certificate, as a Unix time (self-managed certificates only)";
+    /// When the self-managed serving certificate in use was issued (Unix seconds).
+    certificate_last_rotation: Gauge = Gauge::default(),
+        "certificate_last_rotation_timestamp_seconds", "When the self-managed serving certificate in use was issued or last rotated, as a Unix time (self-managed certificates only)";
+    /// When the policy in force was loaded: at start, then at each successful reload (Unix seconds).
+    policy_last_reload: Gauge = Gauge::default(),
+        "policy_last_reload_timestamp_seconds", "When the policy in force was loaded (at start, then at each successful reload), as a Unix time";
+    /// The policy in force, by content hash; only the current hash has a series.
+    policy_info: Family<PolicyInfoLabels, Gauge> = Family::default(),
+        "policy_info", "The policy in force: 1 for the first 16 hex digits of the SHA-256 of its file; replicas that disagree serve different policies";
 }
 
 impl Default for Metrics {
@@ -112,136 +231,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A registry with every metric registered.
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("secure_defaults");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "admission_requests",
-            "Admission reviews answered, by operation and result",
-            requests.clone(),
-        );
-        let duration =
-            Family::<OperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
-        registry.register(
-            "admission_duration_seconds",
-            "Time from the request's first byte read to the response, by operation",
-            duration.clone(),
-        );
-        let fields_defaulted = Family::<FieldLabels, Counter>::default();
-        registry.register(
-            "fields_defaulted",
-            "Pods (or new ephemeral containers) that got a field defaulted, by field",
-            fields_defaulted.clone(),
-        );
-        let warnings = Counter::default();
-        registry.register("guard_warnings", "Warnings of the field guards: a default skipped or set with a note (privileged, CAP_SYS_ADMIN, no runAsUser, a deprecated seccomp annotation) or a pod left alone (mirror, Windows); report-mode lines and exception warnings are not counted here", warnings.clone());
-        let policy_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "policy_reloads",
-            "Policy file reloads, ok or failed (a failed one keeps the last good policy)",
-            policy_reloads.clone(),
-        );
-        let policy_generation = Gauge::default();
-        registry.register(
-            "policy_generation",
-            "Generation of the policy in force: 1 at start, +1 per successful reload",
-            policy_generation.clone(),
-        );
-        let certificate_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "certificate_reloads",
-            "Serving certificate reloads, ok or failed (a failed one keeps the certificate in use)",
-            certificate_reloads.clone(),
-        );
-        let namespace_lookups = Family::<LookupLabels, Counter>::default();
-        registry.register(
-            "namespace_lookups",
-            "Namespace label lookups, by source: cache, direct (not yet cached) or failed",
-            namespace_lookups.clone(),
-        );
-        let open_connections = Gauge::default();
-        registry.register(
-            "open_connections",
-            "Open webhook connections",
-            open_connections.clone(),
-        );
-        let tls_handshake_failures = Counter::default();
-        registry.register(
-            "tls_handshake_failures",
-            "TLS handshakes that failed or timed out",
-            tls_handshake_failures.clone(),
-        );
-        let fields_would_default = Family::<FieldLabels, Counter>::default();
-        registry.register(
-            "fields_would_default",
-            "Pods in report-only namespaces that would have got a field, by field",
-            fields_would_default.clone(),
-        );
-        let exceptions = Family::<FieldLabels, Counter>::default();
-        registry.register(
-            "exceptions",
-            "Fields left out because the pod opted out with secure-defaults.io/skip, as its policy allows, by field",
-            exceptions.clone(),
-        );
-        // Both reload outcomes exist from the start, at 0: a failure is then an increase that rate() and
-        // increase() see, not a series appearing from nothing.
-        for family in [&policy_reloads, &certificate_reloads] {
-            for result in ["ok", "failed"] {
-                family.get_or_create(&ResultLabels { result }).inc_by(0);
+    /// Both reload outcomes exist from the start, at 0: a failure is then an increase that rate() and increase()
+    /// see, not a series appearing from nothing.
+    fn start_at_zero(&self) {
+        for family in [&self.policy_reloads, &self.certificate_reloads] {
+            for result in Reload::ALL {
+                family
+                    .get_or_create(&ResultLabels {
+                        result: result.as_str(),
+                    })
+                    .inc_by(0);
             }
-        }
-        let certificate_expiry = Gauge::default();
-        registry.register(
-            "certificate_expiry_timestamp_seconds",
-            "Expiry (notAfter) of the serving certificate in use, as a Unix time",
-            certificate_expiry.clone(),
-        );
-        let ca_expiry = Gauge::default();
-        registry.register(
-            "ca_expiry_timestamp_seconds",
-            "Expiry (notAfter) of the CA that signs the self-managed serving certificate, as a Unix time (self-managed certificates only)",
-            ca_expiry.clone(),
-        );
-        let certificate_last_rotation = Gauge::default();
-        registry.register(
-            "certificate_last_rotation_timestamp_seconds",
-            "When the self-managed serving certificate in use was issued or last rotated, as a Unix time (self-managed certificates only)",
-            certificate_last_rotation.clone(),
-        );
-        let policy_last_reload = Gauge::default();
-        registry.register(
-            "policy_last_reload_timestamp_seconds",
-            "When the policy in force was loaded (at start, then at each successful reload), as a Unix time",
-            policy_last_reload.clone(),
-        );
-        let policy_info = Family::<PolicyInfoLabels, Gauge>::default();
-        registry.register(
-            "policy_info",
-            "The policy in force: 1 for the first 16 hex digits of the SHA-256 of its file; replicas that disagree serve different policies",
-            policy_info.clone(),
-        );
-        Self {
-            registry,
-            requests,
-            duration,
-            fields_defaulted,
-            warnings,
-            policy_reloads,
-            policy_generation,
-            certificate_reloads,
-            namespace_lookups,
-            open_connections,
-            tls_handshake_failures,
-            fields_would_default,
-            exceptions,
-            certificate_expiry,
-            ca_expiry,
-            certificate_last_rotation,
-            policy_last_reload,
-            policy_info,
         }
     }
 
@@ -263,8 +263,8 @@ impl Metrics {
     /// Counts an answered review, its time, and the fields it set (or, in report-only mode, would have set) or
     /// left out at the pod's request.
     pub fn count_answer(&self, route: Route, verdict: Verdict, seconds: f64, outcome: &Outcome) {
-        self.count_request(route.as_str(), verdict.as_str());
-        self.observe_duration(route.as_str(), seconds);
+        self.count_request(Operation::Route(route), RequestResult::Answered(verdict));
+        self.observe_duration(Operation::Route(route), seconds);
         let family = match verdict {
             Verdict::Reported => &self.fields_would_default,
             _ => &self.fields_defaulted,
@@ -287,17 +287,31 @@ impl Metrics {
     }
 
     /// Counts one answered (or refused) request.
-    pub fn count_request(&self, operation: &'static str, result: &'static str) {
+    pub fn count_request(&self, operation: Operation, result: RequestResult) {
         self.requests
-            .get_or_create(&RequestLabels { operation, result })
+            .get_or_create(&RequestLabels {
+                operation: operation.as_str(),
+                result: result.as_str(),
+            })
             .inc();
     }
 
     /// Records one request's time.
-    pub fn observe_duration(&self, operation: &'static str, seconds: f64) {
+    pub fn observe_duration(&self, operation: Operation, seconds: f64) {
         self.duration
-            .get_or_create(&OperationLabels { operation })
+            .get_or_create(&OperationLabels {
+                operation: operation.as_str(),
+            })
             .observe(seconds);
+    }
+
+    /// Counts one namespace label lookup by where its answer came from.
+    pub fn count_lookup(&self, source: LookupSource) {
+        self.namespace_lookups
+            .get_or_create(&LookupLabels {
+                source: source.as_str(),
+            })
+            .inc();
     }
 
     /// Counts pods that got these fields.
@@ -313,9 +327,10 @@ impl Metrics {
 
     /// Counts one reload, ok or failed.
     pub fn count_reload(family: &Family<ResultLabels, Counter>, ok: bool) {
+        let result = if ok { Reload::Ok } else { Reload::Failed };
         family
             .get_or_create(&ResultLabels {
-                result: if ok { "ok" } else { "failed" },
+                result: result.as_str(),
             })
             .inc();
     }
@@ -353,8 +368,11 @@ mod tests {
     #[test]
     fn exposes_counters_and_sub_millisecond_buckets() {
         let m = Metrics::new();
-        m.count_request("create", "patched");
-        m.observe_duration("create", 0.000_07);
+        m.count_request(
+            Operation::Route(Route::CreatePod),
+            RequestResult::Answered(Verdict::Patched),
+        );
+        m.observe_duration(Operation::Route(Route::CreatePod), 0.000_07);
         let field = |name| Field::by_name(name).unwrap();
         m.count_fields([field("runAsUser")].into_iter());
         let none = Outcome::default();

@@ -20,7 +20,7 @@ use kube::runtime::watcher;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{LookupLabels, Metrics};
+use crate::metrics::{LookupSource, Metrics};
 use crate::policy::NamespaceLabels;
 use crate::watch::{Outage, Report};
 
@@ -135,18 +135,18 @@ impl Namespaces {
         if let Some(labels) = &cached
             && c.healthy.load(Ordering::Acquire)
         {
-            c.count("cache");
+            c.count(LookupSource::Cache);
             return Ok(Labels::Cached(labels.clone()));
         }
         // Created a moment ago, the cache is still syncing, or the watch is not healthy: ask, briefly.
         let lookup = tokio::time::timeout(c.lookup_timeout, c.api.get_opt(name)).await;
         let failed = match lookup {
             Ok(Ok(Some(meta))) => {
-                c.count("direct");
+                c.count(LookupSource::Direct);
                 return Ok(Labels::Fetched(Box::new(meta)));
             }
             Ok(Ok(None)) => {
-                c.count("failed");
+                c.count(LookupSource::Failed);
                 return Err(NamespaceError::NotFound(name.to_owned()));
             }
             Ok(Err(e)) => NamespaceError::Lookup(name.to_owned(), e),
@@ -154,11 +154,11 @@ impl Namespaces {
         };
         // The API server cannot be asked either: what the cache last knew beats failing the request.
         if let Some(labels) = cached {
-            c.count("cache");
+            c.count(LookupSource::Cache);
             tracing::debug!(namespace = name, error = %crate::error_chain(&failed), "namespace lookup failed; using the labels last cached");
             return Ok(Labels::Cached(labels));
         }
-        c.count("failed");
+        c.count(LookupSource::Failed);
         Err(failed)
     }
 }
@@ -182,11 +182,8 @@ fn entry(meta: Meta) -> Option<(String, Arc<LabelMap>)> {
 }
 
 impl Cluster {
-    fn count(&self, source: &'static str) {
-        self.metrics
-            .namespace_lookups
-            .get_or_create(&LookupLabels { source })
-            .inc();
+    fn count(&self, source: LookupSource) {
+        self.metrics.count_lookup(source);
     }
 
     fn cached(&self, name: &str) -> Option<Arc<LabelMap>> {

@@ -19,7 +19,7 @@ use tracing::Instrument as _;
 
 use super::policy_store::PolicyStore;
 use crate::admission::{self, Route, Verdict};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Operation, RequestResult};
 use crate::namespaces::Namespaces;
 
 /// The API server's own limit on an object; a review holds the object (twice for an update) plus a little.
@@ -118,7 +118,8 @@ where
     let body = match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) => {
-            app.metrics.count_request("unknown", "bad_request");
+            app.metrics
+                .count_request(Operation::Unknown, RequestResult::BadRequest);
             let response = if e
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
@@ -137,7 +138,8 @@ where
         }
         Err(_) => {
             // The client's fault, not the server's: counted and answered apart from the server's own failures.
-            app.metrics.count_request("unknown", "client_timeout");
+            app.metrics
+                .count_request(Operation::Unknown, RequestResult::ClientTimeout);
             tracing::warn!(timeout = ?app.request_timeout, "request body not received within the request deadline");
             let response = error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -149,7 +151,8 @@ where
     match tokio::time::timeout_at(deadline, decide(app, &body, started)).await {
         Ok(response) => response,
         Err(_) => {
-            app.metrics.count_request("unknown", "error");
+            app.metrics
+                .count_request(Operation::Unknown, RequestResult::Error);
             tracing::error!(timeout = ?app.request_timeout, "admission request exceeded its deadline");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -192,7 +195,8 @@ async fn decide(app: &App, body: &[u8], started: Instant) -> Response<Body> {
     let review = match admission::parse(body) {
         Ok(review) => review,
         Err(e) => {
-            app.metrics.count_request("unknown", "bad_request");
+            app.metrics
+                .count_request(Operation::Unknown, RequestResult::BadRequest);
             let reason = crate::error_chain(&e);
             tracing::warn!(%reason, "bad admission request");
             return error(StatusCode::BAD_REQUEST, reason);
@@ -215,7 +219,8 @@ async fn decide(app: &App, body: &[u8], started: Instant) -> Response<Body> {
                 Err(e) => {
                     // Let the webhook's failurePolicy decide, rather than guess a policy without the labels.
                     let reason = crate::error_chain(&e);
-                    app.metrics.count_request(route.as_str(), "error");
+                    app.metrics
+                        .count_request(Operation::Route(route), RequestResult::Error);
                     tracing::error!(
                         uid = %request.uid,
                         namespace,
@@ -238,7 +243,8 @@ async fn decide(app: &App, body: &[u8], started: Instant) -> Response<Body> {
             Ok(response) => response,
             Err(e) => {
                 let reason = crate::error_chain(&e);
-                app.metrics.count_request(route.as_str(), "error");
+                app.metrics
+                    .count_request(Operation::Route(route), RequestResult::Error);
                 tracing::error!(uid = &*request.uid, %reason, "cannot answer the review");
                 return error(StatusCode::INTERNAL_SERVER_ERROR, reason);
             }
