@@ -499,3 +499,66 @@ async fn webhook_down_fails_closed_or_open_as_configured() {
     assert!(annotation(&pod).is_none());
     assert!(sc(&pod).get("runAsUser").is_none());
 }
+
+/// What `serve` logs of the cluster at start (`secure_defaults::compat`) is what the API server offers: its
+/// release, ValidatingAdmissionPolicy v1 (the backstops) and MutatingAdmissionPolicy served exactly where the table
+/// says GA. Run on each release by `make test-compat`, it measures the README's compatibility table.
+#[tokio::test]
+async fn the_compatibility_table_matches_the_api_server() {
+    let env = cluster_env();
+    let client = client(&env).await;
+    let info = client.apiserver_version().await.unwrap();
+    let release = secure_defaults::compat::Release::parse(&info.major, &info.minor).unwrap();
+    let features = release.features();
+    let out = support::kubectl(
+        &env.bin.join("kubectl"),
+        &env.kubeconfig,
+        &[
+            "api-resources",
+            "--api-group=admissionregistration.k8s.io",
+            "-o",
+            "wide",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resources = String::from_utf8_lossy(&out.stdout).into_owned();
+    let served = |kind: &str| {
+        resources
+            .lines()
+            .any(|l| l.split_whitespace().any(|w| w == kind))
+    };
+    assert_eq!(
+        served("ValidatingAdmissionPolicy"),
+        features.validating_admission_policy,
+        "{release}: {resources}"
+    );
+    assert_eq!(
+        served("MutatingAdmissionPolicy"),
+        features.mutating_admission_policy == secure_defaults::compat::Availability::Ga,
+        "{release}: {resources}"
+    );
+    // Whether the namespace cache gets its initial list streamed in the watch (WatchList) or falls back to a
+    // list, then a watch.
+    let streamed = support::kubectl(
+        &env.bin.join("kubectl"),
+        &env.kubeconfig,
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1",
+        ],
+        None,
+    );
+    eprintln!(
+        "compat: {} ({release}): ValidatingAdmissionPolicy v1 {}, MutatingAdmissionPolicy {}, streamed initial list {}",
+        info.git_version,
+        features.validating_admission_policy,
+        features.mutating_admission_policy,
+        streamed.status.success()
+    );
+}
