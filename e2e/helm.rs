@@ -11,7 +11,7 @@
 //! The chart's cluster-scoped objects (MutatingWebhookConfiguration `secure-defaults`, ...) are the
 //! overlays' too: [`CLUSTER_SCOPED`] keeps the install test and the overlays' install test apart.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
@@ -20,9 +20,6 @@ use serde_json::{Value, json};
 
 use crate::manifests::*;
 use crate::support::*;
-
-/// Held by the tests that install objects with the manifests' fixed cluster-wide names.
-pub(crate) static CLUSTER_SCOPED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CHART: &str = "manifests/chart/secure-defaults";
 const RELEASE: &str = "secure-defaults";
@@ -33,23 +30,6 @@ const HELM_LABELS: [&str; 4] = [
     "app.kubernetes.io/instance",
     "app.kubernetes.io/version",
 ];
-
-/// The helm binary e2e/build-helm.sh builds (once per machine) at the pinned version.
-pub(crate) fn helm_bin() -> &'static PathBuf {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let out = Command::new(repo().join("e2e/build-helm.sh"))
-            .output()
-            .expect("run e2e/build-helm.sh");
-        assert!(
-            out.status.success(),
-            "e2e/build-helm.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        PathBuf::from(stdout.lines().last().expect("the helm path").trim())
-    })
-}
 
 fn helm(env: Option<&ClusterEnv>, args: &[&str]) -> Output {
     let mut cmd = Command::new(helm_bin());
@@ -633,9 +613,7 @@ fn helm_values_change_what_they_say() {
 
     // The alerts and the dashboard: the same as the kustomize monitoring component's, with the labels asked for.
     let component = |file: &str| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("manifests/components/monitoring")
-            .join(file);
+        let path = repo().join("manifests/components/monitoring").join(file);
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     };
     let rule = find(&docs, "PrometheusRule", "secure-defaults");

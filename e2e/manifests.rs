@@ -58,10 +58,6 @@ enum Certificates {
 // ---------------------------------------------------------------------------------------------------------
 // Rendering
 
-pub(crate) fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 pub(crate) fn tmp_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("e2e")
@@ -1184,7 +1180,7 @@ async fn manifests_install_route_pods_and_backstop() {
     let env = cluster_env();
     let client = client(&env).await;
     // The chart's install test creates the same cluster-wide objects.
-    let _cluster_scoped = crate::helm::CLUSTER_SCOPED.lock().await;
+    let _cluster_scoped = CLUSTER_SCOPED.lock().await;
     let mut installed = Installed {
         env: &env,
         applied: Vec::new(),

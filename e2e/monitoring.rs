@@ -9,10 +9,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// `to` relative to `from` (kustomize refuses absolute paths to other kustomizations).
 fn relative(from: &Path, to: &Path) -> PathBuf {
     let (from, to) = (from.canonicalize().unwrap(), to.canonicalize().unwrap());

@@ -9,7 +9,7 @@ use crate::support::*;
 
 /// `kubectl kustomize` of a directory of the repository, one JSON value per document.
 fn render(env: &ClusterEnv, dir: &str) -> Vec<Value> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let path = repo().join(dir);
     let out = kubectl(
         &env.bin.join("kubectl"),
         &env.kubeconfig,
@@ -81,8 +81,7 @@ async fn the_network_policy_component_admits_only_the_control_plane_and_monitori
 
     // Unpatched, the component carries the documentation-range placeholder the README says to replace.
     let component = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("manifests/components/network-policy/networkpolicy.yaml"),
+        repo().join("manifests/components/network-policy/networkpolicy.yaml"),
     )
     .unwrap();
     assert!(component.contains("cidr: 192.0.2.0/24"));

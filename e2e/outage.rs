@@ -22,7 +22,7 @@ const OUTAGE: Duration = Duration::from_secs(40);
 const HONOURED_WITHIN: Duration = Duration::from_secs(5);
 
 fn cluster(dir: &Path, command: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/cluster.sh");
+    let script = repo().join("e2e/cluster.sh");
     let out = Command::new(script)
         .arg(command)
         .arg(dir)
@@ -53,7 +53,7 @@ impl Drop for Stopped<'_> {
     fn drop(&mut self) {
         if !self.restarted {
             self.restarted = true;
-            let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/cluster.sh"))
+            let _ = Command::new(repo().join("e2e/cluster.sh"))
                 .arg("start-apiserver")
                 .arg(self.dir)
                 .status();

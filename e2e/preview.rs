@@ -8,7 +8,7 @@
 //! - pods pinned to Windows by node selection, and pods with the deprecated seccomp annotations, stay admissible.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use kube::api::{Api, DynamicObject, PostParams};
@@ -17,12 +17,8 @@ use serde_json::{Value, json};
 
 use super::support::*;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn corpus_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(root().join("tests/corpus"))
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(repo().join("tests/corpus"))
         .into_iter()
         .map(|e| e.unwrap().into_path())
         .filter(|p| {
@@ -109,7 +105,7 @@ fn corpus_pods() -> Vec<(String, Value)> {
                 meta.insert("name".into(), json!(format!("corpus-{n}")));
                 let what = format!(
                     "{} {kind}/{}",
-                    file.strip_prefix(root()).unwrap().display(),
+                    file.strip_prefix(repo()).unwrap().display(),
                     object
                         .pointer("/metadata/name")
                         .and_then(Value::as_str)
@@ -286,7 +282,7 @@ async fn kubectl_reads_the_preview_output_as_the_input_plus_the_reported_patches
     let mut compared = 0;
     let mut patched = 0;
     for file in corpus_files() {
-        let name = file.strip_prefix(root()).unwrap().display().to_string();
+        let name = file.strip_prefix(repo()).unwrap().display().to_string();
         let input = std::fs::read(&file).unwrap();
         let format = if name.ends_with(".json") {
             "json"
@@ -421,8 +417,8 @@ async fn kubectl_reads_the_preview_output_as_the_input_plus_the_reported_patches
 async fn helm_template_and_kustomize_output_preview_through_standard_input() {
     let env = cluster_env();
     let label = format!("{INJECT}=enabled");
-    let helm = super::helm::helm_bin();
-    let chart = root().join("manifests/chart/secure-defaults");
+    let helm = helm_bin();
+    let chart = repo().join("manifests/chart/secure-defaults");
     let rendered = Command::new(helm)
         .args([
             "template",
@@ -439,7 +435,7 @@ async fn helm_template_and_kustomize_output_preview_through_standard_input() {
         &env.kubeconfig,
         &[
             "kustomize",
-            root().join("manifests/overlays/opt-in").to_str().unwrap(),
+            repo().join("manifests/overlays/opt-in").to_str().unwrap(),
         ],
         None,
     );

@@ -397,8 +397,7 @@ async fn the_restricted_backstop_refuses_pods_the_webhook_did_not_default() {
     .await;
     // The component's policy as it is, bound to this test's namespace alone.
     let policy = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("manifests/components/backstop-restricted/policy.yaml"),
+        repo().join("manifests/components/backstop-restricted/policy.yaml"),
     )
     .unwrap();
     let binding = json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",

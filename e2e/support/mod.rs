@@ -9,6 +9,7 @@ use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -20,6 +21,32 @@ use serde_json::{Value, json};
 pub const TEST_LABEL: &str = "e2e.secure-defaults.io/test";
 pub const INJECT: &str = "secure-defaults.io/inject";
 pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Held by the tests that install objects with the manifests' fixed cluster-wide names (the chart's and the
+/// overlays' install tests), so that they never run at once.
+pub static CLUSTER_SCOPED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The helm binary e2e/build-helm.sh builds (once per machine) at the pinned version.
+pub fn helm_bin() -> &'static PathBuf {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let out = Command::new(repo().join("e2e/build-helm.sh"))
+            .output()
+            .expect("run e2e/build-helm.sh");
+        assert!(
+            out.status.success(),
+            "e2e/build-helm.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        PathBuf::from(stdout.lines().last().expect("the helm path").trim())
+    })
+}
+
+/// The repository's root, where the manifests, the chart and the corpus are.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
 
 /// The control plane e2e/run.sh started: its directory holds `kubeconfig` and `env`.
 pub struct ClusterEnv {
