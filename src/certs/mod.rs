@@ -11,6 +11,7 @@
 //! expires.
 
 pub mod cluster;
+mod lease;
 pub mod source;
 pub mod store;
 
