@@ -42,8 +42,15 @@ pub fn default_pod(pod: &Pod<'_>, defaults: &Defaults) -> Outcome {
         return out;
     }
     pod_level(spec, pod.annotations(), defaults, &mut out);
+    // The container guards see the pod with its pod-level fields decided.
+    let pod_applied = out.applied.clone();
+    let state = PodState {
+        spec,
+        annotations: pod.annotations(),
+        applied: &pod_applied,
+    };
     for (list, index, container) in spec.all_containers() {
-        container_level(list, index, container, defaults, &mut out);
+        container_level(list, index, container, &state, defaults, &mut out);
     }
     if !out.applied.is_empty() {
         out.summary = out.applied.summary();
@@ -68,9 +75,16 @@ pub fn default_new_ephemeral(pod: &Pod<'_>, old: &Pod<'_>, defaults: &Defaults) 
     }
     let existing = ephemeral_names(old);
     let list = ContainerList::EphemeralContainers;
+    // The pod's own fields are all there is at pod level now: nothing is defaulted there on this update.
+    let applied = Applied::default();
+    let state = PodState {
+        spec,
+        annotations: pod.annotations(),
+        applied: &applied,
+    };
     for (index, container) in spec.list(list).iter().enumerate() {
         if !existing.contains(container.name()) {
-            container_level(list, index, container, defaults, &mut out);
+            container_level(list, index, container, &state, defaults, &mut out);
         }
     }
     out.summary = out.applied.summary();
@@ -125,8 +139,21 @@ fn left_alone(pod: &Pod<'_>, out: &mut Outcome) -> bool {
     }
 }
 
-fn skipped(field: Field, reason: &str) -> String {
-    format!("secure-defaults: {field} not defaulted: {reason}")
+/// Records what a guard said about `field` as warnings; whether the field may be set.
+fn heed(field: Field, guard: Guard, out: &mut Outcome) -> bool {
+    let (set, lines) = match guard {
+        Guard::Set(notes) => (true, notes),
+        Guard::Skip(reasons) => (false, reasons),
+    };
+    out.guard_warnings += lines.len();
+    out.warnings.extend(lines.iter().map(|line| {
+        if set {
+            format!("secure-defaults: {field} set: {line}")
+        } else {
+            format!("secure-defaults: {field} not defaulted: {line}")
+        }
+    }));
+    set
 }
 
 fn pod_level(
@@ -150,22 +177,10 @@ fn pod_level(
             annotations,
             applied: &out.applied,
         };
-        match field.pod_guard(&state) {
-            Guard::Set(notes) => {
-                insert(&mut added, &path, value.clone());
-                out.applied.pod(field, value.clone());
-                out.guard_warnings += notes.len();
-                out.warnings.extend(
-                    notes
-                        .iter()
-                        .map(|n| format!("secure-defaults: {field} set: {n}")),
-                );
-            }
-            Guard::Skip(reasons) => {
-                out.guard_warnings += reasons.len();
-                out.warnings
-                    .extend(reasons.iter().map(|r| skipped(field, r)));
-            }
+        let guard = field.pod_guard(&state);
+        if heed(field, guard, out) {
+            insert(&mut added, &path, value.clone());
+            out.applied.pod(field, value.clone());
         }
     }
     let at = PointerBuf::from_tokens(["spec", "securityContext"]);
@@ -176,6 +191,7 @@ fn container_level(
     list: ContainerList,
     index: usize,
     container: &Container<'_>,
+    state: &PodState<'_, '_>,
     defaults: &Defaults,
     out: &mut Outcome,
 ) {
@@ -189,15 +205,9 @@ fn container_level(
         if stated(sc, &path) {
             continue;
         }
-        match field.container_guard(container) {
-            None => {
-                insert(&mut added, &path, value.clone());
-                out.applied.container(field, value, container.name());
-            }
-            Some(reason) => {
-                out.warnings.push(skipped(field, &reason));
-                out.guard_warnings += 1;
-            }
+        if heed(field, field.container_guard(state, container), out) {
+            insert(&mut added, &path, value.clone());
+            out.applied.container(field, value, container.name());
         }
     }
     let at = PointerBuf::from_tokens(["spec", list.key()])

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{FieldDef, Level};
+use super::{FieldDef, Guard, Level, PodState};
 use crate::pod::Container;
 
 pub struct AllowPrivilegeEscalation;
@@ -55,16 +55,19 @@ impl FieldDef for AllowPrivilegeEscalation {
         Some(json!(false))
     }
 
-    fn container_guard(&self, container: &Container<'_>) -> Option<String> {
+    fn container_guard(&self, _pod: &PodState<'_, '_>, container: &Container<'_>) -> Guard {
         if container.privileged() {
-            return Some(format!("container {:?} is privileged", container.name()));
+            return Guard::Skip(vec![format!(
+                "container {:?} is privileged",
+                container.name()
+            )]);
         }
         if container.adds_capability("SYS_ADMIN") {
-            return Some(format!(
+            return Guard::Skip(vec![format!(
                 "container {:?} adds CAP_SYS_ADMIN",
                 container.name()
-            ));
+            )]);
         }
-        None
+        Guard::Set(Vec::new())
     }
 }

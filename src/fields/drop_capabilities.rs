@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{FieldDef, Level};
+use super::{FieldDef, Guard, Level, PodState};
 use crate::pod::Container;
 
 pub struct DropCapabilities;
@@ -55,9 +55,14 @@ impl FieldDef for DropCapabilities {
         "ALL".to_owned()
     }
 
-    fn container_guard(&self, container: &Container<'_>) -> Option<String> {
-        container
-            .privileged()
-            .then(|| format!("container {:?} is privileged", container.name()))
+    fn container_guard(&self, _pod: &PodState<'_, '_>, container: &Container<'_>) -> Guard {
+        if container.privileged() {
+            Guard::Skip(vec![format!(
+                "container {:?} is privileged",
+                container.name()
+            )])
+        } else {
+            Guard::Set(Vec::new())
+        }
     }
 }

@@ -48,7 +48,7 @@ impl FieldDef for FsGroupChangePolicy {
 
     fn pod_guard(&self, pod: &PodState<'_, '_>) -> Guard {
         // Skipped without a warning: the policy simply sets no fsGroup for this pod.
-        if pod.value("fsGroup").is_some() {
+        if pod.value(super::FS_GROUP).is_some() {
             Guard::Set(Vec::new())
         } else {
             Guard::Skip(Vec::new())

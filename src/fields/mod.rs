@@ -62,9 +62,10 @@ pub trait FieldDef: Sync {
     fn pod_guard(&self, _pod: &PodState<'_, '_>) -> Guard {
         Guard::Set(Vec::new())
     }
-    /// Container level: why the field must not be set on this container, if it must not.
-    fn container_guard(&self, _container: &Container<'_>) -> Option<String> {
-        None
+    /// Container level: whether the field may be set on this container of this pod (with its pod-level fields
+    /// decided), with the warnings to give either way; each names the container.
+    fn container_guard(&self, _pod: &PodState<'_, '_>, _container: &Container<'_>) -> Guard {
+        Guard::Set(Vec::new())
     }
     /// The value as the annotation and `check` show it.
     fn show(&self, value: &Value) -> String {
@@ -75,7 +76,7 @@ pub trait FieldDef: Sync {
     }
 }
 
-/// A pod-level guard's answer; each string is a warning, naming the container where there is one.
+/// A guard's answer; each string is a warning, naming the container where there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Guard {
     /// Set the field, and say these things about it.
@@ -99,6 +100,11 @@ static TABLE: [&dyn FieldDef; 8] = [
 
 /// How many fields there are.
 pub const COUNT: usize = TABLE.len();
+
+/// Handles of the fields other fields' guards read, by their place in [`TABLE`] (a unit test checks each).
+pub const RUN_AS_USER: Field = Field(0);
+/// See [`RUN_AS_USER`].
+pub const FS_GROUP: Field = Field(2);
 
 /// A field of the table.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -178,8 +184,12 @@ impl Field {
         self.def().pod_guard(pod)
     }
 
-    pub(crate) fn container_guard(self, container: &Container<'_>) -> Option<String> {
-        self.def().container_guard(container)
+    pub(crate) fn container_guard(
+        self,
+        pod: &PodState<'_, '_>,
+        container: &Container<'_>,
+    ) -> Guard {
+        self.def().container_guard(pod, container)
     }
 
     /// The comma-separated list of every field's name, for error messages.
@@ -397,7 +407,8 @@ fn push_item(out: &mut String, field: Field, value: &Value, containers: &[String
     }
 }
 
-/// What a pod-level guard may read: the pod, and the pod-level fields decided before this one.
+/// What a guard may read: the pod, and the pod-level fields decided before it (for a container guard, all of
+/// them).
 pub struct PodState<'s, 'a> {
     pub(crate) spec: &'s Spec<'a>,
     pub(crate) annotations: Option<&'s Annotations>,
@@ -406,14 +417,15 @@ pub struct PodState<'s, 'a> {
 
 impl<'a> PodState<'_, 'a> {
     /// The pod-level value of `field` after defaulting so far: the pod's own, else the one being set.
-    pub fn value(&self, field: &str) -> Option<&Value> {
-        let own = self
-            .spec
-            .security_context
-            .as_ref()
-            .and_then(|sc| sc.get(field))
-            .filter(|v| !v.is_null());
-        own.or_else(|| Field::by_name(field).and_then(|f| self.applied.get(f)))
+    pub fn value(&self, field: Field) -> Option<&Value> {
+        let path = field.path();
+        let (last, parents) = path.split_last()?;
+        let mut map = self.spec.security_context.as_ref();
+        for key in parents {
+            map = map.and_then(|m| m.get(*key)).and_then(Value::as_object);
+        }
+        let own = map.and_then(|m| m.get(*last)).filter(|v| !v.is_null());
+        own.or_else(|| self.applied.get(field))
     }
 
     /// What the engine knows of the pod's annotations.
@@ -475,6 +487,12 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn handles_are_the_fields_they_are_named_for() {
+        assert_eq!(RUN_AS_USER.name(), "runAsUser");
+        assert_eq!(FS_GROUP.name(), "fsGroup");
+    }
 
     #[test]
     fn names_are_unique_and_found() {

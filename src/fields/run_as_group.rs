@@ -33,7 +33,7 @@ impl FieldDef for RunAsGroup {
     }
 
     fn pod_guard(&self, pod: &PodState<'_, '_>) -> Guard {
-        if pod.value("runAsUser").is_some() {
+        if pod.value(super::RUN_AS_USER).is_some() {
             return Guard::Set(Vec::new());
         }
         let without_user: Vec<String> = pod

@@ -49,7 +49,7 @@ impl FieldDef for RunAsNonRoot {
     }
 
     fn pod_guard(&self, pod: &PodState<'_, '_>) -> Guard {
-        let pod_user = pod.value("runAsUser");
+        let pod_user = pod.value(super::RUN_AS_USER);
         let mut as_root = Vec::new();
         let mut unknown = Vec::new();
         for container in pod.containers() {
