@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use secure_defaults::admission;
 use secure_defaults::engine::default_pod;
-use secure_defaults::fields::{Defaults, Field};
+use secure_defaults::fields::{Defaults, Field, Level};
 use secure_defaults::pod::Pod;
 use secure_defaults::policy::{NamespaceLabels, Policy, Profile};
 use secure_defaults::restricted;
@@ -36,6 +36,48 @@ fn object(fields: Vec<(&'static str, Option<Value>)>) -> Value {
     )
 }
 
+/// Explicit values of the table's fields at `level`, each at its own path: left out, or one of the values its
+/// own file gives (the valid ones and the one a policy must refuse, such as `runAsUser: 0`). A field added to the
+/// table is generated as explicit here without a change, so "never overwrite" is checked for it too.
+fn explicit(level: Level) -> BoxedStrategy<Vec<(Field, Value)>> {
+    let per_field: Vec<BoxedStrategy<Option<(Field, Value)>>> = Field::all()
+        .filter(|f| f.level() == level)
+        .map(|field| {
+            let (mut values, refused) = field.examples();
+            values.push(refused);
+            prop::option::of(prop::sample::select(values).prop_map(move |v| (field, v))).boxed()
+        })
+        .collect();
+    per_field
+        .prop_map(|chosen| chosen.into_iter().flatten().collect())
+        .boxed()
+}
+
+/// `object` (a securityContext, or absent) with `values` put at their fields' paths.
+fn with_explicit(object: Option<Value>, values: Vec<(Field, Value)>) -> Option<Value> {
+    if values.is_empty() {
+        return object;
+    }
+    let mut object = match object {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    for (field, value) in values {
+        let path = field.path();
+        let (last, parents) = path.split_last().unwrap();
+        let mut map = &mut object;
+        for key in parents {
+            let entry = map.entry(key.to_string()).or_insert_with(|| json!({}));
+            if !entry.is_object() {
+                *entry = json!({});
+            }
+            map = entry.as_object_mut().unwrap();
+        }
+        map.insert(last.to_string(), value);
+    }
+    Some(Value::Object(object))
+}
+
 fn container_security_context() -> impl Strategy<Value = Value> {
     let add = prop::sample::subsequence(
         vec![
@@ -48,16 +90,13 @@ fn container_security_context() -> impl Strategy<Value = Value> {
         0..3,
     )
     .prop_map(|add| json!(add));
-    let drop = prop_oneof![Just(json!(["ALL"])), Just(json!(["NET_RAW"]))];
-    let caps = (optional(add), optional(drop))
-        .prop_map(|(add, drop)| object(vec![("add", add), ("drop", drop)]));
+    let caps = optional(add).prop_map(|add| object(vec![("add", add)]));
     let seccomp = prop_oneof![
         Just(json!({"type": "RuntimeDefault"})),
         Just(json!({"type": "Unconfined"}))
     ];
     (
         (
-            optional(any::<bool>().prop_map(Value::Bool)),
             optional(any::<bool>().prop_map(Value::Bool)),
             optional(caps),
             optional(id()),
@@ -70,11 +109,10 @@ fn container_security_context() -> impl Strategy<Value = Value> {
         ),
     )
         .prop_map(
-            |((ape, privileged, caps, user), (windows, selinux, non_root, seccomp))| {
+            |((privileged, caps, user), (windows, selinux, non_root, seccomp))| {
                 // Windows host process containers are rare; keep most pods Linux pods.
                 let windows = windows.filter(|_| matches!(selinux, Some(Value::Null)));
                 object(vec![
-                    ("allowPrivilegeEscalation", ape),
                     ("privileged", privileged),
                     ("capabilities", caps),
                     ("runAsUser", user),
@@ -91,13 +129,14 @@ fn container() -> impl Strategy<Value = Value> {
     (
         "[a-z~/]{1,6}",
         optional(container_security_context()),
+        explicit(Level::Container),
         optional(Just(json!({"future": [1, null]}))),
     )
-        .prop_map(|(name, sc, unknown)| {
+        .prop_map(|(name, sc, fields, unknown)| {
             object(vec![
                 ("name", Some(json!(name))),
                 ("image", Some(json!("img"))),
-                ("securityContext", sc),
+                ("securityContext", with_explicit(sc, fields)),
                 ("futureField", unknown),
             ])
         })
@@ -108,30 +147,12 @@ fn containers(max: usize) -> BoxedStrategy<Option<Value>> {
 }
 
 fn pod() -> impl Strategy<Value = Value> {
-    let pod_sc = (
-        optional(id()),
-        optional(id()),
-        optional(id()),
-        optional(prop_oneof![
-            Just(json!("Always")),
-            Just(json!("OnRootMismatch"))
-        ]),
-        optional(prop_oneof![
-            Just(json!({"type": "RuntimeDefault"})),
-            Just(json!({"type": "Unconfined"}))
-        ]),
-        optional(any::<bool>().prop_map(Value::Bool)),
-    )
-        .prop_map(|(user, group, fs, policy, seccomp, non_root)| {
-            object(vec![
-                ("runAsUser", user),
-                ("runAsGroup", group),
-                ("fsGroup", fs),
-                ("fsGroupChangePolicy", policy),
-                ("seccompProfile", seccomp),
-                ("runAsNonRoot", non_root),
-            ])
-        });
+    // The pod-level fields, each at its own path, from the table; or a securityContext that is null or empty.
+    let pod_sc = prop_oneof![
+        1 => Just(None),
+        1 => Just(Some(Value::Null)),
+        4 => explicit(Level::Pod).prop_map(|fields| with_explicit(Some(json!({})), fields)),
+    ];
     let annotations = optional((any::<bool>(), any::<bool>()).prop_map(|(ours, mirror)| {
         let mut m = Map::new();
         m.insert("a/b~c".into(), json!("v"));
@@ -147,7 +168,7 @@ fn pod() -> impl Strategy<Value = Value> {
         prop_oneof![4 => Just(json!({"name": "linux"})), 1 => Just(json!({"name": "windows"}))],
     );
     (
-        optional(pod_sc),
+        pod_sc,
         containers(4),
         containers(3),
         containers(2),
