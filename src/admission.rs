@@ -297,7 +297,7 @@ pub fn respond(
     policy: &Policy,
     labels: NamespaceLabels<'_>,
 ) -> Result<Response, AdmissionError> {
-    let (verdict, outcome) = decide(review, policy, labels);
+    let (verdict, outcome) = default_review(review, policy, labels);
     let body = encode(review, verdict, &outcome)?;
     Ok(Response {
         body,
@@ -306,12 +306,16 @@ pub fn respond(
     })
 }
 
-fn decide(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> (Verdict, Outcome) {
+fn default_review(
+    review: &Review<'_>,
+    policy: &Policy,
+    labels: NamespaceLabels<'_>,
+) -> (Verdict, Outcome) {
     let route = review.route();
     let Some(namespace) = review.namespace() else {
         return (Verdict::Ignored, Outcome::default());
     };
-    let plan = match policy.decide(namespace, labels) {
+    let plan = match policy.for_namespace(namespace, labels) {
         Decision::Exempt(why) => return (Verdict::Exempt(why), Outcome::default()),
         Decision::Apply(plan) => plan,
     };
@@ -320,7 +324,7 @@ fn decide(review: &Review<'_>, policy: &Policy, labels: NamespaceLabels<'_>) -> 
         Objects::Unreadable(error) => return unreadable(error),
     };
     let skip = pod.annotations().and_then(|a| a.skip.as_deref());
-    let asked = exceptions::decide(skip, &plan.exceptions, &plan.defaults);
+    let asked = exceptions::asked(skip, &plan.exceptions, &plan.defaults);
     // The policy's defaults as they are, unless the pod opts out of some: then a copy without those.
     let mut defaults = Cow::Borrowed(&plan.defaults);
     for field in &asked.honoured {
@@ -422,7 +426,7 @@ fn encode(
 }
 
 /// What was set, for logs.
-pub fn describe(outcome: &Outcome) -> &str {
+pub fn summary_for_log(outcome: &Outcome) -> &str {
     if outcome.summary.is_empty() {
         "nothing"
     } else {

@@ -197,7 +197,7 @@ pub async fn run(
     let served = |ns: &str| {
         let labels = labels.get(ns).cloned().unwrap_or_default();
         matches!(
-            policy.decide(ns, NamespaceLabels::Known(&labels)),
+            policy.for_namespace(ns, NamespaceLabels::Known(&labels)),
             policy::Decision::Apply(_)
         )
     };

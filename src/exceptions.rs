@@ -19,7 +19,7 @@ pub struct Exceptions {
 
 /// Reads the skip annotation's value (`fsGroup,runAsUser`, or `*` for every field) against the fields the policy
 /// lets pods opt out of; only fields `defaults` would set matter.
-pub fn decide(skip: Option<&str>, allowed: &BTreeSet<Field>, defaults: &Defaults) -> Exceptions {
+pub fn asked(skip: Option<&str>, allowed: &BTreeSet<Field>, defaults: &Defaults) -> Exceptions {
     let mut out = Exceptions::default();
     let Some(skip) = skip else {
         return out;
@@ -100,7 +100,7 @@ mod tests {
             ),
         ];
         for (skip, honoured, words) in cases {
-            let out = decide(skip, &allowed, &defaults);
+            let out = asked(skip, &allowed, &defaults);
             let want: BTreeSet<Field> = honoured.iter().map(|n| field(n)).collect();
             assert_eq!(out.honoured, want, "{skip:?}");
             assert_eq!(

@@ -5,10 +5,10 @@
 //!  kube-apiserver ──TLS──▶ server::serve ──▶ admission::parse ──▶ namespaces (label cache, or a direct lookup)
 //!                                              │                        │
 //!                                              ▼                        ▼
-//!                          admission::respond ◀── policy::Policy::decide (from server::policy_store, reloaded live)
-//!                                              │      a Plan: defaults, report-only, restricted, exceptions
+//!                          admission::respond ◀── policy::Policy::for_namespace (from server::policy_store, reloaded live)
+//!                                              │      a Defaulting: defaults, report-only, restricted, exceptions
 //!                                              ▼
-//!                          exceptions::decide (the pod's skip annotation, as the policy allows)
+//!                          exceptions::asked (the pod's skip annotation, as the policy allows)
 //!                                              ▼
 //!                          engine::default_pod ── walks fields::TABLE: one file per field ──▶ JSON Patch (adds only)
 //!                                              ▼

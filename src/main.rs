@@ -157,12 +157,12 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     print!(
         "{}: valid\n{}",
         args.policy.display(),
-        policy::describe(&policy)
+        policy::explain(&policy)
     );
     if let Some(namespace) = args.namespace {
         let labels: BTreeMap<String, String> = args.namespace_labels.into_iter().collect();
-        let decision = policy.decide(&namespace, NamespaceLabels::Known(&labels));
-        print!("{}", policy::describe_decision(&namespace, &decision));
+        let decision = policy.for_namespace(&namespace, NamespaceLabels::Known(&labels));
+        print!("{}", policy::explain_namespace(&namespace, &decision));
     }
     Ok(())
 }

@@ -42,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
                 .iter()
                 .filter_map(|d| d.value.clone())
                 .collect();
-            assert_eq!(read, expected, "written back differs from what was previewed");
+            assert_eq!(
+                read, expected,
+                "written back differs from what was previewed"
+            );
         }
     }
 });

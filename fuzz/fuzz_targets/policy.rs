@@ -13,11 +13,12 @@ fuzz_target!(|data: &[u8]| {
             "enabled".to_owned(),
         )]);
         for namespace in ["default", "kube-system", "payments"] {
-            let _ = policy.decide(
+            let _ = policy.for_namespace(
                 namespace,
                 secure_defaults::policy::NamespaceLabels::Known(&labels),
             );
-            let _ = policy.decide(namespace, secure_defaults::policy::NamespaceLabels::Unknown);
+            let _ =
+                policy.for_namespace(namespace, secure_defaults::policy::NamespaceLabels::Unknown);
         }
     }
 });

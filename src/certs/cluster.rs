@@ -20,7 +20,7 @@ use rustls::sign::CertifiedKey;
 
 use super::lease;
 use super::store::{CertStore, certified_key, validity};
-use super::{Authority, CertError, Material, Plan, Settings};
+use super::{Authority, CertError, Material, SecretAction, Settings};
 use crate::metrics::Metrics;
 use crate::watch::{Every, Outage, Report};
 
@@ -260,33 +260,34 @@ async fn round(
         .map_err(|e| ClusterCertError::ReadSecret(target.secret.clone(), e))?;
     let current = existing.as_ref().and_then(read_material);
     let now = Timestamp::now().as_second();
-    let material =
-        match super::plan(now, current.as_ref(), settings).map_err(ClusterCertError::Issue)? {
-            Plan::Keep => current,
-            Plan::Write { material, reason } => {
-                let mut secret = existing.clone().unwrap_or_else(|| Secret {
-                    metadata: ObjectMeta {
-                        name: Some(target.secret.clone()),
-                        namespace: Some(target.namespace.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    type_: Some("kubernetes.io/tls".to_owned()),
-                    ..Secret::default()
-                });
-                secret.data = Some(secret_data(&material));
-                let written = if existing.is_some() {
-                    // Carries the resourceVersion read above: a concurrent writer makes this fail, not overwrite.
-                    secrets
-                        .replace(&target.secret, &PostParams::default(), &secret)
-                        .await
-                } else {
-                    secrets.create(&PostParams::default(), &secret).await
-                };
-                written.map_err(|e| ClusterCertError::WriteSecret(target.secret.clone(), e))?;
-                tracing::info!(secret = target.secret, reason, "certificate Secret updated");
-                Some(*material)
-            }
-        };
+    let material = match super::secret_action(now, current.as_ref(), settings)
+        .map_err(ClusterCertError::Issue)?
+    {
+        SecretAction::Keep => current,
+        SecretAction::Write { material, reason } => {
+            let mut secret = existing.clone().unwrap_or_else(|| Secret {
+                metadata: ObjectMeta {
+                    name: Some(target.secret.clone()),
+                    namespace: Some(target.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                type_: Some("kubernetes.io/tls".to_owned()),
+                ..Secret::default()
+            });
+            secret.data = Some(secret_data(&material));
+            let written = if existing.is_some() {
+                // Carries the resourceVersion read above: a concurrent writer makes this fail, not overwrite.
+                secrets
+                    .replace(&target.secret, &PostParams::default(), &secret)
+                    .await
+            } else {
+                secrets.create(&PostParams::default(), &secret).await
+            };
+            written.map_err(|e| ClusterCertError::WriteSecret(target.secret.clone(), e))?;
+            tracing::info!(secret = target.secret, reason, "certificate Secret updated");
+            Some(*material)
+        }
+    };
     if let Some(material) = material {
         inject(client, target, &material.bundle.concat()).await?;
     }
@@ -339,8 +340,8 @@ mod tests {
             dns_names: vec!["a.b.svc".to_owned()],
             ip_addresses: vec![],
         };
-        let Plan::Write { material, .. } =
-            super::super::plan(1_800_000_000, None, &settings).unwrap()
+        let SecretAction::Write { material, .. } =
+            super::super::secret_action(1_800_000_000, None, &settings).unwrap()
         else {
             panic!("bootstrap writes");
         };
@@ -364,7 +365,9 @@ mod tests {
             ip_addresses: vec![],
         };
         let now = 1_800_000_000;
-        let Plan::Write { material, .. } = super::super::plan(now, None, &settings).unwrap() else {
+        let SecretAction::Write { material, .. } =
+            super::super::secret_action(now, None, &settings).unwrap()
+        else {
             panic!("bootstrap writes");
         };
         let data = secret_data(&material);

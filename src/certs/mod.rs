@@ -95,7 +95,7 @@ pub struct Material {
 
 /// What to do with the Secret.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Plan {
+pub enum SecretAction {
     /// Nothing: it holds what it should.
     Keep,
     /// Write new material, for a reason.
@@ -164,7 +164,11 @@ impl Settings {
 }
 
 /// Decides what the Secret should hold at `now` (Unix seconds).
-pub fn plan(now: i64, current: Option<&Material>, settings: &Settings) -> Result<Plan, CertError> {
+pub fn secret_action(
+    now: i64,
+    current: Option<&Material>,
+    settings: &Settings,
+) -> Result<SecretAction, CertError> {
     let Some(current) = current else {
         return bootstrap(now, settings, "no certificate yet");
     };
@@ -177,7 +181,7 @@ pub fn plan(now: i64, current: Option<&Material>, settings: &Settings) -> Result
 
     if let Some((next, since)) = &current.next {
         if now - since < overlap {
-            return Ok(Plan::Keep);
+            return Ok(SecretAction::Keep);
         }
         // The bundle with both CAs has been out long enough: sign with the new one.
         let (tls_cert, tls_key) = issue(now, next, settings)?;
@@ -227,17 +231,21 @@ pub fn plan(now: i64, current: Option<&Material>, settings: &Settings) -> Result
         material.bundle = live;
         return Ok(write(material, "dropped an expired CA from the bundle"));
     }
-    Ok(Plan::Keep)
+    Ok(SecretAction::Keep)
 }
 
-fn write(material: Material, reason: &'static str) -> Plan {
-    Plan::Write {
+fn write(material: Material, reason: &'static str) -> SecretAction {
+    SecretAction::Write {
         material: Box::new(material),
         reason,
     }
 }
 
-fn bootstrap(now: i64, settings: &Settings, reason: &'static str) -> Result<Plan, CertError> {
+fn bootstrap(
+    now: i64,
+    settings: &Settings,
+    reason: &'static str,
+) -> Result<SecretAction, CertError> {
     let ca = authority(now, settings)?;
     let (tls_cert, tls_key) = issue(now, &ca, settings)?;
     Ok(write(
@@ -339,10 +347,10 @@ mod tests {
         }
     }
 
-    fn written(plan: Plan) -> Material {
+    fn written(plan: SecretAction) -> Material {
         match plan {
-            Plan::Write { material, .. } => *material,
-            Plan::Keep => panic!("expected a write"),
+            SecretAction::Write { material, .. } => *material,
+            SecretAction::Keep => panic!("expected a write"),
         }
     }
 
@@ -363,7 +371,7 @@ mod tests {
     fn lifecycle_never_leaves_the_serving_certificate_untrusted() {
         let s = settings();
         let mut now = 1_800_000_000;
-        let mut material = written(plan(now, None, &s).unwrap());
+        let mut material = written(secret_action(now, None, &s).unwrap());
         assert!(verifies(&material, &material.bundle));
         assert_eq!(
             sans_of(&material.tls_cert).unwrap(),
@@ -372,16 +380,19 @@ mod tests {
                 "secure-defaults.secure-defaults.svc".to_owned()
             ]
         );
-        assert_eq!(plan(now + 10, Some(&material), &s).unwrap(), Plan::Keep);
+        assert_eq!(
+            secret_action(now + 10, Some(&material), &s).unwrap(),
+            SecretAction::Keep
+        );
 
         let mut reasons = Vec::new();
         // Step through three CA lifetimes; at every step the API server holds the bundle written before it.
         let mut bundle_seen_by_api_server = material.bundle.clone();
         while now < 1_800_000_000 + 3 * 3000 {
             now += 20;
-            match plan(now, Some(&material), &s).unwrap() {
-                Plan::Keep => {}
-                Plan::Write {
+            match secret_action(now, Some(&material), &s).unwrap() {
+                SecretAction::Keep => {}
+                SecretAction::Write {
                     material: next,
                     reason,
                 } => {
@@ -426,10 +437,10 @@ mod tests {
     #[test]
     fn new_names_reissue_the_serving_certificate() {
         let s = settings();
-        let material = written(plan(1_800_000_000, None, &s).unwrap());
+        let material = written(secret_action(1_800_000_000, None, &s).unwrap());
         let mut renamed = s.clone();
         renamed.dns_names.push("other.svc".to_owned());
-        let next = written(plan(1_800_000_001, Some(&material), &renamed).unwrap());
+        let next = written(secret_action(1_800_000_001, Some(&material), &renamed).unwrap());
         assert!(
             sans_of(&next.tls_cert)
                 .unwrap()
@@ -441,11 +452,11 @@ mod tests {
     #[test]
     fn garbage_is_replaced() {
         let s = settings();
-        let mut material = written(plan(1_800_000_000, None, &s).unwrap());
+        let mut material = written(secret_action(1_800_000_000, None, &s).unwrap());
         material.tls_cert = "not a certificate".to_owned();
         assert!(matches!(
-            plan(1_800_000_001, Some(&material), &s).unwrap(),
-            Plan::Write {
+            secret_action(1_800_000_001, Some(&material), &s).unwrap(),
+            SecretAction::Write {
                 reason: "the stored certificates do not parse",
                 ..
             }

@@ -1,7 +1,7 @@
 //! The policy: which namespaces are defaulted and with what. Pure data and decisions; `file` turns YAML into a
 //! validated [`Policy`]; the server keeps the current one live (`server::policy_store`, `server::policy_reload`).
 
-pub mod describe;
+mod explain;
 pub mod file;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,7 +9,7 @@ use std::fmt;
 
 use kube::core::{Selector, SelectorExt as _};
 
-pub use describe::{describe, describe_decision};
+pub use explain::{explain, explain_namespace};
 pub use file::{PolicyError, load, parse};
 
 use crate::fields::{Defaults, Field};
@@ -124,14 +124,14 @@ impl fmt::Display for Exemption {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Fill in these defaults.
-    Apply(Plan),
+    Apply(Defaulting),
     /// Leave the pod alone, for this reason.
     Exempt(Exemption),
 }
 
 /// What a served namespace gets.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
+pub struct Defaulting {
     /// The values to fill in.
     pub defaults: Defaults,
     /// The namespace enforces Pod Security "restricted" (its `pod-security.kubernetes.io/enforce` label), so
@@ -143,7 +143,7 @@ pub struct Plan {
     pub exceptions: BTreeSet<Field>,
 }
 
-impl fmt::Display for Plan {
+impl fmt::Display for Defaulting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.defaults.fmt(f)
     }
@@ -192,7 +192,7 @@ pub struct Policy {
 
 impl Policy {
     /// What applies to pods in `namespace`.
-    pub fn decide(&self, namespace: &str, labels: NamespaceLabels<'_>) -> Decision {
+    pub fn for_namespace(&self, namespace: &str, labels: NamespaceLabels<'_>) -> Decision {
         if ALWAYS_EXEMPT.contains(&namespace) {
             return Decision::Exempt(Exemption::System);
         }
@@ -254,7 +254,7 @@ impl Policy {
                 }
             }
         }
-        Decision::Apply(Plan {
+        Decision::Apply(Defaulting {
             defaults: effective,
             enforces_restricted,
             report,
@@ -312,7 +312,7 @@ mod tests {
             (&wide, "legacy", &none, Some(Exemption::Rule(0))),
         ];
         for (p, ns, l, want) in cases {
-            let got = p.decide(ns, NamespaceLabels::Known(l));
+            let got = p.for_namespace(ns, NamespaceLabels::Known(l));
             match want {
                 None => assert!(
                     matches!(got, Decision::Apply(_)),
@@ -337,11 +337,12 @@ mod tests {
     set: {runAsGroup: 3000}
 ",
         );
-        let decide =
-            |ns: &str, l: &[(&str, &str)]| match p.decide(ns, NamespaceLabels::Known(&labels(l))) {
-                Decision::Apply(d) => d.to_string(),
-                Decision::Exempt(why) => format!("exempt: {why}"),
-            };
+        let decide = |ns: &str, l: &[(&str, &str)]| match p
+            .for_namespace(ns, NamespaceLabels::Known(&labels(l)))
+        {
+            Decision::Apply(d) => d.to_string(),
+            Decision::Exempt(why) => format!("exempt: {why}"),
+        };
         assert_eq!(
             decide("other", &[]),
             "runAsUser=1000,fsGroup=2000,allowPrivilegeEscalation=false"
@@ -384,8 +385,8 @@ mod tests {
                     "namespaces:\n  - match: {{labels: {{matchExpressions: [{expression}]}}}}\n    exempt: true\n"
                 ),
             );
-            let exempt =
-                p.decide("app", NamespaceLabels::Known(&l)) == Decision::Exempt(Exemption::Rule(0));
+            let exempt = p.for_namespace("app", NamespaceLabels::Known(&l))
+                == Decision::Exempt(Exemption::Rule(0));
             assert_eq!(exempt, holds, "{expression}");
         }
     }
@@ -397,11 +398,11 @@ mod tests {
             "namespaces:\n  - match: {labels: {matchLabels: {team: x}}}\n    exempt: true\n",
         );
         assert!(matches!(
-            p.decide("app", NamespaceLabels::Unknown),
+            p.for_namespace("app", NamespaceLabels::Unknown),
             Decision::Apply(_)
         ));
         assert_eq!(
-            p.decide("kube-system", NamespaceLabels::Unknown),
+            p.for_namespace("kube-system", NamespaceLabels::Unknown),
             Decision::Exempt(Exemption::System)
         );
     }
@@ -414,7 +415,8 @@ mod tests {
             Path::new("p.yaml"),
         )
         .unwrap();
-        let Decision::Apply(plan) = p.decide("app", NamespaceLabels::Known(&labels(&[]))) else {
+        let Decision::Apply(plan) = p.for_namespace("app", NamespaceLabels::Known(&labels(&[])))
+        else {
             panic!("exempt")
         };
         assert_eq!(
@@ -422,14 +424,14 @@ mod tests {
             "runAsUser=1000,runAsNonRoot=true,seccompProfile=RuntimeDefault,allowPrivilegeEscalation=false,capabilities.drop=ALL"
         );
         assert!(!plan.enforces_restricted);
-        assert!(describe(&p).contains("profile restricted: the defaults include runAsNonRoot"));
+        assert!(explain(&p).contains("profile restricted: the defaults include runAsNonRoot"));
 
         let p = parse(
             format!("{head}followPodSecurityLabels: true\ndefaults: {{runAsUser: 1000}}\nnamespaces:\n  - match: {{names: [db]}}\n    skip: [runAsNonRoot]\n").as_bytes(),
             Path::new("p.yaml"),
         )
         .unwrap();
-        let decide = |ns: &str, level: &str| match p.decide(
+        let decide = |ns: &str, level: &str| match p.for_namespace(
             ns,
             NamespaceLabels::Known(&labels(&[("pod-security.kubernetes.io/enforce", level)])),
         ) {
@@ -449,16 +451,16 @@ mod tests {
             "runAsUser=1000,seccompProfile=RuntimeDefault,allowPrivilegeEscalation=false,capabilities.drop=ALL",
             "an entry's skip wins over the label"
         );
-        assert!(describe(&p).contains("pod-security.kubernetes.io/enforce=restricted also get"));
+        assert!(explain(&p).contains("pod-security.kubernetes.io/enforce=restricted also get"));
     }
 
     #[test]
-    fn describe_speaks_plainly() {
+    fn explain_speaks_plainly() {
         let p = policy(
             "opt-in",
             "namespaces:\n  - match: {names: [a, b], labels: {matchLabels: {team: x}}}\n    skip: [fsGroup]\n",
         );
-        let text = describe(&p);
+        let text = explain(&p);
         assert!(
             text.contains("only namespaces labelled secure-defaults.io/inject=enabled"),
             "{text}"

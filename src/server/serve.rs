@@ -148,7 +148,7 @@ where
             return closing(version, response);
         }
     };
-    match tokio::time::timeout_at(deadline, decide(app, &body, started)).await {
+    match tokio::time::timeout_at(deadline, answer_review(app, &body, started)).await {
         Ok(response) => response,
         Err(_) => {
             app.metrics
@@ -191,7 +191,7 @@ where
 }
 
 /// Answers a review whose body has been read: parse, look the namespace up, decide, count and log.
-async fn decide(app: &App, body: &[u8], started: Instant) -> Response<Body> {
+async fn answer_review(app: &App, body: &[u8], started: Instant) -> Response<Body> {
     let review = match admission::parse(body) {
         Ok(review) => review,
         Err(e) => {
@@ -272,7 +272,7 @@ async fn decide(app: &App, body: &[u8], started: Instant) -> Response<Body> {
                 operation = route.as_str(),
                 pod,
                 result = response.verdict.as_str(),
-                defaulted = admission::describe(&response.outcome),
+                defaulted = admission::summary_for_log(&response.outcome),
                 warnings = response.outcome.warnings.len(),
                 exempt,
                 policy_generation = current.generation,

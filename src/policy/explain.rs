@@ -7,7 +7,7 @@ use crate::restricted::ENFORCE_LABEL;
 
 /// What applies to one namespace, in plain words: exempt and why, or the defaults, whether they are only reported,
 /// and what its pods may opt out of (the policy's `podExceptions` and those of the entries that match it).
-pub fn describe_decision(namespace: &str, decision: &Decision) -> String {
+pub fn explain_namespace(namespace: &str, decision: &Decision) -> String {
     let plan = match decision {
         Decision::Exempt(why) => return format!("namespace {namespace:?}: exempt, {why}\n"),
         Decision::Apply(plan) => plan,
@@ -29,7 +29,7 @@ pub fn describe_decision(namespace: &str, decision: &Decision) -> String {
 }
 
 /// The policy in plain words, one line per statement.
-pub fn describe(policy: &Policy) -> String {
+pub fn explain(policy: &Policy) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = write_description(policy, &mut out);
