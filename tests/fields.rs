@@ -59,7 +59,7 @@ fn the_policy_parser_knows_every_field() {
 #[test]
 fn check_describes_every_field() {
     let policy = parse(&every_field()).unwrap();
-    let text = policy::describe(&policy);
+    let text = policy::explain(&policy);
     for field in Field::all() {
         assert!(text.contains(&format!("{field}=")), "{field}: {text}");
     }
