@@ -1,6 +1,7 @@
-//! Keeping things current: a cancellable ticker and change detection by content for the files the server
-//! reloads (policy, certificate, key), and for the API watches (namespaces, certificate Secret) a short retry
-//! cap and a failure reporter that says an outage once instead of once per retry.
+//! Keeping things current: a cancellable ticker, change detection by content, and the one poll-validate-swap
+//! loop ([`reload`]) for the files the server reloads (policy, certificate and key, client CA); and for the API
+//! watches (namespaces, certificate Secret) a short retry cap and a failure reporter that says an outage once
+//! instead of once per retry.
 //!
 //! A ConfigMap or Secret volume is updated by the kubelet swapping a `..data` symlink, so neither the inode nor
 //! the mtime of the path is a reliable signal. Re-reading a few kilobytes every interval and comparing bytes is,
@@ -12,6 +13,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
 
 /// Ticks every `period` until `stop` is cancelled; a slow round delays the next tick rather than bunching them.
 pub struct Every {
@@ -40,6 +43,81 @@ impl Every {
 pub struct FileSet {
     paths: Vec<PathBuf>,
     last: Option<Vec<Vec<u8>>>,
+}
+
+/// Something the server reloads from files: how new contents are checked, and how they are put in force. The
+/// loop around it, [`reload`], is the one place that polls, refuses, keeps the last good state, logs and counts.
+pub trait Reloadable {
+    /// What it is, for log lines: `policy`, `serving certificate`, `client CA`.
+    const WHAT: &'static str;
+    /// A refused change is only reported once the same bytes are seen on a second poll: for files written in
+    /// place, or a pair read one after the other, which can be read half-written.
+    const CONFIRM_REFUSAL: bool;
+    /// New contents, checked.
+    type Loaded;
+    /// Why new contents were refused.
+    type Error: std::error::Error;
+    /// Checks the files' new contents (one per file, in order).
+    fn load(&self, contents: &[Vec<u8>]) -> Result<Self::Loaded, Self::Error>;
+    /// Puts checked contents in force, and says so.
+    fn swap(&self, loaded: Self::Loaded, metrics: &Metrics);
+    /// The reload counter it counts in.
+    fn counter(metrics: &Metrics) -> &ReloadCounter;
+}
+
+/// A reload counter: by result, ok or failed.
+pub type ReloadCounter = prometheus_client::metrics::family::Family<
+    crate::metrics::ResultLabels,
+    prometheus_client::metrics::counter::Counter,
+>;
+
+/// Polls `files` every `interval` until `stop`, putting each change that loads in force. A change that does not is
+/// refused, logged and counted, and the last good state stays; so does an unreadable file (reported once until
+/// it reads again).
+pub async fn reload<R: Reloadable>(
+    thing: R,
+    mut files: FileSet,
+    metrics: std::sync::Arc<Metrics>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut every = Every::new(interval, stop);
+    let mut refused: Option<R::Error> = None;
+    let mut unreadable_reported = false;
+    let refuse = |error: &R::Error| {
+        Metrics::count_reload(R::counter(&metrics), false);
+        tracing::error!(error = %crate::error_chain(error), "{} refused; keeping the {} in force", R::WHAT, R::WHAT);
+    };
+    while every.tick().await {
+        match files.poll() {
+            Change::Unchanged => {
+                unreadable_reported = false;
+                if let Some(error) = refused.take() {
+                    refuse(&error);
+                }
+            }
+            Change::Unreadable(path, error) => {
+                refused = None;
+                if !unreadable_reported {
+                    unreadable_reported = true;
+                    Metrics::count_reload(R::counter(&metrics), false);
+                    tracing::error!(path = %path.display(), %error, "cannot read the {} file; keeping the {} in force", R::WHAT, R::WHAT);
+                }
+            }
+            Change::Changed(contents) => {
+                unreadable_reported = false;
+                refused = None;
+                match thing.load(&contents) {
+                    Ok(loaded) => {
+                        thing.swap(loaded, &metrics);
+                        Metrics::count_reload(R::counter(&metrics), true);
+                    }
+                    Err(error) if R::CONFIRM_REFUSAL => refused = Some(error),
+                    Err(error) => refuse(&error),
+                }
+            }
+        }
+    }
 }
 
 /// What a poll found.

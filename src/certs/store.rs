@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::watch::{Change, Every, FileSet};
+use crate::watch::{FileSet, ReloadCounter, Reloadable};
 
 /// Why a certificate and key were not loaded.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +202,9 @@ impl CertStore {
     }
 
     /// Polls the files and swaps in a changed pair once it loads; a pair that does not load is logged and counted,
-    /// and the certificate in use stays.
+    /// and the certificate in use stays. A pair that fails to load is only reported once the same bytes are seen
+    /// on a second poll: the two files are read one after the other, and a volume update between the reads is not
+    /// a bad certificate.
     pub async fn reload(
         self: Arc<Self>,
         loaded: Vec<Vec<u8>>,
@@ -210,49 +212,39 @@ impl CertStore {
         interval: Duration,
         stop: CancellationToken,
     ) {
-        let mut files = FileSet::new(vec![self.cert_path.clone(), self.key_path.clone()], loaded);
-        let mut every = Every::new(interval, stop);
-        // A pair that fails to load is only reported once the same bytes are seen on a second poll: the two
-        // files are read one after the other, and a volume update between the reads is not a bad certificate.
-        let mut refused: Option<StoreError> = None;
-        let mut unreadable_reported = false;
-        while every.tick().await {
-            match files.poll() {
-                Change::Unchanged => {
-                    unreadable_reported = false;
-                    if let Some(error) = refused.take() {
-                        Metrics::count_reload(&metrics.certificate_reloads, false);
-                        tracing::error!(error = %crate::error_chain(&error), "new certificate refused; keeping the one in use");
-                    }
-                }
-                Change::Unreadable(path, error) => {
-                    refused = None;
-                    if !unreadable_reported {
-                        unreadable_reported = true;
-                        Metrics::count_reload(&metrics.certificate_reloads, false);
-                        tracing::warn!(path = %path.display(), %error, "certificate file unreadable; keeping the certificate in use");
-                    }
-                }
-                Change::Changed(contents) => {
-                    unreadable_reported = false;
-                    let [cert_pem, key_pem] = contents.as_slice() else {
-                        continue;
-                    };
-                    match certified_key(&self.cert_path, cert_pem, &self.key_path, key_pem) {
-                        Ok(key) => {
-                            refused = None;
-                            if let Some((_, expiry)) = validity(&key) {
-                                metrics.certificate_expiry.set(expiry);
-                            }
-                            self.replace(key);
-                            Metrics::count_reload(&metrics.certificate_reloads, true);
-                            tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
-                        }
-                        Err(error) => refused = Some(error),
-                    }
-                }
-            }
+        let files = FileSet::new(vec![self.cert_path.clone(), self.key_path.clone()], loaded);
+        crate::watch::reload(ServingPair(self), files, metrics, interval, stop).await;
+    }
+}
+
+/// The serving certificate and key files, as [`crate::watch::reload`] reloads them.
+struct ServingPair(Arc<CertStore>);
+
+impl Reloadable for ServingPair {
+    const WHAT: &'static str = "serving certificate";
+    const CONFIRM_REFUSAL: bool = true;
+    type Loaded = CertifiedKey;
+    type Error = StoreError;
+
+    fn load(&self, contents: &[Vec<u8>]) -> Result<CertifiedKey, StoreError> {
+        let store = &self.0;
+        let (cert_pem, key_pem) = match contents {
+            [cert, key] => (cert.as_slice(), key.as_slice()),
+            _ => (&[][..], &[][..]),
+        };
+        certified_key(&store.cert_path, cert_pem, &store.key_path, key_pem)
+    }
+
+    fn swap(&self, key: CertifiedKey, metrics: &Metrics) {
+        if let Some((_, expiry)) = validity(&key) {
+            metrics.certificate_expiry.set(expiry);
         }
+        self.0.replace(key);
+        tracing::info!(cert = %self.0.cert_path.display(), "serving certificate reloaded");
+    }
+
+    fn counter(metrics: &Metrics) -> &ReloadCounter {
+        &metrics.certificate_reloads
     }
 }
 

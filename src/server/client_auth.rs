@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::certs::store::provider;
 use crate::metrics::Metrics;
-use crate::watch::{Change, Every, FileSet};
+use crate::watch::{FileSet, ReloadCounter, Reloadable};
 
 /// Why a client CA file was not loaded.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +140,9 @@ impl ClientCa {
     }
 
     /// Polls the file and swaps in a changed CA once it loads; a file that does not load is logged and counted
-    /// (in `certificate_reloads`, with the serving certificate's), and the CA in use stays.
+    /// (in `certificate_reloads`, with the serving certificate's), and the CA in use stays. A file that fails to
+    /// load is only reported once the same bytes are seen on a second poll: a file being written in place can be
+    /// read half-written.
     pub async fn reload(
         self: Arc<Self>,
         loaded: Vec<u8>,
@@ -148,46 +150,34 @@ impl ClientCa {
         interval: Duration,
         stop: CancellationToken,
     ) {
-        let mut file = FileSet::new(vec![self.path.clone()], vec![loaded]);
-        let mut every = Every::new(interval, stop);
-        // A file that fails to load is only reported once the same bytes are seen on a second poll: a file
-        // being written in place can be read half-written.
-        let mut refused: Option<ClientAuthError> = None;
-        let mut unreadable_reported = false;
-        while every.tick().await {
-            match file.poll() {
-                Change::Unchanged => {
-                    unreadable_reported = false;
-                    if let Some(error) = refused.take() {
-                        Metrics::count_reload(&metrics.certificate_reloads, false);
-                        tracing::error!(error = %crate::error_chain(&error), "new client CA refused; keeping the one in use");
-                    }
-                }
-                Change::Unreadable(path, error) => {
-                    refused = None;
-                    if !unreadable_reported {
-                        unreadable_reported = true;
-                        Metrics::count_reload(&metrics.certificate_reloads, false);
-                        tracing::warn!(path = %path.display(), %error, "client CA file unreadable; keeping the client CA in use");
-                    }
-                }
-                Change::Changed(contents) => {
-                    unreadable_reported = false;
-                    let [pem] = contents.as_slice() else {
-                        continue;
-                    };
-                    match verifier(&self.path, pem) {
-                        Ok(verifier) => {
-                            refused = None;
-                            self.replace(verifier);
-                            Metrics::count_reload(&metrics.certificate_reloads, true);
-                            tracing::info!(path = %self.path.display(), "client CA reloaded");
-                        }
-                        Err(error) => refused = Some(error),
-                    }
-                }
-            }
-        }
+        let files = FileSet::new(vec![self.path.clone()], vec![loaded]);
+        crate::watch::reload(ClientCaFile(self), files, metrics, interval, stop).await;
+    }
+}
+
+/// The client CA file, as [`crate::watch::reload`] reloads it.
+struct ClientCaFile(Arc<ClientCa>);
+
+impl Reloadable for ClientCaFile {
+    const WHAT: &'static str = "client CA";
+    const CONFIRM_REFUSAL: bool = true;
+    type Loaded = Arc<dyn ClientCertVerifier>;
+    type Error = ClientAuthError;
+
+    fn load(&self, contents: &[Vec<u8>]) -> Result<Self::Loaded, ClientAuthError> {
+        verifier(
+            &self.0.path,
+            contents.first().map_or(&[][..], Vec::as_slice),
+        )
+    }
+
+    fn swap(&self, verifier: Self::Loaded, _metrics: &Metrics) {
+        self.0.replace(verifier);
+        tracing::info!(path = %self.0.path.display(), "client CA reloaded");
+    }
+
+    fn counter(metrics: &Metrics) -> &ReloadCounter {
+        &metrics.certificate_reloads
     }
 }
 

@@ -1,5 +1,6 @@
-//! Live reload of the policy file: poll, validate, swap. A file that fails validation is refused and the last
-//! good policy stays in force; the failure is logged with its line and counted.
+//! Live reload of the policy file, through the one poll-validate-swap loop ([`crate::watch::reload`]): a file
+//! that fails validation is refused at once and the last good policy stays in force; the failure is logged with
+//! its line and counted.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +9,40 @@ use tokio_util::sync::CancellationToken;
 
 use super::policy_store::PolicyStore;
 use crate::metrics::Metrics;
-use crate::watch::{Change, Every, FileSet};
+use crate::policy::{Policy, PolicyError};
+use crate::watch::{FileSet, ReloadCounter, Reloadable};
+
+struct PolicyFile {
+    path: PathBuf,
+    store: PolicyStore,
+}
+
+impl Reloadable for PolicyFile {
+    const WHAT: &'static str = "policy";
+    // A policy is one file, written whole by the kubelet's symlink swap: a refusal is reported at once.
+    const CONFIRM_REFUSAL: bool = false;
+    type Loaded = (Policy, Vec<u8>);
+    type Error = PolicyError;
+
+    fn load(&self, contents: &[Vec<u8>]) -> Result<Self::Loaded, PolicyError> {
+        let text = contents.first().cloned().unwrap_or_default();
+        let policy = crate::policy::parse(&text, &self.path)?;
+        Ok((policy, text))
+    }
+
+    fn swap(&self, (policy, text): Self::Loaded, metrics: &Metrics) {
+        let generation = self.store.replace(policy);
+        metrics
+            .policy_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        metrics.policy_loaded(&text);
+        tracing::info!(path = %self.path.display(), generation, "policy reloaded");
+    }
+
+    fn counter(metrics: &Metrics) -> &ReloadCounter {
+        &metrics.policy_reloads
+    }
+}
 
 /// Polls the policy file every `interval` until `stop`, putting each valid change in force.
 pub async fn run(
@@ -19,38 +53,6 @@ pub async fn run(
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut files = FileSet::new(vec![path.clone()], vec![loaded]);
-    let mut every = Every::new(interval, stop);
-    let mut unreadable_reported = false;
-    while every.tick().await {
-        match files.poll() {
-            Change::Unchanged => unreadable_reported = false,
-            Change::Unreadable(file, error) => {
-                if !unreadable_reported {
-                    tracing::error!(path = %file.display(), %error, "cannot read policy file; keeping the policy in force");
-                    Metrics::count_reload(&metrics.policy_reloads, false);
-                    unreadable_reported = true;
-                }
-            }
-            Change::Changed(mut contents) => {
-                unreadable_reported = false;
-                let text = contents.pop().unwrap_or_default();
-                match crate::policy::parse(&text, &path) {
-                    Ok(policy) => {
-                        let generation = store.replace(policy);
-                        metrics
-                            .policy_generation
-                            .set(i64::try_from(generation).unwrap_or(i64::MAX));
-                        Metrics::count_reload(&metrics.policy_reloads, true);
-                        metrics.policy_loaded(&text);
-                        tracing::info!(path = %path.display(), generation, "policy reloaded");
-                    }
-                    Err(error) => {
-                        Metrics::count_reload(&metrics.policy_reloads, false);
-                        tracing::error!(error = %crate::error_chain(&error), "policy refused; keeping the policy in force");
-                    }
-                }
-            }
-        }
-    }
+    let files = FileSet::new(vec![path.clone()], vec![loaded]);
+    crate::watch::reload(PolicyFile { path, store }, files, metrics, interval, stop).await;
 }
