@@ -37,7 +37,7 @@ use tokio_rustls::TlsConnector;
 /// How long any awaited condition may take; generous, since another build may share the machine.
 const DEADLINE: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(25);
-const MAX_BODY: usize = secure_defaults::server::serve::MAX_BODY_BYTES;
+const MAX_BODY: usize = secure_defaults::server::handle::MAX_BODY_BYTES;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -1879,7 +1879,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
     assert_eq!(admission["message"], "admission", "{line}");
     assert_eq!(admission["level"], "INFO", "{line}");
     assert_eq!(
-        admission["target"], "secure_defaults::server::serve",
+        admission["target"], "secure_defaults::server::handle",
         "{line}"
     );
     assert!(admission["timestamp"].is_string(), "{line}");

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod client_auth;
+pub mod handle;
 pub mod policy_reload;
 pub mod policy_store;
 pub mod serve;
@@ -70,7 +71,7 @@ pub struct Server {
     webhook: TcpListener,
     admin: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
-    app: Arc<serve::App>,
+    app: Arc<handle::App>,
     health: Arc<admin::Health>,
     background: Background,
 }
@@ -89,7 +90,7 @@ struct Background {
 }
 
 impl Background {
-    fn start(self, app: &serve::App, interval: std::time::Duration) {
+    fn start(self, app: &handle::App, interval: std::time::Duration) {
         tokio::spawn(policy_reload::run(
             self.policy_file,
             self.loaded_policy,
@@ -181,7 +182,7 @@ impl Server {
                 addr: config.admin_listen,
                 source,
             })?;
-        let app = Arc::new(serve::App {
+        let app = Arc::new(handle::App {
             policy: PolicyStore::new(policy),
             namespaces: namespaces.clone(),
             metrics,
