@@ -1482,7 +1482,7 @@ async fn backstop_cases(client: &Client, mode: &str, ns: &str, docs: &[Value]) {
             json!({"securityContext": {"runAsUser": 1000},
                 "initContainers": [{"name": "init-db", "image": IMAGE}],
                 "containers": [app(json!({"allowPrivilegeEscalation": false}))]}),
-            &["allowPrivilegeEscalation unset on container(s) \"init-db\""][..],
+            &["no allowPrivilegeEscalation on container(s) \"init-db\""][..],
         ),
     ];
     for (what, spec, words) in rejected {

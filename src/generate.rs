@@ -1,12 +1,15 @@
-//! The files written from the field table ([`crate::fields`]): the README's field tables and the `defaults:` of
-//! every shipped policy. Each is a region between two marker lines in a file that is otherwise written by hand;
+//! The files written from the field table ([`crate::fields`]): the README's field tables, the `defaults:` of
+//! every shipped policy, and the checks of the two backstops (kustomize components and chart), whose CEL comes
+//! from the same conditions the engine's guards evaluate ([`crate::fields::ContainerCondition`],
+//! [`crate::fields::PodCondition`], [`crate::pod::WindowsBy`]). Each is a region between two marker lines in a file that is otherwise written by hand;
 //! `secure-defaults generate` rewrites the regions (`make generate`), and `cargo test` fails while one is stale.
 //!
 //! Pure: the caller reads and writes the files.
 
 use serde_json::Value;
 
-use crate::fields::{Field, Level};
+use crate::fields::{Backstop, Field, Level};
+use crate::pod::{NOT_A_MIRROR_POD, WindowsBy};
 
 /// Why a region could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +65,160 @@ pub fn regions() -> Vec<Region> {
         name: "defaults",
         text: shipped_defaults(),
     }));
+    for (file, backstop) in BACKSTOPS {
+        out.push(Region {
+            file,
+            name: "backstop-match",
+            text: backstop_match(),
+        });
+        out.push(Region {
+            file,
+            name: "backstop-checks",
+            text: backstop_checks(backstop),
+        });
+    }
     out
+}
+
+/// The backstops, in the kustomize components and in the chart.
+const BACKSTOPS: [(&str, Backstop); 4] = [
+    ("manifests/components/backstop/policy.yaml", Backstop::Plain),
+    (
+        "manifests/chart/secure-defaults/templates/backstop.yaml",
+        Backstop::Plain,
+    ),
+    (
+        "manifests/components/backstop-restricted/policy.yaml",
+        Backstop::Restricted,
+    ),
+    (
+        "manifests/chart/secure-defaults/templates/backstop-restricted.yaml",
+        Backstop::Restricted,
+    ),
+];
+
+/// A CEL expression as a YAML literal block under `key`, at `indent` spaces.
+fn block(out: &mut String, indent: usize, key: &str, cel: &str) {
+    let pad = " ".repeat(indent);
+    out.push_str(&format!("{pad}{key}: |-\n"));
+    for line in cel.lines() {
+        out.push_str(&format!("{pad}  {line}\n"));
+    }
+}
+
+/// The pods the backstops leave out, as the engine leaves them alone: mirror pods and every kind of Windows pod.
+fn backstop_match() -> String {
+    let mut out = String::from("matchConditions:\n");
+    let conditions =
+        std::iter::once(NOT_A_MIRROR_POD).chain(WindowsBy::ALL.map(WindowsBy::not_matching));
+    for (name, cel) in conditions {
+        out.push_str(&format!("  - name: {name}\n"));
+        block(&mut out, 4, "expression", cel);
+    }
+    out
+}
+
+/// `runAsUser` -> `RunAsUser`, `capabilities.drop` -> `CapabilitiesDrop`: a CEL variable's suffix.
+fn pascal(name: &str) -> String {
+    name.split('.')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// `has(...)` down the field's path below `context`.
+fn has_path(context: &str, field: Field) -> String {
+    let mut at = context.to_owned();
+    let mut parts = vec![format!("has({at})")];
+    for key in field.path() {
+        at = format!("{at}.{key}");
+        parts.push(format!("has({at})"));
+    }
+    parts.join(" && ")
+}
+
+/// The variables and validations of one backstop: for each of its fields, the containers left without it where
+/// the webhook would have set it.
+fn backstop_checks(backstop: Backstop) -> String {
+    let mut variables = String::from("variables:\n");
+    variables.push_str("  - name: reportOnly\n");
+    block(
+        &mut variables,
+        4,
+        "expression",
+        "has(namespaceObject.metadata.labels) &&\n\
+         'secure-defaults.io/inject' in namespaceObject.metadata.labels &&\n\
+         namespaceObject.metadata.labels['secure-defaults.io/inject'] == 'report'",
+    );
+    variables.push_str("  - name: containers\n");
+    block(
+        &mut variables,
+        4,
+        "expression",
+        "object.spec.containers +\n\
+         (has(object.spec.initContainers) ? object.spec.initContainers : []) +\n\
+         (has(object.spec.ephemeralContainers) ? object.spec.ephemeralContainers : [])",
+    );
+    let mut validations = String::from("validations:\n");
+    for field in Field::all().filter(|f| f.backstop() == Some(backstop)) {
+        let var = format!("without{}", pascal(field.name()));
+        let path = field.path().join(".");
+        let on_container = has_path("c.securityContext", field);
+        let (cel, message) = match field.level() {
+            Level::Pod => {
+                let mut pass = vec![has_path("object.spec.securityContext", field)];
+                pass.extend(field.pod_skips().iter().map(|c| c.cel().to_owned()));
+                (
+                    format!(
+                        "({}) ? [] :\nvariables.containers.filter(c, !({on_container})).map(c, c.name)",
+                        pass.join(" ||\n")
+                    ),
+                    format!(
+                        "'secure-defaults backstop: no {path} for container(s) ' +\n\
+                         variables.{var}.map(n, '\"' + n + '\"').join(', ') +\n\
+                         ' and none at pod level; set spec.securityContext.{path}' +\n\
+                         ' (the secure-defaults webhook fills it in when it is running)'"
+                    ),
+                )
+            }
+            Level::Container => {
+                let mut keep = vec![format!("!({on_container})")];
+                keep.extend(
+                    field
+                        .container_skips()
+                        .iter()
+                        .map(|c| format!("!{}", c.cel())),
+                );
+                (
+                    format!(
+                        "variables.containers.filter(c,\n  {}).map(c, c.name)",
+                        keep.join(" &&\n  ")
+                    ),
+                    format!(
+                        "'secure-defaults backstop: no {path} on container(s) ' +\n\
+                         variables.{var}.map(n, '\"' + n + '\"').join(', ') +\n\
+                         '; set securityContext.{path} on each' +\n\
+                         ' (the secure-defaults webhook fills it in when it is running)'"
+                    ),
+                )
+            }
+        };
+        variables.push_str(&format!("  - name: {var}\n"));
+        block(&mut variables, 4, "expression", &cel);
+        validations.push_str(&format!(
+            "  - expression: variables.reportOnly || size(variables.{var}) == 0\n    reason: Forbidden\n    message: \"secure-defaults backstop: {path} is missing where the secure-defaults webhook would have set it\"\n"
+        ));
+        validations.push_str("    messageExpression: >-\n");
+        for line in message.lines() {
+            validations.push_str(&format!("      {line}\n"));
+        }
+    }
+    variables + &validations
 }
 
 /// A value as it reads in YAML flow style: `true`, `65532`, `[ALL]`, `{type: RuntimeDefault}`.

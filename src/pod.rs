@@ -278,7 +278,59 @@ pub enum WindowsBy {
     NodeAffinity,
 }
 
+/// The backstops' match condition that leaves mirror pods out (true for every other pod): its name and CEL.
+pub const NOT_A_MIRROR_POD: (&str, &str) = (
+    "not-a-mirror-pod",
+    "!has(object.metadata.annotations) ||\n!('kubernetes.io/config.mirror' in object.metadata.annotations)",
+);
+
 impl WindowsBy {
+    /// Every way a pod counts as a Windows pod.
+    pub const ALL: [WindowsBy; 4] = [
+        WindowsBy::OsName,
+        WindowsBy::HostProcess,
+        WindowsBy::NodeSelector,
+        WindowsBy::NodeAffinity,
+    ];
+
+    /// The backstops' match condition that leaves these Windows pods out, as the engine does (true for every
+    /// other pod): its name and CEL, next to the Rust check in [`Spec::windows`].
+    pub fn not_matching(self) -> (&'static str, &'static str) {
+        match self {
+            WindowsBy::OsName => (
+                "not-a-windows-pod",
+                "!has(object.spec.os) || !has(object.spec.os.name) || object.spec.os.name != 'windows'",
+            ),
+            WindowsBy::HostProcess => (
+                "not-a-windows-host-process-pod",
+                "!(has(object.spec.securityContext) && has(object.spec.securityContext.windowsOptions) &&\n  \
+                 has(object.spec.securityContext.windowsOptions.hostProcess) &&\n  \
+                 object.spec.securityContext.windowsOptions.hostProcess) &&\n\
+                 !object.spec.containers.exists(c, has(c.securityContext) && has(c.securityContext.windowsOptions) &&\n  \
+                 has(c.securityContext.windowsOptions.hostProcess) && c.securityContext.windowsOptions.hostProcess) &&\n\
+                 !(has(object.spec.initContainers) && object.spec.initContainers.exists(c, has(c.securityContext) &&\n  \
+                 has(c.securityContext.windowsOptions) && has(c.securityContext.windowsOptions.hostProcess) &&\n  \
+                 c.securityContext.windowsOptions.hostProcess))",
+            ),
+            WindowsBy::NodeSelector => (
+                "not-pinned-to-windows-nodes-by-its-node-selector",
+                "!(has(object.spec.nodeSelector) && object.spec.nodeSelector.exists(k,\n  \
+                 k in ['kubernetes.io/os', 'beta.kubernetes.io/os'] && object.spec.nodeSelector[k] == 'windows'))",
+            ),
+            WindowsBy::NodeAffinity => (
+                "not-pinned-to-windows-nodes-by-its-node-affinity",
+                "!(has(object.spec.affinity) && has(object.spec.affinity.nodeAffinity) &&\n  \
+                 has(object.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution) &&\n  \
+                 size(object.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms) > 0 &&\n  \
+                 object.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms.all(t,\n    \
+                 has(t.matchExpressions) && t.matchExpressions.exists(e,\n      \
+                 e.key in ['kubernetes.io/os', 'beta.kubernetes.io/os'] && has(e.values) &&\n      \
+                 ((e.operator == 'In' && size(e.values) > 0 && e.values.all(v, v == 'windows')) ||\n       \
+                 (e.operator == 'NotIn' && 'linux' in e.values)))))",
+            ),
+        }
+    }
+
     /// What the pod should say instead, where the API server cannot tell it is a Windows pod.
     pub fn hint(self) -> Option<&'static str> {
         match self {

@@ -4,8 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{FieldDef, Guard, Level, PodState};
-use crate::pod::Container;
+use super::{Backstop, ContainerCondition, FieldDef, Level};
 
 pub struct AllowPrivilegeEscalation;
 
@@ -55,19 +54,14 @@ impl FieldDef for AllowPrivilegeEscalation {
         Some(json!(false))
     }
 
-    fn container_guard(&self, _pod: &PodState<'_, '_>, container: &Container<'_>) -> Guard {
-        if container.privileged() {
-            return Guard::Skip(vec![format!(
-                "container {:?} is privileged",
-                container.name()
-            )]);
-        }
-        if container.adds_capability("SYS_ADMIN") {
-            return Guard::Skip(vec![format!(
-                "container {:?} adds CAP_SYS_ADMIN",
-                container.name()
-            )]);
-        }
-        Guard::Set(Vec::new())
+    fn container_skips(&self) -> &'static [ContainerCondition] {
+        &[
+            ContainerCondition::Privileged,
+            ContainerCondition::AddsCapability("SYS_ADMIN"),
+        ]
+    }
+
+    fn backstop(&self) -> Option<Backstop> {
+        Some(Backstop::Plain)
     }
 }

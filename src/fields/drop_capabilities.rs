@@ -4,8 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{FieldDef, Guard, Level, PodState};
-use crate::pod::Container;
+use super::{Backstop, ContainerCondition, FieldDef, Level};
 
 pub struct DropCapabilities;
 
@@ -55,14 +54,11 @@ impl FieldDef for DropCapabilities {
         "ALL".to_owned()
     }
 
-    fn container_guard(&self, _pod: &PodState<'_, '_>, container: &Container<'_>) -> Guard {
-        if container.privileged() {
-            Guard::Skip(vec![format!(
-                "container {:?} is privileged",
-                container.name()
-            )])
-        } else {
-            Guard::Set(Vec::new())
-        }
+    fn container_skips(&self) -> &'static [ContainerCondition] {
+        &[ContainerCondition::Privileged]
+    }
+
+    fn backstop(&self) -> Option<Backstop> {
+        Some(Backstop::Restricted)
     }
 }

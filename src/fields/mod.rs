@@ -5,6 +5,7 @@
 //! A field's value is kept as the JSON value the patch adds, checked once when the policy is read.
 
 mod allow_privilege_escalation;
+mod condition;
 mod drop_capabilities;
 mod fs_group;
 mod fs_group_change_policy;
@@ -16,6 +17,8 @@ mod seccomp_profile;
 use std::fmt;
 
 use serde_json::{Map, Value};
+
+pub use condition::{Backstop, ContainerCondition, PodCondition};
 
 use crate::pod::{Annotations, Container, Spec};
 
@@ -63,9 +66,27 @@ pub trait FieldDef: Sync {
         Guard::Set(Vec::new())
     }
     /// Container level: whether the field may be set on this container of this pod (with its pod-level fields
-    /// decided), with the warnings to give either way; each names the container.
-    fn container_guard(&self, _pod: &PodState<'_, '_>, _container: &Container<'_>) -> Guard {
-        Guard::Set(Vec::new())
+    /// decided), with the warnings to give either way; each names the container. By default: skipped where one
+    /// of [`FieldDef::container_skips`] holds.
+    fn container_guard(&self, _pod: &PodState<'_, '_>, container: &Container<'_>) -> Guard {
+        match self.container_skips().iter().find(|c| c.holds(container)) {
+            Some(condition) => Guard::Skip(vec![condition.reason(container)]),
+            None => Guard::Set(Vec::new()),
+        }
+    }
+    /// Container level: the conditions under which the field is left out of a container, for its guard and the
+    /// backstop's CEL alike.
+    fn container_skips(&self) -> &'static [ContainerCondition] {
+        &[]
+    }
+    /// Pod level: the conditions under which the backstop lets a pod without the field pass (the field's guard
+    /// leaves it out there, saying why).
+    fn pod_skips(&self) -> &'static [PodCondition] {
+        &[]
+    }
+    /// Which backstop checks that the field was set, if one does.
+    fn backstop(&self) -> Option<Backstop> {
+        None
     }
     /// The value as the annotation and `check` show it.
     fn show(&self, value: &Value) -> String {
@@ -173,6 +194,21 @@ impl Field {
     /// See [`FieldDef::when`].
     pub fn when(self) -> &'static str {
         self.def().when()
+    }
+
+    /// See [`FieldDef::container_skips`].
+    pub fn container_skips(self) -> &'static [ContainerCondition] {
+        self.def().container_skips()
+    }
+
+    /// See [`FieldDef::pod_skips`].
+    pub fn pod_skips(self) -> &'static [PodCondition] {
+        self.def().pod_skips()
+    }
+
+    /// See [`FieldDef::backstop`].
+    pub fn backstop(self) -> Option<Backstop> {
+        self.def().backstop()
     }
 
     /// See [`FieldDef::restricted_doc`].

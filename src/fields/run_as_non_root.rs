@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::{FieldDef, Guard, Level, PodState, id};
+use super::{Backstop, FieldDef, Guard, Level, PodCondition, PodState, id};
 
 pub struct RunAsNonRoot;
 
@@ -20,6 +20,14 @@ impl FieldDef for RunAsNonRoot {
 
     fn when(&self) -> &'static str {
         "absent, and no container would run as user 0 (its own `runAsUser`, else the pod's)"
+    }
+
+    fn backstop(&self) -> Option<Backstop> {
+        Some(Backstop::Restricted)
+    }
+
+    fn pod_skips(&self) -> &'static [PodCondition] {
+        &[PodCondition::SomeContainerRunsAsRoot]
     }
 
     fn restricted_doc(&self) -> Option<(&'static str, &'static str)> {

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{FieldDef, Level, id};
+use super::{Backstop, FieldDef, Level, id};
 
 pub struct RunAsUser;
 
@@ -22,6 +22,10 @@ impl FieldDef for RunAsUser {
 
     fn when(&self) -> &'static str {
         "absent at pod level. A container's own value always wins over the pod's in Kubernetes, so this never overrides a container."
+    }
+
+    fn backstop(&self) -> Option<Backstop> {
+        Some(Backstop::Plain)
     }
 
     fn check(&self, value: &Value) -> Result<(), String> {

@@ -10,7 +10,7 @@
 
 use serde_json::{Value, json};
 
-use super::{FieldDef, Guard, Level, PodState, id};
+use super::{Backstop, FieldDef, Guard, Level, PodCondition, PodState, id};
 use crate::pod::{SECCOMP_CONTAINER_ANNOTATION_PREFIX, SECCOMP_POD_ANNOTATION};
 
 /// Annotation values that mean the runtime's default profile.
@@ -31,6 +31,14 @@ impl FieldDef for SeccompProfile {
 
     fn when(&self) -> &'static str {
         "absent at pod level, and no deprecated seccomp annotation names another profile; a container's own profile (Localhost ones included) stays and wins"
+    }
+
+    fn backstop(&self) -> Option<Backstop> {
+        Some(Backstop::Restricted)
+    }
+
+    fn pod_skips(&self) -> &'static [PodCondition] {
+        &[PodCondition::SeccompAnnotation]
     }
 
     fn restricted_doc(&self) -> Option<(&'static str, &'static str)> {
