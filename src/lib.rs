@@ -24,22 +24,22 @@
 
 pub mod admission;
 pub mod audit;
-pub mod certs;
+mod certs;
 pub mod cli;
 pub mod compat;
 pub mod config;
 pub mod engine;
-pub mod exceptions;
+mod exceptions;
 pub mod fields;
 pub mod generate;
 pub mod metrics;
-pub mod namespaces;
+mod namespaces;
 pub mod pod;
 pub mod policy;
 pub mod preview;
 pub mod restricted;
 pub mod server;
-pub mod watch;
+mod watch;
 
 /// An error and its causes on one line: `outer: inner: innermost`.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -215,11 +215,6 @@ impl Outage {
         }
     }
 
-    /// True between a failure and the next success.
-    pub fn failing(&self) -> bool {
-        self.current.is_some()
-    }
-
     /// Records a failure at `now`; returns what to log, if anything.
     pub fn failed(&mut self, now: Instant) -> Option<Report> {
         let Some(failing) = &mut self.current else {
@@ -262,7 +257,7 @@ mod tests {
         let mut outage = Outage::new(Duration::from_secs(30));
         assert_eq!(outage.succeeded(at(0)), None, "no outage to end");
         assert_eq!(outage.failed(at(1)), Some(Report::Began));
-        assert!(outage.failing());
+        assert!(outage.current.is_some(), "failing");
         // A retry every 2 s: silent until 30 s after the first line.
         for secs in (3..31).step_by(2) {
             assert_eq!(outage.failed(at(secs)), None, "at {secs} s");
@@ -276,7 +271,7 @@ mod tests {
         );
         assert_eq!(outage.failed(at(33)), None);
         assert_eq!(outage.succeeded(at(40)), Some(Duration::from_secs(39)));
-        assert!(!outage.failing());
+        assert!(outage.current.is_none(), "recovered");
         assert_eq!(outage.succeeded(at(41)), None, "recovery is said once");
         assert_eq!(outage.failed(at(50)), Some(Report::Began), "a new outage");
     }
