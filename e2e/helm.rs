@@ -509,150 +509,9 @@ fn helm_values_change_what_they_say() {
             "policy.followPodSecurityLabels=true",
         ],
     );
-    let deploy = deployment(&docs);
-    let pod = pod_spec(&docs);
-    let c = container(&docs);
-    assert_eq!(deploy["spec"]["replicas"], 3);
-    assert_eq!(
-        c["image"],
-        "registry.example/sd:1.2.3@sha256:0000000000000000000000000000000000000000000000000000000000000000"
-    );
-    assert_eq!(c["imagePullPolicy"], "Always");
-    assert_eq!(pod["imagePullSecrets"], json!([{"name": "pull"}]));
-    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
-    assert!(try_find(&docs, "PriorityClass", "secure-defaults-critical").is_none());
-    assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
-    assert_eq!(
-        deploy["spec"]["template"]["metadata"]["annotations"]["a"],
-        "b"
-    );
-    // Pod labels join the template, never the selector (which must not change between releases).
-    assert_eq!(
-        deploy["spec"]["template"]["metadata"]["labels"]["team"],
-        "platform"
-    );
-    assert_eq!(
-        deploy["spec"]["selector"]["matchLabels"],
-        json!({"app.kubernetes.io/name": "secure-defaults", "app.kubernetes.io/component": "webhook"})
-    );
-    let hook = webhook(&docs);
-    assert_eq!(hook["failurePolicy"], "Fail");
-    assert_eq!(hook["timeoutSeconds"], 5);
-    assert_eq!(hook["objectSelector"], json!({"matchLabels": {"sd": "on"}}));
-    let expressions = hook["namespaceSelector"]["matchExpressions"]
-        .as_array()
-        .unwrap();
-    assert_eq!(expressions.len(), 3, "{expressions:?}");
-    assert_eq!(expressions[2], json!({"key": "team", "operator": "Exists"}));
-    assert_eq!(selector_mode(&hook["namespaceSelector"]), "opt-in");
-    for (kind, name) in [
-        ("ValidatingAdmissionPolicy", "secure-defaults-backstop"),
-        (
-            "ValidatingAdmissionPolicyBinding",
-            "secure-defaults-backstop",
-        ),
-        ("PodDisruptionBudget", "secure-defaults"),
-    ] {
-        assert!(try_find(&docs, kind, name).is_none(), "{kind} {name}");
-    }
-    let (_, config) = process_config(&docs);
-    assert_eq!(config["log_format"], "text");
-    assert_eq!(config["log_level"], "debug");
-    // Client authentication: the CA's ConfigMap mounted whole (so it reloads), and the server pointed at it.
-    assert_eq!(
-        config["tls_client_ca"],
-        "/etc/secure-defaults/client-ca/ca.crt"
-    );
-    assert_eq!(
-        volume(pod, "client-ca"),
-        Some(&json!({"name": "client-ca", "configMap": {"name": "apiserver-client-ca"}}))
-    );
-    assert!(
-        c["volumeMounts"]
-            .as_array()
-            .unwrap()
-            .contains(&json!({"name": "client-ca", "mountPath": "/etc/secure-defaults/client-ca", "readOnly": true}))
-    );
-    let text = policy_text(&docs);
-    let policy = policy_value(&text);
-    assert_eq!(policy["profile"], "restricted");
-    assert_eq!(policy["followPodSecurityLabels"], true);
-    // The real server accepts the policy the values make.
-    let file = tmp_dir("helm-values").join("policy.yaml");
-    std::fs::write(&file, &text).unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
-        .args(["check", "--policy"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "secure-defaults check refuses the chart's policy:\n{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-
-    // Metrics: a Service for the admin port only, and the ServiceMonitor scraping it.
-    let monitor = find(&docs, "ServiceMonitor", "secure-defaults");
-    let metrics = find(&docs, "Service", "secure-defaults-metrics");
-    assert_eq!(metrics["spec"]["ports"][0]["port"], 8080);
-    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
-        .as_object()
-        .unwrap()
-    {
-        assert_eq!(&metrics["metadata"]["labels"][k], v);
-    }
-    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
-    assert_eq!(
-        find(&docs, "Service", "secure-defaults")["spec"]["ports"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1,
-        "the webhook's Service keeps its one port"
-    );
-
-    // The alerts and the dashboard: the same as the kustomize monitoring component's, with the labels asked for.
-    let component = |file: &str| {
-        let path = repo().join("manifests/components/monitoring").join(file);
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-    };
-    let rule = find(&docs, "PrometheusRule", "secure-defaults");
-    let component_rule: Value = serde_saphyr::from_str(&component("prometheusrule.yaml")).unwrap();
-    assert_eq!(rule["spec"], component_rule["spec"]);
-    assert!(
-        !rule["spec"]["groups"][0]["rules"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(rule["metadata"]["namespace"], "secure-defaults");
-    assert_eq!(
-        rule["metadata"]["labels"]["release"],
-        "kube-prometheus-stack"
-    );
-    let dashboard = find(&docs, "ConfigMap", "secure-defaults-dashboard");
-    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
-    let json_of = |text: &str| serde_json::from_str::<Value>(text).unwrap();
-    assert_eq!(
-        json_of(dashboard["data"]["secure-defaults.json"].as_str().unwrap()),
-        json_of(&component("dashboard.json"))
-    );
-
-    // Network policy: the webhook port from the control plane only, the admin port from monitoring only.
-    let policy = find(&docs, "NetworkPolicy", "secure-defaults");
-    assert_eq!(
-        policy["spec"]["podSelector"]["matchLabels"],
-        deploy["spec"]["selector"]["matchLabels"]
-    );
-    assert_eq!(
-        policy["spec"]["ingress"],
-        json!([
-            {"from": [{"ipBlock": {"cidr": "10.0.0.0/24"}}], "ports": [{"port": "https", "protocol": "TCP"}]},
-            {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
-             "ports": [{"port": "admin", "protocol": "TCP"}]}
-        ])
-    );
-
+    workload_and_webhook_values_apply(&docs);
+    config_and_policy_values_apply(&docs);
+    monitoring_and_network_values_apply(&docs);
     // The hardening is not a value: it survives every setting above.
     check_deployment_hardening(&docs);
 
@@ -672,6 +531,164 @@ fn helm_values_change_what_they_say() {
     assert!(try_find(&docs, "ConfigMap", "secure-defaults-dashboard").is_none());
     assert!(process_config(&docs).1.get("tls_client_ca").is_none());
     assert!(volume(pod_spec(&docs), "client-ca").is_none());
+}
+
+/// The Deployment, its pods and the webhook configuration follow the values set in
+/// [`helm_values_change_what_they_say`].
+fn workload_and_webhook_values_apply(docs: &[Value]) {
+    let deploy = deployment(docs);
+    let pod = pod_spec(docs);
+    let c = container(docs);
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert_eq!(
+        c["image"],
+        "registry.example/sd:1.2.3@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+    );
+    assert_eq!(c["imagePullPolicy"], "Always");
+    assert_eq!(pod["imagePullSecrets"], json!([{"name": "pull"}]));
+    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+    assert!(try_find(docs, "PriorityClass", "secure-defaults-critical").is_none());
+    assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
+    assert_eq!(
+        deploy["spec"]["template"]["metadata"]["annotations"]["a"],
+        "b"
+    );
+    // Pod labels join the template, never the selector (which must not change between releases).
+    assert_eq!(
+        deploy["spec"]["template"]["metadata"]["labels"]["team"],
+        "platform"
+    );
+    assert_eq!(
+        deploy["spec"]["selector"]["matchLabels"],
+        json!({"app.kubernetes.io/name": "secure-defaults", "app.kubernetes.io/component": "webhook"})
+    );
+    let hook = webhook(docs);
+    assert_eq!(hook["failurePolicy"], "Fail");
+    assert_eq!(hook["timeoutSeconds"], 5);
+    assert_eq!(hook["objectSelector"], json!({"matchLabels": {"sd": "on"}}));
+    let expressions = hook["namespaceSelector"]["matchExpressions"]
+        .as_array()
+        .unwrap();
+    assert_eq!(expressions.len(), 3, "{expressions:?}");
+    assert_eq!(expressions[2], json!({"key": "team", "operator": "Exists"}));
+    assert_eq!(selector_mode(&hook["namespaceSelector"]), "opt-in");
+    for (kind, name) in [
+        ("ValidatingAdmissionPolicy", "secure-defaults-backstop"),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "secure-defaults-backstop",
+        ),
+        ("PodDisruptionBudget", "secure-defaults"),
+    ] {
+        assert!(try_find(docs, kind, name).is_none(), "{kind} {name}");
+    }
+}
+
+/// The process config, the client CA and the policy follow the values, and the real server accepts the policy.
+fn config_and_policy_values_apply(docs: &[Value]) {
+    let pod = pod_spec(docs);
+    let c = container(docs);
+    let (_, config) = process_config(docs);
+    assert_eq!(config["log_format"], "text");
+    assert_eq!(config["log_level"], "debug");
+    // Client authentication: the CA's ConfigMap mounted whole (so it reloads), and the server pointed at it.
+    assert_eq!(
+        config["tls_client_ca"],
+        "/etc/secure-defaults/client-ca/ca.crt"
+    );
+    assert_eq!(
+        volume(pod, "client-ca"),
+        Some(&json!({"name": "client-ca", "configMap": {"name": "apiserver-client-ca"}}))
+    );
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "client-ca", "mountPath": "/etc/secure-defaults/client-ca", "readOnly": true}))
+    );
+    let text = policy_text(docs);
+    let policy = policy_value(&text);
+    assert_eq!(policy["profile"], "restricted");
+    assert_eq!(policy["followPodSecurityLabels"], true);
+    // The real server accepts the policy the values make.
+    let file = tmp_dir("helm-values").join("policy.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
+        .args(["check", "--policy"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "secure-defaults check refuses the chart's policy:\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+/// The metrics Service, ServiceMonitor, alerts, dashboard and NetworkPolicy follow the values.
+fn monitoring_and_network_values_apply(docs: &[Value]) {
+    let deploy = deployment(docs);
+    // Metrics: a Service for the admin port only, and the ServiceMonitor scraping it.
+    let monitor = find(docs, "ServiceMonitor", "secure-defaults");
+    let metrics = find(docs, "Service", "secure-defaults-metrics");
+    assert_eq!(metrics["spec"]["ports"][0]["port"], 8080);
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&metrics["metadata"]["labels"][k], v);
+    }
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(
+        find(docs, "Service", "secure-defaults")["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "the webhook's Service keeps its one port"
+    );
+
+    // The alerts and the dashboard: the same as the kustomize monitoring component's, with the labels asked for.
+    let component = |file: &str| {
+        let path = repo().join("manifests/components/monitoring").join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let rule = find(docs, "PrometheusRule", "secure-defaults");
+    let component_rule: Value = serde_saphyr::from_str(&component("prometheusrule.yaml")).unwrap();
+    assert_eq!(rule["spec"], component_rule["spec"]);
+    assert!(
+        !rule["spec"]["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(rule["metadata"]["namespace"], "secure-defaults");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    let dashboard = find(docs, "ConfigMap", "secure-defaults-dashboard");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json_of = |text: &str| serde_json::from_str::<Value>(text).unwrap();
+    assert_eq!(
+        json_of(dashboard["data"]["secure-defaults.json"].as_str().unwrap()),
+        json_of(&component("dashboard.json"))
+    );
+
+    // Network policy: the webhook port from the control plane only, the admin port from monitoring only.
+    let policy = find(docs, "NetworkPolicy", "secure-defaults");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([
+            {"from": [{"ipBlock": {"cidr": "10.0.0.0/24"}}], "ports": [{"port": "https", "protocol": "TCP"}]},
+            {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+             "ports": [{"port": "admin", "protocol": "TCP"}]}
+        ])
+    );
 }
 
 fn check_deployment_hardening(docs: &[Value]) {
@@ -879,10 +896,33 @@ async fn helm_install_defaults_pods_and_uninstall_leaves_nothing() {
             "60s",
         ],
     );
+    nothing_left_behind(&env, namespace, &installed);
+    // Without webhook and backstop a pod in the opted-in namespace is created as it was sent (the backstop,
+    // were it still there, would refuse it: the test server's own webhook does not select this namespace).
+    // The API server drops a deleted admission policy from its cache a moment after the object is gone: poll
+    // (each refused attempt stores nothing) until the pod is admitted.
+    let after = eventually(
+        "a pod admitted once the backstop is gone",
+        DEADLINE,
+        || async { on.try_create_pod(bare("after-uninstall")).await.ok() },
+    )
+    .await;
+    assert_eq!(annotation(&after), None, "{after}");
+    assert!(
+        after["spec"]["securityContext"].get("runAsUser").is_none(),
+        "{after}"
+    );
+    drop(release);
+    drop(hook);
+}
+
+/// After `helm uninstall`: none of the objects the release installed (`installed`), no cluster-scoped object of
+/// the chart and no policy or config ConfigMap is left.
+fn nothing_left_behind(env: &ClusterEnv, namespace: &str, installed: &[Value]) {
     let left = run_kubectl(
-        &env,
+        env,
         &["get", "-f", "-", "-o", "name", "--ignore-not-found"],
-        Some(&as_list(&installed)),
+        Some(&as_list(installed)),
     );
     assert!(
         left.status.success(),
@@ -901,14 +941,14 @@ async fn helm_install_defaults_pods_and_uninstall_leaves_nothing() {
         ("clusterrolebinding", "secure-defaults-certs"),
     ] {
         let out = kubectl_ok(
-            &env,
+            env,
             &["get", kind, name, "--ignore-not-found", "-o", "name"],
             None,
         );
         assert_eq!(out, "", "{kind} {name} left behind");
     }
     let out = kubectl_ok(
-        &env,
+        env,
         &[
             "get",
             "configmaps",
@@ -922,21 +962,4 @@ async fn helm_install_defaults_pods_and_uninstall_leaves_nothing() {
         None,
     );
     assert_eq!(out, "", "policy or config left behind");
-    // Without webhook and backstop a pod in the opted-in namespace is created as it was sent (the backstop,
-    // were it still there, would refuse it: the test server's own webhook does not select this namespace).
-    // The API server drops a deleted admission policy from its cache a moment after the object is gone: poll
-    // (each refused attempt stores nothing) until the pod is admitted.
-    let after = eventually(
-        "a pod admitted once the backstop is gone",
-        DEADLINE,
-        || async { on.try_create_pod(bare("after-uninstall")).await.ok() },
-    )
-    .await;
-    assert_eq!(annotation(&after), None, "{after}");
-    assert!(
-        after["spec"]["securityContext"].get("runAsUser").is_none(),
-        "{after}"
-    );
-    drop(release);
-    drop(hook);
 }

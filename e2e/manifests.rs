@@ -1259,144 +1259,12 @@ async fn manifests_install_route_pods_and_backstop() {
         }
 
         // 2. Routing: the mode's namespaces are defaulted, the others never reach the server.
-        for ns in &served {
-            eventually(
-                &format!("{mode}: the manifests' webhook serving {}", ns.name),
-                DEADLINE,
-                || async {
-                    let probe = create(&client, &ns.name, &bare("probe"), true).await.ok()?;
-                    annotation(&probe).map(|_| ())
-                },
-            )
-            .await;
-            let stored = create(&client, &ns.name, &bare(&format!("{mode}-bare")), false)
-                .await
-                .unwrap();
-            assert_eq!(
-                annotation(&stored),
-                Some(
-                    "runAsUser=65532,runAsGroup=65532,fsGroup=65532,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(app)"
-                ),
-                "{mode} {}: {stored}",
-                ns.name
-            );
-        }
-        // A report-only namespace is sent in both modes, and its pods are stored as they were written.
-        let mut probe = bare("probe");
-        probe["apiVersion"] = json!("v1");
-        probe["kind"] = json!("Pod");
-        let probe = probe.to_string();
-        eventually(
-            &format!(
-                "{mode}: the manifests' webhook reporting in {}",
-                report.name
-            ),
-            DEADLINE,
-            || async {
-                let out = report.kubectl(
-                    &["create", "--dry-run=server", "-n", &report.name, "-f", "-"],
-                    Some(&probe),
-                );
-                let err = String::from_utf8_lossy(&out.stderr).into_owned();
-                (out.status.success() && err.contains("secure-defaults (report): would set"))
-                    .then_some(())
-            },
-        )
-        .await;
-        let stored = create(
-            &client,
-            &report.name,
-            &bare(&format!("{mode}-report")),
-            false,
-        )
-        .await
-        .unwrap();
-        assert_eq!(annotation(&stored), None, "{mode}: {stored}");
-        assert!(
-            stored["spec"]["securityContext"]["runAsUser"].is_null(),
-            "{mode}: {stored}"
-        );
-        let served_ns = served[0].name.clone();
-        // Not sent: the server's request count stays put, and a served pod right after adds exactly one.
-        let not_sent = |ns: String, pod: Value, what: String| {
-            let (client, hook, served_ns) = (&client, &hook, &served_ns);
-            async move {
-                let before = requests(hook).await;
-                let created = create(client, &ns, &pod, true)
-                    .await
-                    .unwrap_or_else(|e| panic!("{what}: {e}"));
-                assert_eq!(annotation(&created), None, "{what}: {created}");
-                assert_eq!(requests(hook).await, before, "{what} reached the server");
-                let probe = create(client, served_ns, &bare("probe"), true)
-                    .await
-                    .unwrap();
-                assert!(annotation(&probe).is_some(), "{probe}");
-                assert_eq!(requests(hook).await, before + 1, "{what}");
-            }
-        };
-        for ns in &unserved {
-            not_sent(
-                ns.name.clone(),
-                bare("bare"),
-                format!("{mode}: a pod in {}", ns.name),
-            )
-            .await;
-        }
-        not_sent(
-            "kube-system".into(),
-            bare("bare"),
-            format!("{mode}: a pod in kube-system"),
-        )
-        .await;
-        not_sent(
-            served_ns.clone(),
-            windows("windows"),
-            format!("{mode}: a Windows pod"),
-        )
-        .await;
-        not_sent(
-            served_ns.clone(),
-            mirror("mirror"),
-            format!("{mode}: a mirror pod"),
-        )
-        .await;
+        routing_follows_the_mode(&client, mode, &served, &unserved, &report, &hook).await;
 
         // 3. The backstop, with the webhook down (failurePolicy Ignore: the API server skips it).
         hook.kill();
-        for ns in &served {
-            eventually(
-                &format!("{mode}: the backstop rejecting in {}", ns.name),
-                DEADLINE,
-                || async {
-                    match create(&client, &ns.name, &bare("bare"), true).await {
-                        Err(e) if e.contains(BACKSTOP) => Some(()),
-                        _ => None,
-                    }
-                },
-            )
+        backstop_holds_with_the_webhook_down(&client, mode, &served, &unserved, &report, &docs)
             .await;
-        }
-        backstop_cases(&client, mode, &served_ns, &docs).await;
-        // Report-only namespaces are never defaulted, so the backstop leaves their pods alone.
-        create(&client, &report.name, &bare("bare"), true)
-            .await
-            .unwrap_or_else(|e| {
-                panic!("{mode}: the backstop refused a pod in a report-only namespace: {e}")
-            });
-        for ns in &unserved {
-            create(&client, &ns.name, &bare("bare"), true)
-                .await
-                .unwrap_or_else(|e| panic!("{mode}: {} is not served: {e}", ns.name));
-        }
-        let stored = create(
-            &client,
-            "kube-system",
-            &bare(&format!("e2e-manifests-{mode}")),
-            false,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{mode}: kube-system is never served: {e}"));
-        assert_eq!(annotation(&stored), None);
         drop(hook);
         applied = docs;
     }
@@ -1404,6 +1272,165 @@ async fn manifests_install_route_pods_and_backstop() {
     self_managed_rbac_suffices(&env, &client, &applied).await;
     cert_manager_overlay_needs_cert_manager(&env).await;
     drop(installed);
+}
+
+/// Step 2 of [`manifests_install_route_pods_and_backstop`]: the mode's namespaces are defaulted, a report-only one
+/// is reported on, and the others (kube-system, Windows and mirror pods too) never reach the server.
+async fn routing_follows_the_mode(
+    client: &Client,
+    mode: &str,
+    served: &[&TestNamespace],
+    unserved: &[&TestNamespace],
+    report: &TestNamespace,
+    hook: &Webhook,
+) {
+    for ns in served {
+        eventually(
+            &format!("{mode}: the manifests' webhook serving {}", ns.name),
+            DEADLINE,
+            || async {
+                let probe = create(client, &ns.name, &bare("probe"), true).await.ok()?;
+                annotation(&probe).map(|_| ())
+            },
+        )
+        .await;
+        let stored = create(client, &ns.name, &bare(&format!("{mode}-bare")), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            annotation(&stored),
+            Some(
+                "runAsUser=65532,runAsGroup=65532,fsGroup=65532,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(app)"
+            ),
+            "{mode} {}: {stored}",
+            ns.name
+        );
+    }
+    // A report-only namespace is sent in both modes, and its pods are stored as they were written.
+    let mut probe = bare("probe");
+    probe["apiVersion"] = json!("v1");
+    probe["kind"] = json!("Pod");
+    let probe = probe.to_string();
+    eventually(
+        &format!(
+            "{mode}: the manifests' webhook reporting in {}",
+            report.name
+        ),
+        DEADLINE,
+        || async {
+            let out = report.kubectl(
+                &["create", "--dry-run=server", "-n", &report.name, "-f", "-"],
+                Some(&probe),
+            );
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            (out.status.success() && err.contains("secure-defaults (report): would set"))
+                .then_some(())
+        },
+    )
+    .await;
+    let stored = create(
+        client,
+        &report.name,
+        &bare(&format!("{mode}-report")),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(annotation(&stored), None, "{mode}: {stored}");
+    assert!(
+        stored["spec"]["securityContext"]["runAsUser"].is_null(),
+        "{mode}: {stored}"
+    );
+    let served_ns = served[0].name.clone();
+    // Not sent: the server's request count stays put, and a served pod right after adds exactly one.
+    let not_sent = |ns: String, pod: Value, what: String| {
+        let served_ns = &served_ns;
+        async move {
+            let before = requests(hook).await;
+            let created = create(client, &ns, &pod, true)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(annotation(&created), None, "{what}: {created}");
+            assert_eq!(requests(hook).await, before, "{what} reached the server");
+            let probe = create(client, served_ns, &bare("probe"), true)
+                .await
+                .unwrap();
+            assert!(annotation(&probe).is_some(), "{probe}");
+            assert_eq!(requests(hook).await, before + 1, "{what}");
+        }
+    };
+    for ns in unserved {
+        not_sent(
+            ns.name.clone(),
+            bare("bare"),
+            format!("{mode}: a pod in {}", ns.name),
+        )
+        .await;
+    }
+    not_sent(
+        "kube-system".into(),
+        bare("bare"),
+        format!("{mode}: a pod in kube-system"),
+    )
+    .await;
+    not_sent(
+        served_ns.clone(),
+        windows("windows"),
+        format!("{mode}: a Windows pod"),
+    )
+    .await;
+    not_sent(
+        served_ns.clone(),
+        mirror("mirror"),
+        format!("{mode}: a mirror pod"),
+    )
+    .await;
+}
+
+/// Step 3 of [`manifests_install_route_pods_and_backstop`]: with the webhook down, the backstop refuses what it
+/// would have defaulted in the served namespaces, and leaves report-only, unserved and system namespaces alone.
+async fn backstop_holds_with_the_webhook_down(
+    client: &Client,
+    mode: &str,
+    served: &[&TestNamespace],
+    unserved: &[&TestNamespace],
+    report: &TestNamespace,
+    docs: &[Value],
+) {
+    for ns in served {
+        eventually(
+            &format!("{mode}: the backstop rejecting in {}", ns.name),
+            DEADLINE,
+            || async {
+                match create(client, &ns.name, &bare("bare"), true).await {
+                    Err(e) if e.contains(BACKSTOP) => Some(()),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+    }
+    backstop_cases(client, mode, &served[0].name, docs).await;
+    // Report-only namespaces are never defaulted, so the backstop leaves their pods alone.
+    create(client, &report.name, &bare("bare"), true)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("{mode}: the backstop refused a pod in a report-only namespace: {e}")
+        });
+    for ns in unserved {
+        create(client, &ns.name, &bare("bare"), true)
+            .await
+            .unwrap_or_else(|e| panic!("{mode}: {} is not served: {e}", ns.name));
+    }
+    let stored = create(
+        client,
+        "kube-system",
+        &bare(&format!("e2e-manifests-{mode}")),
+        false,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{mode}: kube-system is never served: {e}"));
+    assert_eq!(annotation(&stored), None);
 }
 
 fn windows(name: &str) -> Value {

@@ -436,7 +436,44 @@ async fn the_restricted_backstop_refuses_pods_the_webhook_did_not_default() {
     )
     .await;
     assert!(refusal.contains("\"app\""), "{refusal}");
-    // (pod, admitted?) — explicit values are never judged, and the webhook's own skips are allowed.
+    for (pod, admitted) in restricted_backstop_cases() {
+        let (ok, err) = dry_run(pod.clone());
+        assert_eq!(ok, admitted, "{pod}: {err}");
+    }
+
+    // Report-only namespaces are left alone.
+    ns.label(INJECT, "report").await;
+    eventually(
+        "the backstop to leave a report-only namespace alone",
+        DEADLINE,
+        || {
+            let (ok, _) = dry_run(bare_pod("plain"));
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+
+    // With the webhook serving the namespace with the restricted profile, a plain pod passes, defaulted.
+    ns.label(INJECT, "enabled").await;
+    let hook = Webhook::start(
+        &client,
+        &env,
+        test,
+        &restricted_policy(""),
+        FailurePolicy::Fail,
+    )
+    .await;
+    hook.wait_effective(&ns).await;
+    let stored = ns.create_pod(bare_pod("served")).await;
+    assert_eq!(
+        stored["spec"]["securityContext"]["runAsNonRoot"], true,
+        "{stored}"
+    );
+}
+
+/// Pods and whether the restricted backstop admits them: explicit values are never judged, and the webhook's own
+/// skips (Windows, the deprecated seccomp annotation) are allowed.
+fn restricted_backstop_cases() -> Vec<(Value, bool)> {
     let spec = |sc: Value, c: Value| {
         json!({"metadata": {"name": "p"}, "spec": {"securityContext": sc,
             "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10", "securityContext": c}]}})
@@ -505,40 +542,8 @@ async fn the_restricted_backstop_refuses_pods_the_webhook_did_not_default() {
             "spec": {"securityContext": {"runAsNonRoot": true},
             "containers": [{"name": "app", "image": image, "securityContext": {"capabilities": {"drop": ["ALL"]}}}]}}),
     ];
-    let cases = cases
+    cases
         .into_iter()
-        .chain(webhook_skips.into_iter().map(|pod| (pod, true)));
-    for (pod, admitted) in cases {
-        let (ok, err) = dry_run(pod.clone());
-        assert_eq!(ok, admitted, "{pod}: {err}");
-    }
-
-    // Report-only namespaces are left alone.
-    ns.label(INJECT, "report").await;
-    eventually(
-        "the backstop to leave a report-only namespace alone",
-        DEADLINE,
-        || {
-            let (ok, _) = dry_run(bare_pod("plain"));
-            async move { ok.then_some(()) }
-        },
-    )
-    .await;
-
-    // With the webhook serving the namespace with the restricted profile, a plain pod passes, defaulted.
-    ns.label(INJECT, "enabled").await;
-    let hook = Webhook::start(
-        &client,
-        &env,
-        test,
-        &restricted_policy(""),
-        FailurePolicy::Fail,
-    )
-    .await;
-    hook.wait_effective(&ns).await;
-    let stored = ns.create_pod(bare_pod("served")).await;
-    assert_eq!(
-        stored["spec"]["securityContext"]["runAsNonRoot"], true,
-        "{stored}"
-    );
+        .chain(webhook_skips.into_iter().map(|pod| (pod, true)))
+        .collect()
 }

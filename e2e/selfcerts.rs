@@ -225,32 +225,7 @@ async fn self_managed_certificates_issue_inject_and_rotate_while_admitting() {
         "only {} serving certificates observed",
         leaves.len()
     );
-    let metrics = http_get(&format!("127.0.0.1:{}", a.admin_port), "/metrics")
-        .await
-        .unwrap()
-        .1;
-    assert!(
-        metrics.contains(r#"secure_defaults_certificate_reloads_total{result="failed"} 0"#),
-        "{metrics}"
-    );
-    // The certificate times come from the certificates in the Secret: issued during this test, the serving
-    // certificate expiring after it was issued and no later than its CA.
-    let value = |name: &str| -> i64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
-    };
-    let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    let rotated = value("secure_defaults_certificate_last_rotation_timestamp_seconds");
-    let expiry = value("secure_defaults_certificate_expiry_timestamp_seconds");
-    let ca_expiry = value("secure_defaults_ca_expiry_timestamp_seconds");
-    let began = now - i64::try_from(start.elapsed().as_secs()).unwrap() - 120;
-    assert!(
-        (began..=now + 60).contains(&rotated),
-        "last rotation {rotated}, test began after {began}, now {now}"
-    );
-    assert!(rotated < expiry && expiry <= ca_expiry, "{metrics}");
+    certificate_metrics_follow_the_secret(a.admin_port, start).await;
     drop(b);
 }
 
@@ -391,4 +366,34 @@ async fn self_managed_lease_expiry_ignores_the_holders_clock() {
     )
     .await;
     drop(replica);
+}
+
+/// No reload failed on replica `admin_port`, and its certificate times come from the certificates in the Secret:
+/// issued during this test (begun at `start`), the serving certificate expiring after it was issued and no later
+/// than its CA.
+async fn certificate_metrics_follow_the_secret(admin_port: u16, start: Instant) {
+    let metrics = http_get(&format!("127.0.0.1:{}", admin_port), "/metrics")
+        .await
+        .unwrap()
+        .1;
+    assert!(
+        metrics.contains(r#"secure_defaults_certificate_reloads_total{result="failed"} 0"#),
+        "{metrics}"
+    );
+    let value = |name: &str| -> i64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let rotated = value("secure_defaults_certificate_last_rotation_timestamp_seconds");
+    let expiry = value("secure_defaults_certificate_expiry_timestamp_seconds");
+    let ca_expiry = value("secure_defaults_ca_expiry_timestamp_seconds");
+    let began = now - i64::try_from(start.elapsed().as_secs()).unwrap() - 120;
+    assert!(
+        (began..=now + 60).contains(&rotated),
+        "last rotation {rotated}, test began after {began}, now {now}"
+    );
+    assert!(rotated < expiry && expiry <= ca_expiry, "{metrics}");
 }
