@@ -1582,6 +1582,13 @@ async fn backstop_cases(client: &Client, mode: &str, ns: &str, docs: &[Value]) {
 /// ServiceAccount's own token and no certificate file anywhere, turns ready, writes its Secret and Lease and
 /// injects the caBundle into the manifests' webhook configuration.
 async fn self_managed_rbac_suffices(env: &ClusterEnv, client: &Client, docs: &[Value]) {
+    rbac_grants_exactly_the_named_things(env, docs).await;
+    the_server_runs_on_that_rbac_alone(env, client, docs).await;
+}
+
+/// The overlay's Role, RoleBinding, ClusterRole and ClusterRoleBinding are installed, and the ServiceAccount may do
+/// exactly the named things.
+async fn rbac_grants_exactly_the_named_things(env: &ClusterEnv, docs: &[Value]) {
     let rbac: Vec<Value> = docs
         .iter()
         .filter(|d| {
@@ -1682,7 +1689,11 @@ async fn self_managed_rbac_suffices(env: &ClusterEnv, client: &Client, docs: &[V
     for args in denied {
         assert!(!can(args), "the ServiceAccount may {args:?}");
     }
+}
 
+/// The server, run as the Deployment runs it with the ServiceAccount's own token, turns ready, writes its Secret
+/// and Lease and injects the caBundle, and nothing it asks is refused.
+async fn the_server_runs_on_that_rbac_alone(env: &ClusterEnv, client: &Client, docs: &[Value]) {
     // The server, as the ServiceAccount, as the Deployment starts it.
     let dir = tmp_dir("manifests-self-managed");
     let token = kubectl_ok(
