@@ -1025,6 +1025,37 @@ async fn h2_watched(
     (conn, task)
 }
 
+/// An HTTP/2 client that sends the preface and its SETTINGS, never a stream, and ignores the GOAWAY: its slot comes
+/// back at the header timeout, not the shutdown timeout after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_ignores_goaway_loses_its_slot_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let f = Fixture::new("ignores_goaway");
+    let mut config = f.config();
+    config.header_timeout = Duration::from_secs(1);
+    // Longer than DEADLINE: a connection held until it ran out would fail the wait below.
+    config.shutdown_timeout = Duration::from_secs(60);
+    let server = start(config).await;
+    let tls = tls_client(&[&f.ca.cert], ALL_VERSIONS, Proto::H2);
+    let (mut stream, ..) = tls_connect(server.webhook, tls).await.unwrap();
+    // The connection preface and an empty SETTINGS frame; then silence, reading nothing.
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    eventually(
+        "the slot of a client that ignores GOAWAY to come back",
+        async || (open_connections(server.admin).await? == 0.0).then_some(()),
+    )
+    .await;
+    // The server closed its side: what it sent (SETTINGS, GOAWAY) ends with the end of the stream.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the server's side is still open");
+    server.shutdown().await;
+}
+
 /// A connection with no request in flight for the idle timeout is closed, over HTTP/2 with GOAWAY (the client's
 /// connection ends cleanly), while one that keeps making requests stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,9 @@ use super::handle::{App, handle};
 /// How often an HTTP/2 connection pings its peer, so a peer that vanished without closing is noticed.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How long a connection that never started a request gets to close once told to (its GOAWAY flushed).
+const NO_REQUEST_GRACE: Duration = Duration::from_millis(100);
+
 /// How long a ping may go unanswered before the HTTP/2 connection is closed as dead.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -183,7 +186,13 @@ async fn serve_connection(
     };
     tracing::debug!(%peer, ?closing, "closing the connection");
     conn.as_mut().graceful_shutdown();
-    match tokio::time::timeout(limits.shutdown_timeout, conn).await {
+    // A connection that never started a request has nothing to finish: it gets the moment GOAWAY takes to leave,
+    // not the shutdown timeout, so a peer that never answers GOAWAY cannot keep its slot past the header timeout.
+    let grace = match closing {
+        Closing::NoRequest => limits.shutdown_timeout.min(NO_REQUEST_GRACE),
+        Closing::Idle | Closing::Stop => limits.shutdown_timeout,
+    };
+    match tokio::time::timeout(grace, conn).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::debug!(%peer, %error, "connection ended with an error"),
         Err(_) => {
