@@ -1,8 +1,24 @@
 //! The fields secure-defaults can fill in, as one table: each field is one file here behind [`FieldDef`], and
-//! everything else (the policy parser, `check`, the engine, the annotation, metrics, the property tests)
-//! iterates [`Field::all`]. Adding a field is its own file, its `mod` line and one entry in [`TABLE`].
+//! everything else (the policy parser, `check`, the engine, the annotation, metrics, the property tests, the
+//! generated files) iterates [`Field::all`].
 //!
 //! A field's value is kept as the JSON value the patch adds, checked once when the policy is read.
+//!
+//! # Adding a field
+//!
+//! What a person writes:
+//! - the field's file here: its name, level, path, value check, examples (valid ones and one the policy refuses),
+//!   and, as it needs them, its restricted value, shipped value, the README's "when" sentence and restricted
+//!   row, its guard, the conditions it is left out under ([`ContainerCondition`], [`PodCondition`]) and which
+//!   backstop checks it ([`Backstop`]);
+//! - its `mod` line and its entry in [`TABLE`] (and a handle such as [`RUN_AS_USER`] if another field's guard
+//!   reads it).
+//!
+//! What is then generated or follows by itself: `make generate` writes the README's field and restricted tables,
+//! the `defaults:` of every shipped policy (where the field has a shipped value) and both backstops' CEL (the
+//! kustomize components and the chart), then `install.yaml`; `cargo test` fails while any of them is stale. The
+//! policy parser, `check`, the patch, the annotation, the metrics' field label and the property tests (which
+//! generate the field as explicit from its examples) take it from the table without a change.
 
 mod allow_privilege_escalation;
 mod condition;
