@@ -491,7 +491,10 @@ fn preview_document(
             }
         }
     }
-    let value = if list {
+    // A list that does not change stays the document as read (`items: null` included).
+    let value = if list && !changed {
+        document
+    } else if list {
         let mut document = document;
         if let Some(items) = document.get_mut("items") {
             *items = Value::Array(results);

@@ -414,6 +414,30 @@ mod tests {
     }
 
     #[test]
+    fn a_list_without_items_holds_nothing_and_reads_back_as_it_was() {
+        let text = "kind: List\nitems:";
+        let mut source = Source::new("-", text.as_bytes().to_vec());
+        source.format = Some(Format::Yaml);
+        let policy = crate::policy::parse(
+            b"apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: cluster-wide\ndefaults: {runAsUser: 1}\n",
+            std::path::Path::new("p"),
+        )
+        .unwrap();
+        let labels = std::collections::BTreeMap::new();
+        let options = super::super::Options {
+            namespace: None,
+            labels: &labels,
+        };
+        let run = super::super::run(vec![source], &policy, &options);
+        assert_eq!(
+            run.sources[0].documents[0].value,
+            Some(json!({"kind": "List", "items": null})),
+            "the document as read, not with an empty list put in"
+        );
+        assert_eq!(super::super::render(&run, true), text);
+    }
+
+    #[test]
     fn later_duplicate_keys_win() {
         assert_eq!(yaml("a: 1\na: 2\n"), vec![Ok(Some(json!({"a": 2})))]);
     }
