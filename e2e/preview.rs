@@ -49,22 +49,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Where a kind keeps its pod template (as `mutate` reads it).
-fn template_at(kind: &str) -> Option<&'static str> {
-    match kind {
-        "Pod" => Some(""),
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "Job"
-        | "ReplicationController" => Some("/spec/template"),
-        "CronJob" => Some("/spec/jobTemplate/spec/template"),
-        "PodTemplate" => Some("/template"),
-        _ => None,
-    }
-}
-
 /// Every pod of the corpus: each Pod, and a pod made of each workload's template. Names are made unique.
 fn corpus_pods() -> Vec<(String, Value)> {
     let mut out = Vec::new();
@@ -79,7 +63,7 @@ fn corpus_pods() -> Vec<(String, Value)> {
             };
             for object in secure_defaults::preview::read::objects(value).unwrap() {
                 let kind = object["kind"].as_str().unwrap_or("Pod");
-                let Some(at) = template_at(kind) else {
+                let Some(at) = secure_defaults::preview::template_of(kind) else {
                     continue;
                 };
                 let template = object.pointer(at).cloned().unwrap();
@@ -376,9 +360,10 @@ async fn kubectl_reads_the_preview_output_as_the_input_plus_the_reported_patches
         let records: Vec<Value> = match &reported {
             Value::Array(ops) if ops.first().is_none_or(|o| o.get("op").is_some()) => {
                 // One pod-bearing object: the patch itself.
-                let one = ours
-                    .iter()
-                    .find(|o| template_at(o["kind"].as_str().unwrap_or("Pod")).is_some());
+                let one = ours.iter().find(|o| {
+                    secure_defaults::preview::template_of(o["kind"].as_str().unwrap_or("Pod"))
+                        .is_some()
+                });
                 one.map(|o| json!({"kind": key(o).0, "name": key(o).1, "patch": reported.clone()}))
                     .into_iter()
                     .collect()

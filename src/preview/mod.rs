@@ -221,9 +221,11 @@ impl Run {
     }
 }
 
-/// Where a kind keeps its pod template.
-fn template_of(kind: &str) -> Option<&'static str> {
+/// Where a kind keeps its pod: "" for a Pod itself, else the pointer to its pod template; `None` for a kind with
+/// no pod.
+pub fn template_of(kind: &str) -> Option<&'static str> {
     match kind {
+        "Pod" => Some(""),
         "Deployment"
         | "StatefulSet"
         | "DaemonSet"
