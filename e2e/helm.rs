@@ -693,7 +693,10 @@ fn monitoring_and_network_values_apply(docs: &[Value]) {
 
 fn check_deployment_hardening(docs: &[Value]) {
     let pod = pod_spec(docs);
-    assert_eq!(backstop_violations(pod), Vec::<String>::new());
+    assert_eq!(
+        crate::backstop::missing(pod),
+        Vec::<secure_defaults::fields::Field>::new()
+    );
     assert_eq!(
         pod["securityContext"],
         json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}})

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod backstop;
 mod clientauth;
 mod helm;
 mod manifests;

@@ -24,6 +24,8 @@ use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
+use secure_defaults::fields::Field;
+
 use crate::support::*;
 
 /// The default overlays, named after their mode; both use self-managed certificates.
@@ -186,36 +188,6 @@ pub(crate) fn process_config(docs: &[Value]) -> (String, Value) {
         .to_owned();
     let parsed = serde_saphyr::from_str(&text).expect("process config YAML");
     (text, parsed)
-}
-
-/// What the backstop checks, for a pod spec (Rust rendition, to check the Deployment on the rendered YAML).
-pub(crate) fn backstop_violations(spec: &Value) -> Vec<String> {
-    let containers: Vec<&Value> = ["containers", "initContainers", "ephemeralContainers"]
-        .iter()
-        .flat_map(|list| spec[*list].as_array().into_iter().flatten())
-        .collect();
-    let pod_user = !spec["securityContext"]["runAsUser"].is_null();
-    let mut violations = Vec::new();
-    for c in containers {
-        let sc = &c["securityContext"];
-        let name = c["name"].as_str().unwrap_or("?");
-        if !pod_user && sc["runAsUser"].is_null() {
-            violations.push(format!("{name}: no runAsUser"));
-        }
-        let exempt = sc["privileged"] == true
-            || sc["capabilities"]["add"].as_array().is_some_and(|add| {
-                add.iter().any(|cap| {
-                    cap.as_str().is_some_and(|cap| {
-                        cap.eq_ignore_ascii_case("SYS_ADMIN")
-                            || cap.eq_ignore_ascii_case("CAP_SYS_ADMIN")
-                    })
-                })
-            });
-        if !exempt && sc["allowPrivilegeEscalation"].is_null() {
-            violations.push(format!("{name}: no allowPrivilegeEscalation"));
-        }
-    }
-    violations
 }
 
 pub(crate) fn pod_spec(docs: &[Value]) -> &Value {
@@ -434,7 +406,7 @@ pub(crate) fn check_deployment(mode: &str, docs: &[Value]) {
     assert_eq!(spec["replicas"], 2, "{mode}");
 
     // It passes the backstop it ships, were its namespace served.
-    assert_eq!(backstop_violations(pod), Vec::<String>::new(), "{mode}");
+    assert_eq!(crate::backstop::missing(pod), Vec::<Field>::new(), "{mode}");
     assert_eq!(
         pod["securityContext"],
         json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}}),

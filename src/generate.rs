@@ -65,7 +65,15 @@ pub fn regions() -> Vec<Region> {
         name: "defaults",
         text: shipped_defaults(),
     }));
-    for (file, backstop) in BACKSTOPS {
+    for (backstop, file) in Backstop::ALL
+        .into_iter()
+        .flat_map(|b| b.files().map(|file| (b, file)))
+    {
+        out.push(Region {
+            file,
+            name: "backstop-fields",
+            text: backstop_fields(backstop),
+        });
         out.push(Region {
             file,
             name: "backstop-match",
@@ -79,23 +87,6 @@ pub fn regions() -> Vec<Region> {
     }
     out
 }
-
-/// The backstops, in the kustomize components and in the chart.
-const BACKSTOPS: [(&str, Backstop); 4] = [
-    ("manifests/components/backstop/policy.yaml", Backstop::Plain),
-    (
-        "manifests/chart/secure-defaults/templates/backstop.yaml",
-        Backstop::Plain,
-    ),
-    (
-        "manifests/components/backstop-restricted/policy.yaml",
-        Backstop::Restricted,
-    ),
-    (
-        "manifests/chart/secure-defaults/templates/backstop-restricted.yaml",
-        Backstop::Restricted,
-    ),
-];
 
 /// A CEL expression as a YAML literal block under `key`, at `indent` spaces.
 fn block(out: &mut String, indent: usize, key: &str, cel: &str) {
@@ -116,6 +107,38 @@ fn backstop_match() -> String {
         block(&mut out, 4, "expression", cel);
     }
     out
+}
+
+/// The backstop's fields and when each may be missing, as comment lines for the top of its file.
+fn backstop_fields(backstop: Backstop) -> String {
+    let lines: Vec<String> = Field::all()
+        .filter(|f| f.backstop() == Some(backstop))
+        .map(|field| {
+            let (at, unless) = match field.level() {
+                Level::Pod => (
+                    "at pod level, or on every container",
+                    field
+                        .pod_skips()
+                        .iter()
+                        .map(|c| c.text().to_owned())
+                        .collect::<Vec<_>>(),
+                ),
+                Level::Container => (
+                    "on every container",
+                    field.container_skips().iter().map(|c| c.text()).collect(),
+                ),
+            };
+            let mut line = format!(
+                "#   - {} {at} (init and ephemeral included)",
+                field.path().join(".")
+            );
+            if !unless.is_empty() {
+                line += &format!(", unless {}", unless.join(" or "));
+            }
+            line
+        })
+        .collect();
+    lines.join(";\n") + ".\n"
 }
 
 /// `runAsUser` -> `RunAsUser`, `capabilities.drop` -> `CapabilitiesDrop`: a CEL variable's suffix.

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 /// The annotation the kubelet puts on mirror pods of static pods; those are never defaulted.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -328,6 +328,24 @@ impl WindowsBy {
                  ((e.operator == 'In' && size(e.values) > 0 && e.values.all(v, v == 'windows')) ||\n       \
                  (e.operator == 'NotIn' && 'linux' in e.values)))))",
             ),
+        }
+    }
+
+    /// A JSON merge patch that makes a pod count as a Windows pod this way: the unit tests and the e2e backstop
+    /// test build their pods from it.
+    pub fn example(self) -> Value {
+        match self {
+            WindowsBy::OsName => json!({"spec": {"os": {"name": "windows"}}}),
+            WindowsBy::HostProcess => {
+                json!({"spec": {"hostNetwork": true, "securityContext": {"windowsOptions": {
+                "hostProcess": true, "runAsUserName": "NT AUTHORITY\\SYSTEM"}}}})
+            }
+            WindowsBy::NodeSelector => {
+                json!({"spec": {"nodeSelector": {"kubernetes.io/os": "windows"}}})
+            }
+            WindowsBy::NodeAffinity => json!({"spec": {"affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]}]}}}}}),
         }
     }
 

@@ -11,6 +11,7 @@ use std::path::Path;
 use secure_defaults::admission;
 use secure_defaults::fields::{Field, Level};
 use secure_defaults::metrics::Metrics;
+use secure_defaults::pod::WindowsBy;
 use secure_defaults::policy::{self, NamespaceLabels};
 use serde_json::{Value, json};
 
@@ -65,20 +66,42 @@ fn check_describes_every_field() {
     }
 }
 
-#[test]
-fn every_field_reaches_the_patch_the_annotation_and_the_metrics() {
-    let policy = parse(&every_field()).unwrap();
-    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-        "spec": {"containers": [{"name": "app", "image": "x"}]}});
+/// The pod as the webhook would store it under `policy` (every field, unless given), and the warnings.
+fn defaulted(pod: &Value, policy: &policy::Policy) -> (Value, admission::Response) {
     let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
         "uid": "u", "resource": {"group": "", "version": "v1", "resource": "pods"},
         "operation": "CREATE", "namespace": "app", "object": pod}});
     let body = serde_json::to_vec(&review).unwrap();
     let parsed = admission::parse(&body).unwrap();
     let labels = BTreeMap::from([(policy::INJECT_LABEL.to_owned(), "enabled".to_owned())]);
-    let response = admission::respond(&parsed, &policy, NamespaceLabels::Known(&labels)).unwrap();
+    let response = admission::respond(&parsed, policy, NamespaceLabels::Known(&labels)).unwrap();
     let mut patched = pod.clone();
     json_patch::patch(&mut patched, &response.outcome.patch).unwrap();
+    (patched, response)
+}
+
+/// A pod with one plain container and, where given, a second one with this `securityContext`.
+fn pod_with(other: Option<Value>) -> Value {
+    let mut containers = vec![json!({"name": "app", "image": "x"})];
+    if let Some(sc) = other {
+        containers.push(json!({"name": "other", "image": "x", "securityContext": sc}));
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": containers}})
+}
+
+/// The value of `field` in a pod: at pod level, or on container `index`.
+fn value_at(pod: &Value, field: Field, index: usize) -> &Value {
+    let sc = match field.level() {
+        Level::Pod => &pod["spec"]["securityContext"],
+        Level::Container => &pod["spec"]["containers"][index]["securityContext"],
+    };
+    field.path().iter().fold(sc, |v, key| &v[*key])
+}
+
+#[test]
+fn every_field_reaches_the_patch_the_annotation_and_the_metrics() {
+    let policy = parse(&every_field()).unwrap();
+    let (patched, response) = defaulted(&pod_with(None), &policy);
     let metrics = Metrics::new();
     metrics.count_fields(response.outcome.applied.fields());
     let exposition = metrics.encode();
@@ -86,12 +109,11 @@ fn every_field_reaches_the_patch_the_annotation_and_the_metrics() {
         .as_str()
         .unwrap_or_default();
     for field in Field::all() {
-        let sc = match field.level() {
-            Level::Pod => &patched["spec"]["securityContext"],
-            Level::Container => &patched["spec"]["containers"][0]["securityContext"],
-        };
-        let at = field.path().iter().fold(sc, |v, key| &v[*key]);
-        assert_eq!(at, &field.examples().0[0], "{field}: {patched}");
+        assert_eq!(
+            value_at(&patched, field, 0),
+            &field.examples().0[0],
+            "{field}: {patched}"
+        );
         assert!(
             annotation.contains(&format!("{field}=")),
             "{field}: {annotation}"
@@ -102,4 +124,67 @@ fn every_field_reaches_the_patch_the_annotation_and_the_metrics() {
         );
     }
     assert_ne!(patched["spec"]["securityContext"], Value::Null);
+}
+
+/// The conditions the backstops' CEL is written from are the ones the guards act on: where each holds, the
+/// engine leaves its field out with a warning (the e2e suite proves the API server's backstops let those pods
+/// pass), and sets it where it does not.
+#[test]
+fn every_condition_a_field_is_left_out_under_leaves_it_out() {
+    let policy = parse(&every_field()).unwrap();
+    for field in Field::all() {
+        for condition in field.container_skips() {
+            let (patched, response) = defaulted(&pod_with(Some(condition.example())), &policy);
+            assert_eq!(
+                value_at(&patched, field, 1),
+                &Value::Null,
+                "{field} {condition:?}"
+            );
+            assert_ne!(
+                value_at(&patched, field, 0),
+                &Value::Null,
+                "{field} {condition:?}"
+            );
+            let warned = response
+                .outcome
+                .warnings
+                .iter()
+                .any(|w| w.contains("\"other\""));
+            assert!(
+                warned,
+                "{field} {condition:?}: {:?}",
+                response.outcome.warnings
+            );
+        }
+        for condition in field.pod_skips() {
+            let mut pod = pod_with(None);
+            json_patch::merge(&mut pod, &condition.example());
+            let (patched, response) = defaulted(&pod, &policy);
+            assert_eq!(
+                value_at(&patched, field, 0),
+                &Value::Null,
+                "{field} {condition:?}"
+            );
+            assert!(
+                !response.outcome.warnings.is_empty(),
+                "{field} {condition:?}"
+            );
+        }
+    }
+    for way in WindowsBy::ALL {
+        let mut pod = pod_with(None);
+        json_patch::merge(&mut pod, &way.example());
+        let (_, response) = defaulted(&pod, &policy);
+        assert!(
+            response.outcome.patch.is_empty(),
+            "{way:?}: {:?}",
+            response.outcome.patch
+        );
+        let said = response
+            .outcome
+            .warnings
+            .iter()
+            .any(|w| w.contains(&way.to_string()));
+        assert!(said, "{way:?}: {:?}", response.outcome.warnings);
+    }
 }
