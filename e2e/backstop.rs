@@ -3,58 +3,27 @@
 //! field's guard leaves the field out (its conditions) and the Windows pods the webhook leaves alone. A field added
 //! to the table brings its cases with it.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use secure_defaults::fields::{Backstop, Field, Level};
 use secure_defaults::pod::WindowsBy;
-use secure_defaults::policy::{self, NamespaceLabels};
 use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// The policy behind each backstop: the shipped one, with the restricted profile for the restricted
-/// backstop.
+/// The policy behind each backstop: the shipped one, with the restricted profile for the restricted backstop.
 fn policy_text(backstop: Backstop) -> String {
-    let text = std::fs::read_to_string(repo().join("config/policy.yaml")).unwrap();
     match backstop {
-        Backstop::Plain => text,
-        Backstop::Restricted => text + "profile: restricted\n",
+        Backstop::Plain => shipped_policy(),
+        Backstop::Restricted => shipped_policy() + "profile: restricted\n",
     }
-}
-
-/// The pod as the webhook would store it.
-fn defaulted(pod: &Value, policy: &policy::Policy) -> Value {
-    defaulting(pod, policy).0
-}
-
-/// The pod as the webhook would store it, and the fields it set.
-fn defaulting(pod: &Value, policy: &policy::Policy) -> (Value, Vec<Field>) {
-    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": "u", "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "operation": "CREATE", "namespace": "app", "object": pod}});
-    let body = serde_json::to_vec(&review).unwrap();
-    let parsed = secure_defaults::admission::parse(&body).unwrap();
-    let labels = BTreeMap::from([(policy::INJECT_LABEL.to_owned(), "enabled".to_owned())]);
-    let response =
-        secure_defaults::admission::respond(&parsed, policy, NamespaceLabels::Known(&labels))
-            .unwrap();
-    let mut patched = pod.clone();
-    json_patch::patch(&mut patched, &response.outcome.patch).unwrap();
-    (patched, response.outcome.applied.fields().collect())
 }
 
 /// The fields a backstop checks that a pod with this spec leaves out where the webhook would set them: the
 /// fields the webhook would set under the restricted policy (the cases below prove that the backstops refuse
 /// exactly those).
 pub(crate) fn missing(spec: &Value) -> Vec<Field> {
-    let policy = policy::parse(
-        policy_text(Backstop::Restricted).as_bytes(),
-        Path::new("policy.yaml"),
-    )
-    .unwrap();
+    let policy = parse_policy(&policy_text(Backstop::Restricted));
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec});
     let (_, set) = defaulting(&pod, &policy);
     set.into_iter().filter(|f| f.backstop().is_some()).collect()
@@ -113,7 +82,7 @@ fn remove(pod: &mut Value, place: &[&str], field: Field) -> bool {
 /// What `backstop` should do with each pod: what the case is, the pod, and `None` where it is admitted, else
 /// what the refusal names.
 fn cases(backstop: Backstop) -> Vec<(String, Value, Option<String>)> {
-    let policy = policy::parse(policy_text(backstop).as_bytes(), Path::new("policy.yaml")).unwrap();
+    let policy = parse_policy(&policy_text(backstop));
     let ours = |f: &Field| f.backstop() == Some(backstop);
     let stored = defaulted(&base(), &policy);
     let mut cases = vec![("the webhook's pod".to_owned(), stored.clone(), None)];

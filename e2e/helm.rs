@@ -877,12 +877,8 @@ async fn helm_install_defaults_pods_and_uninstall_leaves_nothing() {
         pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
         false
     );
-    assert_eq!(
-        annotation(&pod),
-        Some(
-            "runAsUser=65532,runAsGroup=65532,fsGroup=65532,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(app)"
-        )
-    );
+    let shipped = defaulted(&bare("defaulted"), &parse_policy(&shipped_policy()));
+    assert_eq!(annotation(&pod), annotation(&shipped), "{pod}");
     let untouched = off.create_pod(bare("untouched")).await;
     assert_eq!(annotation(&untouched), None, "{untouched}");
 

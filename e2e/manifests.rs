@@ -1269,11 +1269,10 @@ async fn routing_follows_the_mode(
         let stored = create(client, &ns.name, &bare(&format!("{mode}-bare")), false)
             .await
             .unwrap();
+        let shipped = defaulted(&bare("bare"), &parse_policy(&shipped_policy()));
         assert_eq!(
             annotation(&stored),
-            Some(
-                "runAsUser=65532,runAsGroup=65532,fsGroup=65532,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(app)"
-            ),
+            annotation(&shipped),
             "{mode} {}: {stored}",
             ns.name
         );

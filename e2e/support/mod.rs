@@ -16,6 +16,8 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, Config};
+use secure_defaults::fields::Field;
+use secure_defaults::policy::{NamespaceLabels, Policy};
 use serde_json::{Value, json};
 
 pub const TEST_LABEL: &str = "e2e.secure-defaults.io/test";
@@ -567,6 +569,39 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Some((code, body))
+}
+
+/// The shipped policy (config/policy.yaml), as text.
+pub fn shipped_policy() -> String {
+    std::fs::read_to_string(repo().join("config/policy.yaml")).unwrap()
+}
+
+pub fn parse_policy(text: &str) -> Policy {
+    secure_defaults::policy::parse(text.as_bytes(), Path::new("policy.yaml")).unwrap()
+}
+
+/// The pod as the webhook would store it.
+pub fn defaulted(pod: &Value, policy: &Policy) -> Value {
+    defaulting(pod, policy).0
+}
+
+/// The pod as the webhook would store it, and the fields it set.
+pub fn defaulting(pod: &Value, policy: &Policy) -> (Value, Vec<Field>) {
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "u", "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "operation": "CREATE", "namespace": "app", "object": pod}});
+    let body = serde_json::to_vec(&review).unwrap();
+    let parsed = secure_defaults::admission::parse(&body).unwrap();
+    let labels = BTreeMap::from([(
+        secure_defaults::policy::INJECT_LABEL.to_owned(),
+        "enabled".to_owned(),
+    )]);
+    let response =
+        secure_defaults::admission::respond(&parsed, policy, NamespaceLabels::Known(&labels))
+            .unwrap();
+    let mut patched = pod.clone();
+    json_patch::patch(&mut patched, &response.outcome.patch).unwrap();
+    (patched, response.outcome.applied.fields().collect())
 }
 
 pub fn bare_pod(name: &str) -> Value {
