@@ -121,8 +121,8 @@ assert response["uid"] == "7f0b2a6c-0000-4000-8000-000000000001", response
 assert response["allowed"] is True, response
 assert response["patchType"] == "JSONPatch", response
 patch = response["patch"]
-# The patch is bytes: base64 in JSON as the API server sends it, or an array of byte values.
-raw = bytes(patch) if isinstance(patch, list) else base64.b64decode(patch)
+# The patch's bytes in base64, as the admission API documents.
+raw = base64.b64decode(patch)
 ops = json.loads(raw)
 def value(path):
     for op in ops:

@@ -104,8 +104,8 @@ fn check_response(body: &[u8], want_patch: bool) -> anyhow::Result<()> {
     if r["uid"] != fixture::REQUEST_UID || r["allowed"] != true {
         bail!("unexpected response: {v}");
     }
-    // kube's admission types write the patch as an array of byte values.
-    let patched = r["patch"].as_array().is_some_and(|p| !p.is_empty());
+    // The patch's bytes in base64.
+    let patched = r["patch"].as_str().is_some_and(|p| !p.is_empty());
     if want_patch && !patched {
         bail!("response has no patch: {v}");
     }
