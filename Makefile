@@ -1,7 +1,7 @@
 # The one entry point: CI calls these same targets.
 CARGO ?= cargo
 
-.PHONY: build release test test-unit test-monitoring test-e2e test-compat test-image test-node helm generate manifests image image-dockerfile lint fmt bench run fuzz
+.PHONY: build release test test-unit test-monitoring test-e2e test-compat test-image test-node helm generate manifests image image-dockerfile lint fmt bench bench-peers run fuzz
 
 build:
 	$(CARGO) build --locked
@@ -89,6 +89,12 @@ run:
 ## control plane; prints one table and writes target/bench/results.json. Reports, never fails on a missed target.
 bench:
 	bench/run.sh
+
+## secure-defaults side by side with MutatingAdmissionPolicy, Kyverno and Gatekeeper on one local control plane,
+## one at a time, the same pod-creation load (bench/peers/run.sh). The peers build from the Go module proxy on
+## first use (Kyverno about 20 minutes) and are cached by version. Not part of `make bench` or CI.
+bench-peers:
+	bench/peers/run.sh
 
 ## Coverage-guided fuzzing (cargo-fuzz, installed on first use): the admission path, the policy parser and the
 ## `mutate` input reader, FUZZ_SECONDS each (default 60), or FUZZ_RUNS executions from FUZZ_SEED (default 1),

@@ -261,59 +261,9 @@ webhooks:
   admissionReviewVersions: [v1]
   timeoutSeconds: 5
   failurePolicy: Fail
----
-# The same defaulting as a MutatingAdmissionPolicy: pod-level IDs where absent, allowPrivilegeEscalation=false
-# on every container and init container that leaves it out.
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingAdmissionPolicy
-metadata: {name: bench-secure-defaults}
-spec:
-  matchConstraints:
-    resourceRules:
-    - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}
-  failurePolicy: Fail
-  reinvocationPolicy: IfNeeded
-  mutations:
-  - patchType: JSONPatch
-    jsonPatch:
-      expression: >
-        (has(object.spec.securityContext) ? [] :
-          [JSONPatch{op: "add", path: "/spec/securityContext", value: Object.spec.securityContext{}}]) +
-        (has(object.spec.securityContext) && has(object.spec.securityContext.runAsUser) ? [] :
-          [JSONPatch{op: "add", path: "/spec/securityContext/runAsUser", value: 65532}]) +
-        (has(object.spec.securityContext) && has(object.spec.securityContext.runAsGroup) ? [] :
-          [JSONPatch{op: "add", path: "/spec/securityContext/runAsGroup", value: 65532}]) +
-        (has(object.spec.securityContext) && has(object.spec.securityContext.fsGroup) ? [] :
-          [JSONPatch{op: "add", path: "/spec/securityContext/fsGroup", value: 65532}]) +
-        (has(object.spec.securityContext) && has(object.spec.securityContext.fsGroupChangePolicy) ? [] :
-          [JSONPatch{op: "add", path: "/spec/securityContext/fsGroupChangePolicy", value: "OnRootMismatch"}]) +
-        object.spec.containers.filter(c, !has(c.securityContext) || !has(c.securityContext.allowPrivilegeEscalation)).map(c,
-          has(c.securityContext) ?
-            JSONPatch{op: "add",
-              path: "/spec/containers/" + string(object.spec.containers.indexOf(c)) + "/securityContext/allowPrivilegeEscalation",
-              value: false} :
-            JSONPatch{op: "add",
-              path: "/spec/containers/" + string(object.spec.containers.indexOf(c)) + "/securityContext",
-              value: Object.spec.containers.securityContext{allowPrivilegeEscalation: false}}) +
-        (!has(object.spec.initContainers) ? [] :
-          object.spec.initContainers.filter(c, !has(c.securityContext) || !has(c.securityContext.allowPrivilegeEscalation)).map(c,
-          has(c.securityContext) ?
-            JSONPatch{op: "add",
-              path: "/spec/initContainers/" + string(object.spec.initContainers.indexOf(c)) + "/securityContext/allowPrivilegeEscalation",
-              value: false} :
-            JSONPatch{op: "add",
-              path: "/spec/initContainers/" + string(object.spec.initContainers.indexOf(c)) + "/securityContext",
-              value: Object.spec.initContainers.securityContext{allowPrivilegeEscalation: false}}))
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingAdmissionPolicyBinding
-metadata: {name: bench-secure-defaults}
-spec:
-  policyName: bench-secure-defaults
-  matchResources:
-    namespaceSelector:
-      matchLabels: {bench.secure-defaults.io/map: enabled}
 EOF
+  # The same defaulting as a MutatingAdmissionPolicy (bench/map-policy.yaml, also used by make bench-peers).
+  kc apply -f "$ROOT/bench/map-policy.yaml" >/dev/null
 
   # Latency with one creator (no queueing in the API server, so the difference is the admission step's own
   # time), then throughput with 8 concurrent creators; rounds interleave the three configurations.

@@ -58,8 +58,8 @@ fn parse_target(spec: &str) -> anyhow::Result<PodTarget> {
     let (namespace, expect) = rest
         .split_once(':')
         .context("--target NAME=NAMESPACE:EXPECT")?;
-    if !["none", "null", "webhook", "map"].contains(&expect) {
-        bail!("EXPECT must be none, null, webhook or map, not {expect:?}");
+    if !["none", "null", "webhook", "map", "peer"].contains(&expect) {
+        bail!("EXPECT must be none, null, webhook, map or peer, not {expect:?}");
     }
     Ok(PodTarget {
         name: name.to_owned(),
@@ -89,7 +89,8 @@ fn mutated_as_expected(expect: &str, pod: &Value) -> bool {
         // "null": a webhook is called and answers without a patch.
         "none" | "null" => !id("runAsUser") && !no_escalation && !annotated,
         "webhook" => pod_level && no_escalation && annotated,
-        "map" => pod_level && no_escalation && !annotated,
+        // A MutatingAdmissionPolicy, Kyverno or Gatekeeper: the same fields, no annotation of ours.
+        "map" | "peer" => pod_level && no_escalation && !annotated,
         _ => false,
     }
 }
