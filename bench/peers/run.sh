@@ -220,6 +220,17 @@ if [[ " $SYSTEMS " == *" secure-defaults "* && ${#others[@]} -gt 0 ]]; then
     >"$OUT/correctness.md"
 fi
 
+log "chart of the pod-creation latencies: $OUT/peers-latency.svg"
+python3 - "$OUT" $SYSTEMS <<'EOF'
+import json, os, sys
+out, systems = sys.argv[1], sys.argv[2:]
+for what in ("latency", "throughput"):
+    runs = [json.load(open(os.path.join(out, f"{system}-{what}.json"))) for system in systems]
+    merged = dict(runs[0], targets=[t for run in runs for t in run["targets"]])
+    json.dump(merged, open(os.path.join(out, f"e2e-{what}.json"), "w"))
+EOF
+"$LOADGEN" chart --dir "$OUT" --out "$OUT/peers-latency.svg"
+
 log "report"
 python3 - "$OUT" $SYSTEMS <<'EOF' | tee "$OUT/peers.md"
 import json, os, sys

@@ -1,5 +1,6 @@
 //! `loadgen chart`: the e2e phase's pod-creation latencies as an SVG chart, one line per admission configuration
-//! (no mutation, secure-defaults, the null webhook, MutatingAdmissionPolicy): the share of creates that took at most
+//! (no mutation, secure-defaults, the null webhook, MutatingAdmissionPolicy; with `make bench-peers`, Kyverno and
+//! Gatekeeper instead of the null webhook): the share of creates that took at most
 //! a given time (a cumulative distribution, log time axis), with one creator and, beside it, with 8 concurrent
 //! creators. Drawn from every timed create's latency (`samples_us` in e2e-latency.json and e2e-throughput.json).
 
@@ -11,12 +12,20 @@ use serde_json::Value;
 
 use crate::Args;
 
-/// The configurations in drawing order: name in the JSON, legend, colour.
-const CONFIGS: [(&str, &str, RGBColor); 4] = [
+/// The configurations in drawing order: name in the JSON, legend, colour. `make bench` names secure-defaults
+/// `webhook`, `make bench-peers` names it `secure-defaults`.
+const CONFIGS: [(&str, &str, RGBColor); 7] = [
     ("none", "no mutation", RGBColor(120, 120, 120)),
     ("webhook", "secure-defaults webhook", RGBColor(31, 119, 180)),
+    (
+        "secure-defaults",
+        "secure-defaults webhook",
+        RGBColor(31, 119, 180),
+    ),
     ("null", "null webhook (no patch)", RGBColor(255, 127, 14)),
     ("map", "MutatingAdmissionPolicy", RGBColor(44, 160, 44)),
+    ("kyverno", "Kyverno", RGBColor(214, 39, 40)),
+    ("gatekeeper", "Gatekeeper", RGBColor(148, 103, 189)),
 ];
 
 /// Points of the cumulative distribution: at most `points` (latency ms, percent of creates at or below it).
