@@ -21,7 +21,8 @@
 # BENCH_SECONDS (seconds per round of a server load phase, default 3), BENCH_ROUNDS (rounds per server load phase,
 # default 3; the median round is reported), BENCH_NAMESPACES (default 10000), BENCH_MORE_NAMESPACES (added for
 # the second memory measurement, default 40000; 0 skips it), BENCH_E2E_ROUNDS and BENCH_E2E_SECONDS (rounds of
-# pod creations per configuration and seconds per round, default 3 and 3).
+# pod creations per configuration and seconds per round, default 3 and 3), BENCH_COMPARE_SERVER (another build of
+# secure-defaults, e.g. the one before a change: the e2e phase also times it, as "compare", in the same rounds).
 # Everything listens on and connects to 127.0.0.1 only.
 set -euo pipefail
 
@@ -216,6 +217,17 @@ EOF
   for ns in bench-none bench-webhook bench-map bench-null; do
     until kc -n "$ns" get serviceaccount default >/dev/null 2>&1; do sleep 0.2; done
   done
+  if [[ -n "${BENCH_COMPARE_SERVER:-}" ]]; then
+    kc create namespace bench-compare >/dev/null
+    kc label namespace bench-compare secure-defaults.io/inject=enabled bench.secure-defaults.io/compare=enabled >/dev/null
+    until kc -n bench-compare get serviceaccount default >/dev/null 2>&1; do sleep 0.2; done
+    free_port CMP_PORT
+    free_port CMP_ADMIN
+    "$BENCH_COMPARE_SERVER" serve --listen "127.0.0.1:$CMP_PORT" --admin-listen "127.0.0.1:$CMP_ADMIN" \
+      --tls-cert "$WORK/certs/tls.crt" --tls-key "$WORK/certs/tls.key" --policy "$WORK/policy-e2e.yaml" \
+      --drain-seconds 0 --shutdown-timeout-seconds 1 --log-format json >"$WORK/compare.log" 2>&1 &
+    PIDS+=($!)
+  fi
 
   free_port WH_PORT
   free_port WH_ADMIN
@@ -243,6 +255,7 @@ webhooks:
   namespaceSelector:
     matchExpressions:
     - {key: secure-defaults.io/inject, operator: In, values: [enabled]}
+    - {key: bench.secure-defaults.io/compare, operator: DoesNotExist}
   sideEffects: None
   admissionReviewVersions: [v1]
   timeoutSeconds: 5
@@ -269,11 +282,32 @@ EOF
   # time), then throughput with 8 concurrent creators; rounds interleave the three configurations.
   TARGETS=(--target none=bench-none:none --target webhook=bench-webhook:webhook --target map=bench-map:map
     --target null=bench-null:null)
+  if [[ -n "${BENCH_COMPARE_SERVER:-}" ]]; then
+    TARGETS+=(--target compare=bench-compare:webhook)
+    kc apply -f - >/dev/null <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: compare.secure-defaults.io}
+webhooks:
+- name: compare.secure-defaults.io
+  clientConfig: {url: "https://127.0.0.1:$CMP_PORT/mutate", caBundle: "$CA_BUNDLE"}
+  rules:
+  - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods], scope: Namespaced}
+  namespaceSelector:
+    matchExpressions:
+    - {key: bench.secure-defaults.io/compare, operator: In, values: [enabled]}
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  timeoutSeconds: 5
+  failurePolicy: Fail
+  reinvocationPolicy: IfNeeded
+EOF
+  fi
   # The API server's own account of the webhook calls (request encoding, the HTTPS round trip, response
   # decoding and applying the patch), read before and after the timed creations.
   webhook_call_metrics() {
     kc get --raw /metrics | grep -E '^apiserver_admission_webhook_admission_duration_seconds_(sum|count)\{' |
-      grep -E 'name="(pods|null).secure-defaults.io"' | grep 'type="admit"' || true
+      grep -E 'name="(pods|null|compare).secure-defaults.io"' | grep 'type="admit"' || true
   }
   webhook_call_metrics >"$OUT/webhook-calls-before.txt"
   log "3/3 e2e: pod creations, 1 creator (checks each configuration mutates as it should first)"
@@ -284,6 +318,30 @@ EOF
   "$LOADGEN" create-pods --env "$CLUSTER" --connections 8 --rounds "$E2E_ROUNDS" --round-seconds "$E2E_SECONDS" --containers 1 \
     "${TARGETS[@]}" --out "$OUT/e2e-throughput.json"
   webhook_call_metrics >"$OUT/webhook-calls-after.txt"
+  if [[ -n "${BENCH_COMPARE_SERVER:-}" ]]; then
+    # This build against the other one, from the same rounds: pod-create latency and the API server's mean time
+    # per call (1 creator).
+    python3 - "$OUT" <<'EOF' | tee "$OUT/compare.md" >&2
+import json, os, re, sys
+out = sys.argv[1]
+def calls(name):
+    totals = {}
+    for phase in ("before", "latency"):
+        for line in open(os.path.join(out, f"webhook-calls-{phase}.txt")):
+            m = re.match(r'apiserver_admission_webhook_admission_duration_seconds_(sum|count)\{.*name="([a-z]+)\.secure-defaults\.io".*\} (\S+)', line)
+            if m and m.group(2) == name:
+                totals[(phase, m.group(1))] = totals.get((phase, m.group(1)), 0) + float(m.group(3))
+    n = totals.get(("latency", "count"), 0) - totals.get(("before", "count"), 0)
+    return (totals.get(("latency", "sum"), 0) - totals.get(("before", "sum"), 0)) / n * 1000 if n else float("nan")
+for what in ("latency", "throughput"):
+    doc = json.load(open(os.path.join(out, f"e2e-{what}.json")))
+    for t in doc["targets"]:
+        if t["name"] in ("webhook", "compare"):
+            lat = t["latency_us"]
+            print(f'{what} ({doc["connections"]} creators): {t["name"]}: p50 {lat["p50"] / 1000:.2f} ms, p99 {lat["p99"] / 1000:.2f} ms, {t["rate"]:.0f} creates/s')
+print(f'API server mean per call, 1 creator: this build {calls("pods"):.2f} ms, the other build {calls("compare"):.2f} ms')
+EOF
+  fi
   # Did the API server keep its connections to the webhook (or pay a TLS handshake per call)?
   printf '{"open": %s, "time_wait": %s}\n' \
     "$(ss -Htan state established "( sport = :$WH_PORT )" | wc -l)" \
