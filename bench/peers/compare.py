@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Correctness side by side: each case of cases.json is created (a server-side dry run, so every admission
+"""Correctness side by side: each case of cases.json (the pods of the engine's tests in src/engine.rs that the
+shipped policy applies to, each naming its test) is created (a server-side dry run, so every admission
 step runs) in each system's namespace, and what the API server would store is compared with what it stores
 under secure-defaults: the pod's securityContext and each container's, in order. Prints a markdown table,
 one row per case, one column per other system: `same`, the fields that differ (secure-defaults' value, then
@@ -14,7 +15,15 @@ import subprocess
 import sys
 
 
+IMAGE = "registry.k8s.io/pause:3.10"
+
+
 def stored(namespace, spec):
+    # The engine's tests leave images out; the API server needs one.
+    spec = json.loads(json.dumps(spec))
+    for kind in ("initContainers", "containers"):
+        for c in spec.get(kind) or []:
+            c.setdefault("image", IMAGE)
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "case"}, "spec": spec}
     run = subprocess.run(
         [os.environ["KUBECTL"], "-n", namespace, "create", "--dry-run=server", "-o", "json", "-f", "-"],
@@ -51,12 +60,12 @@ def main():
     with open(sys.argv[1]) as f:
         cases = json.load(f)
     ours_name, others = sys.argv[2], sys.argv[3:]
-    print("| case | " + " | ".join(others) + " |")
+    print("| case (engine test) | " + " | ".join(others) + " |")
     print("|---|" + "---|" * len(others))
     for case in cases:
         ours = stored(f"bench-{ours_name}", case["spec"])
         cells = [describe(ours, stored(f"bench-{other}", case["spec"])) for other in others]
-        print(f'| {case["case"]} | ' + " | ".join(cells) + " |")
+        print(f'| {case["case"]} ({case["from"].removeprefix("engine: ")}) | ' + " | ".join(cells) + " |")
 
 
 main()
