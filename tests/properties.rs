@@ -404,8 +404,12 @@ fn check(input: &Value, defaults: &Defaults) -> Result<(), TestCaseError> {
         prop_assert_eq!(&response.outcome.patch, &outcome.patch);
         let answer: Value = serde_json::from_slice(&response.body).unwrap();
         prop_assert_eq!(&answer["response"]["allowed"], &json!(true));
-        if let Some(bytes) = answer["response"].get("patch") {
-            let decoded: Vec<u8> = serde_json::from_value(bytes.clone()).unwrap();
+        if let Some(encoded) = answer["response"].get("patch") {
+            let decoded = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                encoded.as_str().expect("the patch is a base64 string"),
+            )
+            .unwrap();
             prop_assert_eq!(serde_json::from_slice::<Value>(&decoded).unwrap(), ops);
         } else {
             prop_assert!(outcome.patch.is_empty());
