@@ -299,494 +299,128 @@ fn annotate(pod: &Pod<'_>, summary: &str, patch: &mut Vec<PatchOperation>) {
 }
 #[cfg(test)]
 mod tests {
+    //! The cases are data (`tests/cases/engine.yaml`), shared with `make bench-peers`; this runs each.
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
     use serde_json::{Value, json};
 
     use super::*;
 
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Cases {
+        defaults: BTreeMap<String, Map<String, Value>>,
+        cases: Vec<Case>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Case {
+        case: String,
+        #[serde(default)]
+        #[allow(dead_code, reason = "read by make bench-peers")]
+        peers: bool,
+        #[serde(default = "full")]
+        defaults: String,
+        #[serde(default)]
+        set: Map<String, Value>,
+        #[serde(default)]
+        unset: Vec<String>,
+        pod: Value,
+        old: Option<Value>,
+        #[serde(default)]
+        expect: Map<String, Value>,
+        warning: Option<String>,
+        summary: Option<String>,
+        paths: Option<Vec<String>>,
+    }
+
+    fn full() -> String {
+        "full".to_owned()
+    }
+
     fn field(name: &str) -> Field {
-        Field::by_name(name).unwrap()
+        Field::by_name(name).unwrap_or_else(|| panic!("no field {name}"))
     }
 
-    fn full() -> Defaults {
-        let mut d = Defaults::default();
-        for (name, value) in [
-            ("runAsUser", json!(65532)),
-            ("runAsGroup", json!(65533)),
-            ("fsGroup", json!(65534)),
-            ("fsGroupChangePolicy", json!("OnRootMismatch")),
-            ("allowPrivilegeEscalation", json!(false)),
-        ] {
-            d.set(field(name), value);
-        }
-        d
-    }
-
-    fn without(name: &str) -> Defaults {
-        let mut d = full();
-        d.clear(field(name));
-        d
-    }
-
-    fn paths(outcome: &Outcome) -> Vec<String> {
-        outcome
-            .patch
-            .iter()
-            .map(|op| op.path().to_string())
-            .collect()
-    }
-
-    /// Runs the engine on `pod`, applies the patch, checks that a second run adds nothing, and returns both.
-    fn run(pod: &Value, defaults: &Defaults) -> (Value, Outcome) {
-        let text = pod.to_string();
-        let view: Pod = serde_json::from_str(&text).unwrap();
-        let outcome = default_pod(&view, defaults);
-        let mut patched = pod.clone();
-        json_patch::patch(&mut patched, &outcome.patch).unwrap();
-        let again_text = patched.to_string();
-        let again: Pod = serde_json::from_str(&again_text).unwrap();
-        assert_eq!(
-            default_pod(&again, defaults).patch,
-            vec![],
-            "second run must add nothing"
-        );
-        (patched, outcome)
-    }
-
-    fn annotation(pod: &Value) -> Option<&str> {
+    fn record(pod: &Value) -> Option<&str> {
         pod.pointer("/metadata/annotations/secure-defaults.io~1defaulted")
             .and_then(Value::as_str)
     }
 
+    /// Runs the engine as the case says, applies the patch and checks that a second run adds nothing.
+    fn run(case: &Case, defaults: &Defaults) -> (Value, Outcome) {
+        let text = case.pod.to_string();
+        let view: Pod = serde_json::from_str(&text).unwrap();
+        let old_text = case.old.as_ref().map(Value::to_string);
+        let old: Option<Pod> = old_text
+            .as_deref()
+            .map(|t| serde_json::from_str(t).unwrap());
+        let engine = |pod: &Pod| match &old {
+            Some(old) => default_new_ephemeral(pod, old, defaults),
+            None => default_pod(pod, defaults),
+        };
+        let outcome = engine(&view);
+        let mut patched = case.pod.clone();
+        json_patch::patch(&mut patched, &outcome.patch).unwrap();
+        let again_text = patched.to_string();
+        let again: Pod = serde_json::from_str(&again_text).unwrap();
+        assert_eq!(engine(&again).patch, vec![], "{}: a second run", case.case);
+        (patched, outcome)
+    }
+
     #[test]
-    fn pod_level_fields_and_containers() {
-        // (name, pod, pointer -> expected value after defaulting; Value::Null means "must stay absent")
-        let cases: Vec<(&str, Value, Vec<(&str, Value)>)> = vec![
-            (
-                "bare pod gets every default",
-                json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app"}], "initContainers": [{"name": "init-db"}]}}),
-                vec![
-                    ("/spec/securityContext/runAsUser", json!(65532)),
-                    ("/spec/securityContext/runAsGroup", json!(65533)),
-                    ("/spec/securityContext/fsGroup", json!(65534)),
-                    (
-                        "/spec/securityContext/fsGroupChangePolicy",
-                        json!("OnRootMismatch"),
-                    ),
-                    (
-                        "/spec/containers/0/securityContext/allowPrivilegeEscalation",
-                        json!(false),
-                    ),
-                    (
-                        "/spec/initContainers/0/securityContext/allowPrivilegeEscalation",
-                        json!(false),
-                    ),
-                    (
-                        "/metadata/annotations/secure-defaults.io~1defaulted",
-                        json!(
-                            "runAsUser=65532,runAsGroup=65533,fsGroup=65534,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(app,init-db)"
-                        ),
-                    ),
-                ],
-            ),
-            (
-                "explicit falsy values are kept",
-                json!({"metadata": {}, "spec": {
-                    "securityContext": {"runAsUser": 0, "runAsGroup": 0, "fsGroup": 0, "fsGroupChangePolicy": "Always"},
-                    "containers": [{"name": "a", "securityContext": {"allowPrivilegeEscalation": true}}]}}),
-                vec![
-                    (
-                        "/spec/securityContext",
-                        json!({"runAsUser": 0, "runAsGroup": 0, "fsGroup": 0, "fsGroupChangePolicy": "Always"}),
-                    ),
-                    (
-                        "/spec/containers/0/securityContext",
-                        json!({"allowPrivilegeEscalation": true}),
-                    ),
-                    ("/metadata/annotations", Value::Null),
-                ],
-            ),
-            (
-                "null counts as absent, at every level",
-                json!({"metadata": {"annotations": null}, "spec": {
-                    "securityContext": {"runAsUser": null, "seLinuxOptions": {"level": "s0"}},
-                    "containers": [{"name": "a", "securityContext": null}, {"name": "b", "securityContext": {"allowPrivilegeEscalation": null}}]}}),
-                vec![
-                    ("/spec/securityContext/runAsUser", json!(65532)),
-                    (
-                        "/spec/securityContext/seLinuxOptions",
-                        json!({"level": "s0"}),
-                    ),
-                    (
-                        "/spec/containers/0/securityContext",
-                        json!({"allowPrivilegeEscalation": false}),
-                    ),
-                    (
-                        "/spec/containers/1/securityContext",
-                        json!({"allowPrivilegeEscalation": false}),
-                    ),
-                ],
-            ),
-            (
-                "null securityContext is replaced by the defaults",
-                json!({"metadata": {}, "spec": {"securityContext": null, "containers": []}}),
-                vec![(
-                    "/spec/securityContext",
-                    json!({"runAsUser": 65532, "runAsGroup": 65533, "fsGroup": 65534, "fsGroupChangePolicy": "OnRootMismatch"}),
-                )],
-            ),
-            (
-                "explicit false on a container is kept and not recorded",
-                json!({"metadata": {}, "spec": {"securityContext": {"runAsUser": 1, "runAsGroup": 1, "fsGroup": 1, "fsGroupChangePolicy": "Always"},
-                    "containers": [{"name": "a", "securityContext": {"allowPrivilegeEscalation": false}}]}}),
-                vec![("/metadata/annotations", Value::Null)],
-            ),
-            (
-                "fsGroupChangePolicy follows an explicit fsGroup",
-                json!({"metadata": {}, "spec": {"securityContext": {"fsGroup": 7}, "containers": []}}),
-                vec![
-                    ("/spec/securityContext/fsGroup", json!(7)),
-                    (
-                        "/spec/securityContext/fsGroupChangePolicy",
-                        json!("OnRootMismatch"),
-                    ),
-                ],
-            ),
-            (
-                "ephemeral containers present at creation are defaulted too",
-                json!({"metadata": {}, "spec": {"containers": [], "ephemeralContainers": [{"name": "dbg"}]}}),
-                vec![(
-                    "/spec/ephemeralContainers/0/securityContext/allowPrivilegeEscalation",
-                    json!(false),
-                )],
-            ),
-            (
-                "unknown fields survive",
-                json!({"metadata": {"futureMeta": [1]}, "spec": {"futureSpec": {"x": null}, "securityContext": {"futureSc": true},
-                    "containers": [{"name": "a", "futureC": "v", "securityContext": {"futureCsc": 1}}]}}),
-                vec![
-                    ("/metadata/futureMeta", json!([1])),
-                    ("/spec/futureSpec", json!({"x": null})),
-                    ("/spec/securityContext/futureSc", json!(true)),
-                    ("/spec/containers/0/futureC", json!("v")),
-                    ("/spec/containers/0/securityContext/futureCsc", json!(1)),
-                    (
-                        "/spec/containers/0/securityContext/allowPrivilegeEscalation",
-                        json!(false),
-                    ),
-                ],
-            ),
-        ];
-        for (name, pod, expectations) in cases {
-            let (patched, outcome) = run(&pod, &full());
-            for (pointer, want) in expectations {
-                let got = patched.pointer(pointer).cloned().unwrap_or(Value::Null);
-                assert_eq!(got, want, "{name}: {pointer}");
+    fn cases() {
+        let cases: Cases =
+            serde_saphyr::from_str(include_str!("../tests/cases/engine.yaml")).unwrap();
+        for case in &cases.cases {
+            let name = &case.case;
+            let mut defaults = Defaults::default();
+            let named = cases.defaults.get(&case.defaults).unwrap();
+            for (key, value) in named.iter().chain(&case.set) {
+                defaults.set(field(key), value.clone());
             }
-            assert!(
-                outcome.warnings.is_empty(),
-                "{name}: {:?}",
-                outcome.warnings
-            );
+            for key in &case.unset {
+                defaults.clear(field(key));
+            }
+            let (patched, outcome) = run(case, &defaults);
+            for (pointer, want) in &case.expect {
+                let got = patched.pointer(pointer).unwrap_or(&Value::Null);
+                assert_eq!(got, want, "{name}: {pointer}: {patched}");
+            }
+            match &case.warning {
+                Some(words) => assert!(
+                    outcome.warnings.iter().any(|w| w.contains(words.as_str())),
+                    "{name}: no warning with {words:?} in {:?}",
+                    outcome.warnings
+                ),
+                None => assert!(
+                    outcome.warnings.is_empty(),
+                    "{name}: {:?}",
+                    outcome.warnings
+                ),
+            }
+            if let Some(summary) = &case.summary {
+                assert_eq!(&outcome.summary, summary, "{name}");
+            }
+            if let Some(paths) = &case.paths {
+                let got: Vec<String> = outcome
+                    .patch
+                    .iter()
+                    .map(|op| op.path().to_string())
+                    .collect();
+                assert_eq!(&got, paths, "{name}");
+            }
+            let want = match record(&case.pod) {
+                Some(kept) => Some(kept),
+                None if case.old.is_none() && !outcome.summary.is_empty() => {
+                    Some(outcome.summary.as_str())
+                }
+                None => None,
+            };
+            assert_eq!(record(&patched), want, "{name}: the record");
         }
-    }
-
-    #[test]
-    fn pods_that_may_run_on_linux_or_say_runtime_default_are_defaulted() {
-        let mut defaults = full();
-        defaults.set(field("seccompProfile"), json!({"type": "RuntimeDefault"}));
-        let cases = [
-            (
-                "one term admits any node",
-                json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                    {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]},
-                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
-                ]}}}, "containers": [{"name": "a"}]}}),
-            ),
-            (
-                "Linux or Windows",
-                json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                    {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows", "linux"]}]}
-                ]}}}, "containers": [{"name": "a"}]}}),
-            ),
-            (
-                "a preferred Windows affinity only",
-                json!({"spec": {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-                    {"weight": 1, "preference": {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]}}
-                ]}}, "containers": [{"name": "a"}]}}),
-            ),
-            (
-                "a Linux nodeSelector",
-                json!({"spec": {"nodeSelector": {"kubernetes.io/os": "linux"}, "containers": [{"name": "a"}]}}),
-            ),
-            (
-                "seccomp annotations that ask for the runtime's default",
-                json!({"metadata": {"annotations": {"seccomp.security.alpha.kubernetes.io/pod": "runtime/default",
-                    "container.seccomp.security.alpha.kubernetes.io/a": "docker/default"}},
-                    "spec": {"containers": [{"name": "a"}]}}),
-            ),
-            (
-                "a container annotation beside the container's own field",
-                json!({"metadata": {"annotations": {"container.seccomp.security.alpha.kubernetes.io/a": "localhost/x.json"}},
-                    "spec": {"containers": [{"name": "a", "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "x.json"}}}]}}),
-            ),
-        ];
-        for (name, pod) in cases {
-            let (patched, _) = run(&pod, &defaults);
-            assert_eq!(
-                patched.pointer("/spec/securityContext/seccompProfile/type"),
-                Some(&json!("RuntimeDefault")),
-                "{name}: {patched}"
-            );
-        }
-    }
-
-    #[test]
-    fn guards_skip_with_a_warning() {
-        // (name, pod, pointer that must stay absent, words the warning must contain)
-        let cases: Vec<(&str, Value, &str, &str)> = vec![
-            (
-                "privileged container",
-                json!({"spec": {"containers": [{"name": "vpn", "securityContext": {"privileged": true}}]}}),
-                "/spec/containers/0/securityContext/allowPrivilegeEscalation",
-                "\"vpn\" is privileged",
-            ),
-            (
-                "CAP_SYS_ADMIN",
-                json!({"spec": {"containers": [{"name": "fuse", "securityContext": {"capabilities": {"add": ["NET_ADMIN", "CAP_SYS_ADMIN"]}}}]}}),
-                "/spec/containers/0/securityContext/allowPrivilegeEscalation",
-                "\"fuse\" adds CAP_SYS_ADMIN",
-            ),
-            (
-                "SYS_ADMIN in an init container",
-                json!({"spec": {"containers": [], "initContainers": [{"name": "mnt", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]}}),
-                "/spec/initContainers/0/securityContext/allowPrivilegeEscalation",
-                "\"mnt\" adds CAP_SYS_ADMIN",
-            ),
-            (
-                "Windows by spec.os",
-                json!({"spec": {"os": {"name": "windows"}, "containers": [{"name": "a"}]}}),
-                "/spec/securityContext",
-                "Windows pod",
-            ),
-            (
-                "Windows host process container",
-                json!({"spec": {"containers": [{"name": "a", "securityContext": {"windowsOptions": {"hostProcess": true}}}]}}),
-                "/spec/securityContext",
-                "hostProcess",
-            ),
-            (
-                "mirror pod",
-                json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "abc"}}, "spec": {"containers": [{"name": "a"}]}}),
-                "/spec/securityContext",
-                "mirror pod",
-            ),
-            (
-                "Windows by nodeSelector",
-                json!({"spec": {"nodeSelector": {"kubernetes.io/os": "windows"}, "containers": [{"name": "a"}]}}),
-                "/spec/securityContext",
-                "Windows pod (nodeSelector kubernetes.io/os is windows) left unchanged; set spec.os.name: windows",
-            ),
-            (
-                "Windows by the older nodeSelector label",
-                json!({"spec": {"nodeSelector": {"beta.kubernetes.io/os": "windows"}, "containers": [{"name": "a"}]}}),
-                "/spec/securityContext",
-                "spec.os.name",
-            ),
-            (
-                "Windows by a required node affinity in every term",
-                json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                    {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]},
-                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}, {"key": "kubernetes.io/os", "operator": "NotIn", "values": ["linux"]}]}
-                ]}}}, "containers": [{"name": "a"}]}}),
-                "/spec/securityContext",
-                "required node affinity admits only Windows nodes",
-            ),
-            (
-                "a pod-level seccomp annotation naming another profile",
-                json!({"metadata": {"annotations": {"seccomp.security.alpha.kubernetes.io/pod": "localhost/profiles/audit.json"}},
-                    "spec": {"containers": [{"name": "a"}]}}),
-                "/spec/securityContext/seccompProfile",
-                "seccompProfile not defaulted: the pod states its profile \"localhost/profiles/audit.json\" in the deprecated annotation",
-            ),
-            (
-                "a container's seccomp annotation naming another profile",
-                json!({"metadata": {"annotations": {"container.seccomp.security.alpha.kubernetes.io/a": "unconfined"}},
-                    "spec": {"containers": [{"name": "a"}]}}),
-                "/spec/securityContext/seccompProfile",
-                "container \"a\" states its profile \"unconfined\" in the deprecated annotation container.seccomp.security.alpha.kubernetes.io/a",
-            ),
-        ];
-        let mut defaults = full();
-        defaults.set(field("seccompProfile"), json!({"type": "RuntimeDefault"}));
-        for (name, pod, absent, words) in cases {
-            let (patched, outcome) = run(&pod, &defaults);
-            assert!(
-                patched.pointer(absent).is_none(),
-                "{name}: {absent} was set: {patched}"
-            );
-            assert!(
-                outcome.warnings.iter().any(|w| w.contains(words)),
-                "{name}: no warning with {words:?} in {:?}",
-                outcome.warnings
-            );
-        }
-    }
-
-    #[test]
-    fn privileged_container_does_not_stop_the_others() {
-        let pod = json!({"spec": {"containers": [{"name": "vpn", "securityContext": {"privileged": true}}, {"name": "app"}]}});
-        let (patched, outcome) = run(&pod, &full());
-        assert_eq!(
-            patched.pointer("/spec/containers/1/securityContext/allowPrivilegeEscalation"),
-            Some(&json!(false))
-        );
-        assert_eq!(
-            patched.pointer("/spec/securityContext/runAsUser"),
-            Some(&json!(65532))
-        );
-        assert_eq!(
-            outcome.applied.sets().last().map(|s| s.containers.clone()),
-            Some(vec!["app".to_owned()])
-        );
-    }
-
-    #[test]
-    fn run_as_group_needs_a_user_for_every_container() {
-        let no_user = without("runAsUser");
-        // No pod user, no default user, one container without its own: no group.
-        let pod = json!({"spec": {"containers": [{"name": "a", "securityContext": {"runAsUser": 5}}, {"name": "b"}]}});
-        let (patched, outcome) = run(&pod, &no_user);
-        assert!(
-            patched
-                .pointer("/spec/securityContext/runAsGroup")
-                .is_none()
-        );
-        assert!(
-            outcome
-                .warnings
-                .iter()
-                .any(|w| w.contains("\"b\" has no runAsUser")),
-            "{:?}",
-            outcome.warnings
-        );
-        // Every container has its own user: the group is set.
-        let pod = json!({"spec": {"containers": [{"name": "a", "securityContext": {"runAsUser": 5}}],
-            "initContainers": [{"name": "i", "securityContext": {"runAsUser": 0}}]}});
-        let (patched, _) = run(&pod, &no_user);
-        assert_eq!(
-            patched.pointer("/spec/securityContext/runAsGroup"),
-            Some(&json!(65533))
-        );
-        // The pod's own user covers every container.
-        let pod = json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "a"}]}});
-        let (patched, _) = run(&pod, &no_user);
-        assert_eq!(
-            patched.pointer("/spec/securityContext/runAsGroup"),
-            Some(&json!(65533))
-        );
-        assert_eq!(
-            patched.pointer("/spec/securityContext/runAsUser"),
-            Some(&json!(1000))
-        );
-    }
-
-    #[test]
-    fn fs_group_change_policy_needs_an_fs_group() {
-        let no_fs_group = without("fsGroup");
-        let (patched, _) = run(&json!({"spec": {"containers": []}}), &no_fs_group);
-        assert!(
-            patched
-                .pointer("/spec/securityContext/fsGroupChangePolicy")
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn annotation_parents_are_created_or_reused() {
-        let cases = [
-            (
-                json!({"spec": {"containers": [{"name": "a"}]}}),
-                "no metadata",
-            ),
-            (
-                json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "a"}]}}),
-                "no annotations",
-            ),
-            (
-                json!({"metadata": {"annotations": {"team": "x"}}, "spec": {"containers": [{"name": "a"}]}}),
-                "other annotations",
-            ),
-        ];
-        for (pod, name) in &cases {
-            let (patched, _) = run(pod, &full());
-            assert!(
-                annotation(&patched).is_some_and(|a| a.starts_with("runAsUser=65532")),
-                "{name}: {patched}"
-            );
-        }
-        let (patched, _) = run(&cases[2].0, &full());
-        assert_eq!(
-            patched.pointer("/metadata/annotations/team"),
-            Some(&json!("x"))
-        );
-    }
-
-    #[test]
-    fn an_existing_record_is_never_overwritten() {
-        let pod = json!({"metadata": {"annotations": {"secure-defaults.io/defaulted": "copied"}}, "spec": {"containers": [{"name": "a"}]}});
-        let (patched, outcome) = run(&pod, &full());
-        assert_eq!(annotation(&patched), Some("copied"));
-        assert!(!outcome.patch.is_empty());
-    }
-
-    #[test]
-    fn nothing_to_default_means_no_patch_and_no_record() {
-        let (patched, outcome) = run(
-            &json!({"spec": {"containers": [{"name": "a"}]}}),
-            &Defaults::default(),
-        );
-        assert!(outcome.patch.is_empty());
-        assert!(annotation(&patched).is_none());
-    }
-
-    #[test]
-    fn only_new_ephemeral_containers_are_defaulted() {
-        let old = json!({"spec": {"containers": [{"name": "app"}], "ephemeralContainers": [{"name": "dbg1"}]}});
-        let new = json!({"spec": {"containers": [{"name": "app"}], "ephemeralContainers": [{"name": "dbg1"}, {"name": "dbg2"},
-            {"name": "dbg3", "securityContext": {"privileged": true}}]}});
-        let (old_text, new_text) = (old.to_string(), new.to_string());
-        let old_view: Pod = serde_json::from_str(&old_text).unwrap();
-        let new_view: Pod = serde_json::from_str(&new_text).unwrap();
-        let outcome = default_new_ephemeral(&new_view, &old_view, &full());
-        assert_eq!(
-            paths(&outcome),
-            vec!["/spec/ephemeralContainers/1/securityContext"]
-        );
-        assert_eq!(outcome.summary, "allowPrivilegeEscalation=false(dbg2)");
-        assert!(
-            outcome
-                .warnings
-                .iter()
-                .any(|w| w.contains("\"dbg3\" is privileged"))
-        );
-    }
-
-    #[test]
-    fn mirror_pods_get_no_ephemeral_container_defaults() {
-        let old = json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "hash"}},
-            "spec": {"containers": [{"name": "app"}]}});
-        let new = json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "hash"}},
-            "spec": {"containers": [{"name": "app"}], "ephemeralContainers": [{"name": "dbg"}]}});
-        let (old_text, new_text) = (old.to_string(), new.to_string());
-        let old_view: Pod = serde_json::from_str(&old_text).unwrap();
-        let new_view: Pod = serde_json::from_str(&new_text).unwrap();
-        let outcome = default_new_ephemeral(&new_view, &old_view, &full());
-        assert!(outcome.patch.is_empty(), "{:?}", outcome.patch);
-        assert!(
-            outcome.warnings.iter().any(|w| w.contains("mirror pod")),
-            "{:?}",
-            outcome.warnings
-        );
     }
 
     #[test]
@@ -815,149 +449,5 @@ mod tests {
             1,
             "one add of the whole object where it is absent"
         );
-    }
-
-    fn restricted() -> Defaults {
-        let mut d = Defaults::default();
-        for (name, value) in [
-            ("runAsNonRoot", json!(true)),
-            ("seccompProfile", json!({"type": "RuntimeDefault"})),
-            ("allowPrivilegeEscalation", json!(false)),
-            ("capabilities.drop", json!(["ALL"])),
-        ] {
-            d.set(field(name), value);
-        }
-        d
-    }
-
-    #[test]
-    fn restricted_fields_follow_their_guards() {
-        // (name, pod, pointer -> value after defaulting (Null: stays absent), words a warning must hold or "")
-        let cases: Vec<(&str, Value, Vec<(&str, Value)>, &str)> = vec![
-            (
-                "bare pod",
-                json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "app"}]}}),
-                vec![
-                    ("/spec/securityContext/runAsNonRoot", json!(true)),
-                    (
-                        "/spec/securityContext/seccompProfile",
-                        json!({"type": "RuntimeDefault"}),
-                    ),
-                    (
-                        "/spec/containers/0/securityContext/capabilities",
-                        json!({"drop": ["ALL"]}),
-                    ),
-                ],
-                "",
-            ),
-            (
-                "an added capability stays and the drop list joins it",
-                json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "web",
-                    "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}]}}),
-                vec![(
-                    "/spec/containers/0/securityContext/capabilities",
-                    json!({"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]}),
-                )],
-                "",
-            ),
-            (
-                "an explicit drop list stays",
-                json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "web",
-                    "securityContext": {"capabilities": {"drop": ["NET_RAW"]}}}]}}),
-                vec![(
-                    "/spec/containers/0/securityContext/capabilities/drop",
-                    json!(["NET_RAW"]),
-                )],
-                "",
-            ),
-            (
-                "a container running as root keeps the pod from runAsNonRoot",
-                json!({"spec": {"securityContext": {"runAsUser": 1000}, "containers": [{"name": "db",
-                    "securityContext": {"runAsUser": 0}}]}}),
-                vec![("/spec/securityContext/runAsNonRoot", Value::Null)],
-                "runAsNonRoot not defaulted: container \"db\" runs as user 0",
-            ),
-            (
-                "a pod running as root keeps the pod from runAsNonRoot",
-                json!({"spec": {"securityContext": {"runAsUser": 0}, "containers": [{"name": "app"}]}}),
-                vec![("/spec/securityContext/runAsNonRoot", Value::Null)],
-                "container \"app\" runs as user 0",
-            ),
-            (
-                "no user anywhere: set, with a warning",
-                json!({"spec": {"containers": [{"name": "app"}]}}),
-                vec![("/spec/securityContext/runAsNonRoot", json!(true))],
-                "runAsNonRoot set: container \"app\" has no runAsUser",
-            ),
-            (
-                "a container's own seccomp profile stays, and the pod gets the default",
-                json!({"spec": {"securityContext": {"runAsUser": 1}, "containers": [{"name": "app",
-                    "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}}]}}),
-                vec![
-                    (
-                        "/spec/containers/0/securityContext/seccompProfile/type",
-                        json!("Localhost"),
-                    ),
-                    (
-                        "/spec/securityContext/seccompProfile/type",
-                        json!("RuntimeDefault"),
-                    ),
-                ],
-                "",
-            ),
-            (
-                "privileged containers get no drop list",
-                json!({"spec": {"securityContext": {"runAsUser": 1}, "containers": [{"name": "vpn",
-                    "securityContext": {"privileged": true}}]}}),
-                vec![(
-                    "/spec/containers/0/securityContext/capabilities",
-                    Value::Null,
-                )],
-                "capabilities.drop not defaulted: container \"vpn\" is privileged",
-            ),
-        ];
-        for (name, pod, expectations, words) in cases {
-            let (patched, outcome) = run(&pod, &restricted());
-            for (pointer, want) in expectations {
-                let got = patched.pointer(pointer).cloned().unwrap_or(Value::Null);
-                assert_eq!(got, want, "{name}: {pointer}: {patched}");
-            }
-            if words.is_empty() {
-                assert!(
-                    outcome.warnings.is_empty(),
-                    "{name}: {:?}",
-                    outcome.warnings
-                );
-            } else {
-                assert!(
-                    outcome.warnings.iter().any(|w| w.contains(words)),
-                    "{name}: no {words:?} in {:?}",
-                    outcome.warnings
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn new_ephemeral_containers_get_the_container_level_restricted_fields_only() {
-        let old = json!({"spec": {"containers": [{"name": "app"}]}});
-        let new = json!({"spec": {"containers": [{"name": "app"}], "ephemeralContainers": [{"name": "debugger",
-            "securityContext": {"capabilities": {"add": ["SYS_PTRACE"]}}}]}});
-        let (old_text, new_text) = (old.to_string(), new.to_string());
-        let old_view: Pod = serde_json::from_str(&old_text).unwrap();
-        let new_view: Pod = serde_json::from_str(&new_text).unwrap();
-        let outcome = default_new_ephemeral(&new_view, &old_view, &restricted());
-        assert_eq!(
-            paths(&outcome),
-            vec![
-                "/spec/ephemeralContainers/0/securityContext/allowPrivilegeEscalation",
-                "/spec/ephemeralContainers/0/securityContext/capabilities/drop"
-            ]
-        );
-        assert_eq!(
-            outcome.summary,
-            "allowPrivilegeEscalation=false(debugger),capabilities.drop=ALL(debugger)"
-        );
-        assert_eq!(new_ephemeral_names(&new_view, &old_view), vec!["debugger"]);
     }
 }

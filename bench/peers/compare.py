@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
-"""Correctness side by side: each case of cases.json (the pods of the engine's tests in src/engine.rs that the
-shipped policy applies to, each naming its test) is created (a server-side dry run, so every admission
+"""Correctness side by side: each case of tests/cases/engine.yaml marked `peers` (the engine's cases that the
+shipped policy applies to) is created (a server-side dry run, so every admission
 step runs) in each system's namespace, and what the API server would store is compared with what it stores
 under secure-defaults: the pod's securityContext and each container's, in order. Prints a markdown table,
 one row per case, one column per other system: `same`, the fields that differ (secure-defaults' value, then
 the system's), or the API server's refusal.
 
-    KUBECTL=... KUBECONFIG=... compare.py CASES.json secure-defaults OTHER...
+    KUBECTL=... KUBECONFIG=... compare.py tests/cases/engine.yaml secure-defaults OTHER...
 """
 import json
 import os
 import re
 import subprocess
 import sys
+
+import yaml
 
 
 IMAGE = "registry.k8s.io/pause:3.10"
@@ -58,14 +60,15 @@ def describe(ours, theirs):
 
 def main():
     with open(sys.argv[1]) as f:
-        cases = json.load(f)
+        cases = [case for case in yaml.safe_load(f)["cases"] if case.get("peers")]
     ours_name, others = sys.argv[2], sys.argv[3:]
-    print("| case (engine test) | " + " | ".join(others) + " |")
+    print("| case | " + " | ".join(others) + " |")
     print("|---|" + "---|" * len(others))
     for case in cases:
-        ours = stored(f"bench-{ours_name}", case["spec"])
-        cells = [describe(ours, stored(f"bench-{other}", case["spec"])) for other in others]
-        print(f'| {case["case"]} ({case["from"].removeprefix("engine: ")}) | ' + " | ".join(cells) + " |")
+        spec = case["pod"]["spec"]
+        ours = stored(f"bench-{ours_name}", spec)
+        cells = [describe(ours, stored(f"bench-{other}", spec)) for other in others]
+        print(f'| {case["case"]} | ' + " | ".join(cells) + " |")
 
 
 main()

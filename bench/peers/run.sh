@@ -207,7 +207,7 @@ for system in $SYSTEMS; do
 done
 
 # Correctness: every system registered at once, each in its namespace, the same cases through each.
-log "correctness: the cases of bench/peers/cases.json through each system, compared with secure-defaults"
+log "correctness: the engine's cases marked peers (tests/cases/engine.yaml) through each system, compared with secure-defaults"
 others=()
 for system in $SYSTEMS; do
   [[ "$system" == none ]] && continue
@@ -216,7 +216,7 @@ for system in $SYSTEMS; do
   [[ "$system" == secure-defaults ]] || others+=("$system")
 done
 if [[ " $SYSTEMS " == *" secure-defaults "* && ${#others[@]} -gt 0 ]]; then
-  python3 "$ROOT/bench/peers/compare.py" "$ROOT/bench/peers/cases.json" secure-defaults "${others[@]}" \
+  python3 "$ROOT/bench/peers/compare.py" "$ROOT/tests/cases/engine.yaml" secure-defaults "${others[@]}" \
     >"$OUT/correctness.md"
 fi
 
