@@ -1,4 +1,4 @@
-//! The fields secure-defaults can fill in, as one table: each field is one file here behind [`FieldDef`], and
+//! The fields secure-defaults can fill in, as one table: each field is one file here stating its [`FieldDef`], and
 //! everything else (the policy parser, `check`, the engine, the annotation, metrics, the property tests, the
 //! generated files) iterates [`Field::all`].
 //!
@@ -48,69 +48,69 @@ pub enum Level {
 }
 
 /// One defaultable field: its name, where it lives, what values a policy may give it, and the guards that keep
-/// it off pods it would break.
-pub trait FieldDef: Sync {
+/// it off pods it would break. Each field's file states one, from [`FieldDef::BASE`] for what it leaves out.
+pub struct FieldDef {
     /// The key in the policy (`defaults:`, `set:`, `skip:`), the annotation, `check` and the metrics label.
-    fn name(&self) -> &'static str;
+    name: &'static str,
     /// Pod or container level.
-    fn level(&self) -> Level;
-    /// The keys below the `securityContext` it sits at: its name, unless it is nested.
-    fn path(&self) -> Vec<&'static str> {
-        vec![self.name()]
-    }
+    level: Level,
+    /// The keys below the `securityContext` it sits at, where it is nested (else its name).
+    path: Option<&'static [&'static str]>,
     /// Checks a value from the policy file; the reason is shown with the field's path and line.
-    fn check(&self, value: &Value) -> Result<(), String>;
+    check: fn(&Value) -> Result<(), String>,
     /// Valid policy values, then one the policy must refuse: used by `check`'s tests and the property tests.
-    fn examples(&self) -> (Vec<Value>, Value);
+    examples: fn() -> (Vec<Value>, Value),
     /// The value Pod Security "restricted" needs, for fields it needs: what `profile: restricted` and
     /// `followPodSecurityLabels` turn on.
-    fn restricted(&self) -> Option<Value> {
-        None
-    }
+    restricted: Option<fn() -> Value>,
     /// The value of the shipped policy (`config/policy.yaml` and the manifests'), if it defaults the field.
-    fn shipped(&self) -> Option<Value> {
-        None
-    }
+    shipped: Option<fn() -> Value>,
     /// When the field is set, for the README's table: the conditions besides "the pod states none".
-    fn when(&self) -> &'static str;
+    when: &'static str,
     /// For a field "restricted" needs: what it requires, and what defaulting cannot fix (warned about).
-    fn restricted_doc(&self) -> Option<(&'static str, &'static str)> {
-        None
-    }
+    restricted_doc: Option<(&'static str, &'static str)>,
     /// Pod level: whether the field may be set on this pod, with the warnings to give either way.
-    fn pod_guard(&self, _pod: &PodState<'_, '_>) -> Guard {
-        Guard::Set(Vec::new())
-    }
-    /// Container level: whether the field may be set on this container of this pod (with its pod-level fields
-    /// decided), with the warnings to give either way; each names the container. By default: skipped where one
-    /// of [`FieldDef::container_skips`] holds.
-    fn container_guard(&self, _pod: &PodState<'_, '_>, container: &Container<'_>) -> Guard {
-        match self.container_skips().iter().find(|c| c.holds(container)) {
-            Some(condition) => Guard::Skip(vec![condition.reason(container)]),
-            None => Guard::Set(Vec::new()),
-        }
-    }
+    pod_guard: fn(&PodState<'_, '_>) -> Guard,
+    /// Container level, where none of [`FieldDef::container_skips`] holds: whether the field may be set on this
+    /// container of this pod (with its pod-level fields decided), with the warnings to give either way; each
+    /// names the container.
+    container_guard: fn(&PodState<'_, '_>, &Container<'_>) -> Guard,
     /// Container level: the conditions under which the field is left out of a container, for its guard and the
     /// backstop's CEL alike.
-    fn container_skips(&self) -> &'static [ContainerCondition] {
-        &[]
-    }
+    container_skips: &'static [ContainerCondition],
     /// Pod level: the conditions under which the backstop lets a pod without the field pass (the field's guard
     /// leaves it out there, saying why).
-    fn pod_skips(&self) -> &'static [PodCondition] {
-        &[]
-    }
+    pod_skips: &'static [PodCondition],
     /// Which backstop checks that the field was set, if one does.
-    fn backstop(&self) -> Option<Backstop> {
-        None
-    }
+    backstop: Option<Backstop>,
     /// The value as the annotation and `check` show it.
-    fn show(&self, value: &Value) -> String {
-        match value {
+    show: fn(&Value) -> String,
+}
+
+impl FieldDef {
+    /// What a field leaves out: no restricted or shipped value, no guard, no backstop, values shown as JSON
+    /// (strings bare). Every field states its own name, level, check, examples and "when" (the table's tests
+    /// fail on an empty name or "when", and on a check that accepts its counterexample).
+    const BASE: FieldDef = FieldDef {
+        name: "",
+        level: Level::Pod,
+        path: None,
+        check: |_| Ok(()),
+        examples: || (Vec::new(), Value::Null),
+        restricted: None,
+        shipped: None,
+        when: "",
+        restricted_doc: None,
+        pod_guard: |_| Guard::Set(Vec::new()),
+        container_guard: |_, _| Guard::Set(Vec::new()),
+        container_skips: &[],
+        pod_skips: &[],
+        backstop: None,
+        show: |value| match value {
             Value::String(s) => s.clone(),
             other => other.to_string(),
-        }
-    }
+        },
+    };
 }
 
 /// A guard's answer; each string is a warning, naming the container where there is one.
@@ -124,15 +124,15 @@ pub enum Guard {
 
 /// The table, in the order fields are decided, shown and patched. A pod-level field may read the fields before it
 /// (`runAsGroup` reads `runAsUser`).
-static TABLE: [&dyn FieldDef; 8] = [
-    &run_as_user::RunAsUser,
-    &run_as_group::RunAsGroup,
-    &fs_group::FsGroup,
-    &fs_group_change_policy::FsGroupChangePolicy,
-    &run_as_non_root::RunAsNonRoot,
-    &seccomp_profile::SeccompProfile,
-    &allow_privilege_escalation::AllowPrivilegeEscalation,
-    &drop_capabilities::DropCapabilities,
+static TABLE: [FieldDef; 8] = [
+    run_as_user::FIELD,
+    run_as_group::FIELD,
+    fs_group::FIELD,
+    fs_group_change_policy::FIELD,
+    run_as_non_root::FIELD,
+    seccomp_profile::FIELD,
+    allow_privilege_escalation::FIELD,
+    drop_capabilities::FIELD,
 ];
 
 /// How many fields there are.
@@ -163,77 +163,79 @@ impl Field {
         self.0
     }
 
-    fn def(self) -> &'static dyn FieldDef {
-        TABLE[self.0]
+    fn def(self) -> &'static FieldDef {
+        &TABLE[self.0]
     }
 
     /// See [`FieldDef::name`].
     pub fn name(self) -> &'static str {
-        self.def().name()
+        self.def().name
     }
 
     /// See [`FieldDef::level`].
     pub fn level(self) -> Level {
-        self.def().level()
+        self.def().level
     }
 
     /// See [`FieldDef::path`].
     pub fn path(self) -> Vec<&'static str> {
-        self.def().path()
+        self.def()
+            .path
+            .map_or_else(|| vec![self.name()], <[_]>::to_vec)
     }
 
     /// See [`FieldDef::restricted`].
     pub fn restricted(self) -> Option<Value> {
-        self.def().restricted()
+        self.def().restricted.map(|value| value())
     }
 
     /// See [`FieldDef::check`].
     pub fn check(self, value: &Value) -> Result<(), String> {
-        self.def().check(value)
+        (self.def().check)(value)
     }
 
     /// See [`FieldDef::examples`].
     pub fn examples(self) -> (Vec<Value>, Value) {
-        self.def().examples()
+        (self.def().examples)()
     }
 
     /// See [`FieldDef::show`].
     pub fn show(self, value: &Value) -> String {
-        self.def().show(value)
+        (self.def().show)(value)
     }
 
     /// See [`FieldDef::shipped`].
     pub fn shipped(self) -> Option<Value> {
-        self.def().shipped()
+        self.def().shipped.map(|value| value())
     }
 
     /// See [`FieldDef::when`].
     pub fn when(self) -> &'static str {
-        self.def().when()
+        self.def().when
     }
 
     /// See [`FieldDef::container_skips`].
     pub fn container_skips(self) -> &'static [ContainerCondition] {
-        self.def().container_skips()
+        self.def().container_skips
     }
 
     /// See [`FieldDef::pod_skips`].
     pub fn pod_skips(self) -> &'static [PodCondition] {
-        self.def().pod_skips()
+        self.def().pod_skips
     }
 
     /// See [`FieldDef::backstop`].
     pub fn backstop(self) -> Option<Backstop> {
-        self.def().backstop()
+        self.def().backstop
     }
 
     /// See [`FieldDef::restricted_doc`].
     pub fn restricted_doc(self) -> Option<(&'static str, &'static str)> {
-        self.def().restricted_doc()
+        self.def().restricted_doc
     }
 
     pub(crate) fn pod_guard(self, pod: &PodState<'_, '_>) -> Guard {
-        self.def().pod_guard(pod)
+        (self.def().pod_guard)(pod)
     }
 
     pub(crate) fn container_guard(
@@ -241,7 +243,10 @@ impl Field {
         pod: &PodState<'_, '_>,
         container: &Container<'_>,
     ) -> Guard {
-        self.def().container_guard(pod, container)
+        match self.container_skips().iter().find(|c| c.holds(container)) {
+            Some(condition) => Guard::Skip(vec![condition.reason(container)]),
+            None => (self.def().container_guard)(pod, container),
+        }
     }
 
     /// The comma-separated list of every field's name, for error messages.
@@ -521,6 +526,17 @@ mod id {
         }
     }
 
+    /// Only `SECURE` (a flag whose other value is never a secure default).
+    pub fn only<const SECURE: bool>(value: &Value) -> Result<(), String> {
+        match value {
+            Value::Bool(b) if *b == SECURE => Ok(()),
+            Value::Bool(b) => Err(format!(
+                "{b} is not a secure default; use {SECURE}, or leave the field out to not default it"
+            )),
+            other => Err(format!("invalid type: {}, expected {SECURE}", kind(other))),
+        }
+    }
+
     /// How a value's type reads in an error.
     pub fn kind(value: &Value) -> String {
         match value {
@@ -552,6 +568,7 @@ mod tests {
         assert_eq!(names.len(), COUNT);
         for field in Field::all() {
             assert_eq!(Field::by_name(field.name()), Some(field));
+            assert!(!field.name().is_empty() && !field.when().is_empty());
         }
         assert_eq!(Field::by_name("runAsUsr"), None);
     }

@@ -18,110 +18,87 @@ fn runtime_default(value: &str) -> bool {
     matches!(value, "runtime/default" | "docker/default")
 }
 
-pub struct SeccompProfile;
-
-impl FieldDef for SeccompProfile {
-    fn name(&self) -> &'static str {
-        "seccompProfile"
-    }
-
-    fn level(&self) -> Level {
-        Level::Pod
-    }
-
-    fn when(&self) -> &'static str {
-        "absent at pod level, and no deprecated seccomp annotation names another profile; a container's own profile (Localhost ones included) stays and wins"
-    }
-
-    fn backstop(&self) -> Option<Backstop> {
-        Some(Backstop::Restricted)
-    }
-
-    fn pod_skips(&self) -> &'static [PodCondition] {
-        &[PodCondition::SeccompAnnotation]
-    }
-
-    fn restricted_doc(&self) -> Option<(&'static str, &'static str)> {
-        Some((
-            "seccomp `RuntimeDefault` or `Localhost`",
-            "an explicit `Unconfined` profile",
-        ))
-    }
-
-    fn check(&self, value: &Value) -> Result<(), String> {
-        let Some(map) = value.as_object() else {
-            return Err(format!(
-                "invalid type: {}, expected {{type: RuntimeDefault}}",
-                id::kind(value)
-            ));
-        };
-        match map.get("type").and_then(Value::as_str) {
-            Some("RuntimeDefault") if map.len() == 1 => Ok(()),
-            Some("RuntimeDefault") => {
-                Err("a RuntimeDefault profile takes no other keys".to_owned())
-            }
-            Some(other) => Err(format!(
-                "type {other:?} is not a secure default; only RuntimeDefault is (a Localhost profile names a file that exists only on some nodes)"
-            )),
-            None => Err("expected {type: RuntimeDefault}".to_owned()),
-        }
-    }
-
-    fn examples(&self) -> (Vec<Value>, Value) {
+pub(super) const FIELD: FieldDef = FieldDef {
+    name: "seccompProfile",
+    level: Level::Pod,
+    restricted: Some(|| json!({"type": "RuntimeDefault"})),
+    when: "absent at pod level, and no deprecated seccomp annotation names another profile; a container's own profile (Localhost ones included) stays and wins",
+    restricted_doc: Some((
+        "seccomp `RuntimeDefault` or `Localhost`",
+        "an explicit `Unconfined` profile",
+    )),
+    check,
+    examples: || {
         (
             vec![json!({"type": "RuntimeDefault"})],
             json!({"type": "Unconfined"}),
         )
-    }
-
-    fn restricted(&self) -> Option<Value> {
-        Some(json!({"type": "RuntimeDefault"}))
-    }
-
-    fn pod_guard(&self, pod: &PodState<'_, '_>) -> Guard {
-        let Some(annotations) = pod.annotations() else {
-            return Guard::Set(Vec::new());
-        };
-        let mut notes = Vec::new();
-        if let Some(value) = &annotations.seccomp_pod {
-            if !runtime_default(value) {
-                return Guard::Skip(vec![format!(
-                    "the pod states its profile {value:?} in the deprecated annotation {SECCOMP_POD_ANNOTATION}, which \
-                     the field must match; set spec.securityContext.seccompProfile instead"
-                )]);
-            }
-            notes.push(format!(
-                "the deprecated annotation {SECCOMP_POD_ANNOTATION} asks for {value:?}, which the kubelet ignores \
-                 since Kubernetes 1.27; the field makes it take effect"
-            ));
-        }
-        let own_profile = |name: &str| {
-            pod.containers()
-                .any(|c| c.name() == name && c.value(&["seccompProfile"]).is_some())
-        };
-        let other: Vec<String> = annotations
-            .seccomp_containers
-            .iter()
-            .filter(|(name, value)| !runtime_default(value) && !own_profile(name))
-            .map(|(name, value)| {
-                format!(
-                    "container {name:?} states its profile {value:?} in the deprecated annotation \
-                     {SECCOMP_CONTAINER_ANNOTATION_PREFIX}{name}, which the kubelet ignores since Kubernetes 1.27; \
-                     set its securityContext.seccompProfile instead"
-                )
-            })
-            .collect();
-        if !other.is_empty() {
-            return Guard::Skip(other);
-        }
-        Guard::Set(notes)
-    }
-
-    fn show(&self, value: &Value) -> String {
+    },
+    pod_guard,
+    pod_skips: &[PodCondition::SeccompAnnotation],
+    backstop: Some(Backstop::Restricted),
+    show: |value| {
         value
             .get("type")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned()
+    },
+    ..FieldDef::BASE
+};
+
+fn check(value: &Value) -> Result<(), String> {
+    let Some(map) = value.as_object() else {
+        return Err(format!(
+            "invalid type: {}, expected {{type: RuntimeDefault}}",
+            id::kind(value)
+        ));
+    };
+    match map.get("type").and_then(Value::as_str) {
+        Some("RuntimeDefault") if map.len() == 1 => Ok(()),
+        Some("RuntimeDefault") => Err("a RuntimeDefault profile takes no other keys".to_owned()),
+        Some(other) => Err(format!(
+            "type {other:?} is not a secure default; only RuntimeDefault is (a Localhost profile names a file that exists only on some nodes)"
+        )),
+        None => Err("expected {type: RuntimeDefault}".to_owned()),
     }
+}
+
+fn pod_guard(pod: &PodState<'_, '_>) -> Guard {
+    let Some(annotations) = pod.annotations() else {
+        return Guard::Set(Vec::new());
+    };
+    let mut notes = Vec::new();
+    if let Some(value) = &annotations.seccomp_pod {
+        if !runtime_default(value) {
+            return Guard::Skip(vec![format!(
+                "the pod states its profile {value:?} in the deprecated annotation {SECCOMP_POD_ANNOTATION}, which \
+                 the field must match; set spec.securityContext.seccompProfile instead"
+            )]);
+        }
+        notes.push(format!(
+            "the deprecated annotation {SECCOMP_POD_ANNOTATION} asks for {value:?}, which the kubelet ignores \
+             since Kubernetes 1.27; the field makes it take effect"
+        ));
+    }
+    let own_profile = |name: &str| {
+        pod.containers()
+            .any(|c| c.name() == name && c.value(&["seccompProfile"]).is_some())
+    };
+    let other: Vec<String> = annotations
+        .seccomp_containers
+        .iter()
+        .filter(|(name, value)| !runtime_default(value) && !own_profile(name))
+        .map(|(name, value)| {
+            format!(
+                "container {name:?} states its profile {value:?} in the deprecated annotation \
+                 {SECCOMP_CONTAINER_ANNOTATION_PREFIX}{name}, which the kubelet ignores since Kubernetes 1.27; \
+                 set its securityContext.seccompProfile instead"
+            )
+        })
+        .collect();
+    if !other.is_empty() {
+        return Guard::Skip(other);
+    }
+    Guard::Set(notes)
 }
