@@ -267,204 +267,63 @@ impl Policy {
 mod tests {
     use std::path::Path;
 
+    use serde::Deserialize;
+
     use super::*;
 
-    fn policy(mode: &str, rest: &str) -> Policy {
-        let text = format!(
-            "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: {mode}\ndefaults: {{runAsUser: 1000, fsGroup: 2000, allowPrivilegeEscalation: false}}\n{rest}"
-        );
-        parse(text.as_bytes(), Path::new("p.yaml")).unwrap()
+    #[derive(Deserialize)]
+    struct Cases {
+        decisions: Vec<Case>,
     }
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Case {
+        policy: String,
+        namespaces: Vec<Namespace>,
+        #[serde(default)]
+        explain: Vec<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Namespace {
+        name: String,
+        /// The namespace's labels, or `unknown`.
+        labels: serde_json::Value,
+        apply: Option<String>,
+        #[serde(default)]
+        restricted: bool,
+        exempt: Option<String>,
     }
 
     #[test]
-    fn modes_and_exemptions() {
-        let rules = "exemptNamespaces: [tools]\nnamespaces:\n  - match: {names: [legacy]}\n    exempt: true\n";
-        let opt_in = policy("opt-in", rules);
-        let wide = policy("cluster-wide", rules);
-        let enabled = labels(&[(INJECT_LABEL, "enabled")]);
-        let disabled = labels(&[(INJECT_LABEL, "disabled")]);
-        let none = labels(&[]);
-        // (policy, namespace, labels, expected exemption or None for "applies")
-        let cases: Vec<(&Policy, &str, &BTreeMap<String, String>, Option<Exemption>)> = vec![
-            (&opt_in, "app", &enabled, None),
-            (&opt_in, "app", &none, Some(Exemption::NotOptedIn)),
-            (&opt_in, "app", &disabled, Some(Exemption::NotOptedIn)),
-            (&opt_in, "kube-system", &enabled, Some(Exemption::System)),
-            (
-                &opt_in,
-                "kube-node-lease",
-                &enabled,
-                Some(Exemption::System),
-            ),
-            (&opt_in, "tools", &enabled, Some(Exemption::Listed)),
-            (&opt_in, "legacy", &enabled, Some(Exemption::Rule(0))),
-            (&wide, "app", &none, None),
-            (&wide, "app", &enabled, None),
-            (&wide, "app", &disabled, Some(Exemption::OptedOut)),
-            (&wide, "kube-public", &none, Some(Exemption::System)),
-            (&wide, "legacy", &none, Some(Exemption::Rule(0))),
-        ];
-        for (p, ns, l, want) in cases {
-            let got = p.for_namespace(ns, NamespaceLabels::Known(l));
-            match want {
-                None => assert!(
-                    matches!(got, Decision::Apply(_)),
-                    "{} {ns} {l:?}: {got:?}",
-                    p.mode
-                ),
-                Some(why) => assert_eq!(got, Decision::Exempt(why), "{} {ns} {l:?}", p.mode),
+    fn policies_decide_what_each_namespace_gets() {
+        let cases: Cases =
+            serde_saphyr::from_str(include_str!("../../tests/cases/policies.yaml")).unwrap();
+        for case in cases.decisions {
+            let policy = parse(case.policy.as_bytes(), Path::new("p.yaml")).unwrap();
+            for ns in &case.namespaces {
+                let known: Option<BTreeMap<String, String>> =
+                    serde_json::from_value(ns.labels.clone()).ok();
+                let labels = known
+                    .as_ref()
+                    .map_or(NamespaceLabels::Unknown, NamespaceLabels::Known);
+                let got = match policy.for_namespace(&ns.name, labels) {
+                    Decision::Apply(d) => (Some(d.to_string()), d.enforces_restricted, None),
+                    Decision::Exempt(why) => (None, false, Some(why.to_string())),
+                };
+                let want = (ns.apply.clone(), ns.restricted, ns.exempt.clone());
+                assert_eq!(
+                    got, want,
+                    "{} {:?} under\n{}",
+                    ns.name, ns.labels, case.policy
+                );
+            }
+            let text = explain(&policy);
+            for words in &case.explain {
+                assert!(text.contains(words.as_str()), "{words:?} not in {text}");
             }
         }
-    }
-
-    #[test]
-    fn rules_apply_in_order_and_later_wins() {
-        let p = policy(
-            "cluster-wide",
-            "namespaces:
-  - match: {labels: {matchLabels: {team: data}}}
-    set: {runAsUser: 10001, fsGroup: 10001}
-  - match: {names: [payments], labels: {matchExpressions: [{key: tier, operator: In, values: [web]}]}}
-    skip: [fsGroup]
-  - match: {names: [payments]}
-    set: {runAsGroup: 3000}
-",
-        );
-        let decide = |ns: &str, l: &[(&str, &str)]| match p
-            .for_namespace(ns, NamespaceLabels::Known(&labels(l)))
-        {
-            Decision::Apply(d) => d.to_string(),
-            Decision::Exempt(why) => format!("exempt: {why}"),
-        };
-        assert_eq!(
-            decide("other", &[]),
-            "runAsUser=1000,fsGroup=2000,allowPrivilegeEscalation=false"
-        );
-        assert_eq!(
-            decide("other", &[("team", "data")]),
-            "runAsUser=10001,fsGroup=10001,allowPrivilegeEscalation=false"
-        );
-        // Names alone hold, labels do not: entry 1 does not apply, entry 2 does.
-        assert_eq!(
-            decide("payments", &[("team", "data")]),
-            "runAsUser=10001,runAsGroup=3000,fsGroup=10001,allowPrivilegeEscalation=false"
-        );
-        assert_eq!(
-            decide("payments", &[("team", "data"), ("tier", "web")]),
-            "runAsUser=10001,runAsGroup=3000,allowPrivilegeEscalation=false"
-        );
-    }
-
-    #[test]
-    fn selector_operators() {
-        let l = labels(&[("tier", "web"), ("env", "prod")]);
-        // (matchExpressions entry, whether it holds for the labels above)
-        let cases = [
-            ("{key: tier, operator: In, values: [web, api]}", true),
-            ("{key: tier, operator: In, values: [api]}", false),
-            ("{key: missing, operator: In, values: [x]}", false),
-            ("{key: tier, operator: NotIn, values: [api]}", true),
-            ("{key: tier, operator: NotIn, values: [web]}", false),
-            ("{key: missing, operator: NotIn, values: [x]}", true),
-            ("{key: env, operator: Exists}", true),
-            ("{key: missing, operator: Exists}", false),
-            ("{key: missing, operator: DoesNotExist}", true),
-            ("{key: env, operator: DoesNotExist}", false),
-        ];
-        for (expression, holds) in cases {
-            let p = policy(
-                "cluster-wide",
-                &format!(
-                    "namespaces:\n  - match: {{labels: {{matchExpressions: [{expression}]}}}}\n    exempt: true\n"
-                ),
-            );
-            let exempt = p.for_namespace("app", NamespaceLabels::Known(&l))
-                == Decision::Exempt(Exemption::Rule(0));
-            assert_eq!(exempt, holds, "{expression}");
-        }
-    }
-
-    #[test]
-    fn unknown_labels_leave_the_mode_to_the_api_server() {
-        let p = policy(
-            "opt-in",
-            "namespaces:\n  - match: {labels: {matchLabels: {team: x}}}\n    exempt: true\n",
-        );
-        assert!(matches!(
-            p.for_namespace("app", NamespaceLabels::Unknown),
-            Decision::Apply(_)
-        ));
-        assert_eq!(
-            p.for_namespace("kube-system", NamespaceLabels::Unknown),
-            Decision::Exempt(Exemption::System)
-        );
-    }
-
-    #[test]
-    fn the_restricted_profile_and_the_namespace_label() {
-        let head = "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: cluster-wide\n";
-        let p = parse(
-            format!("{head}profile: restricted\ndefaults: {{runAsUser: 1000}}\n").as_bytes(),
-            Path::new("p.yaml"),
-        )
-        .unwrap();
-        let Decision::Apply(plan) = p.for_namespace("app", NamespaceLabels::Known(&labels(&[])))
-        else {
-            panic!("exempt")
-        };
-        assert_eq!(
-            plan.to_string(),
-            "runAsUser=1000,runAsNonRoot=true,seccompProfile=RuntimeDefault,allowPrivilegeEscalation=false,capabilities.drop=ALL"
-        );
-        assert!(!plan.enforces_restricted);
-        assert!(explain(&p).contains("profile restricted: the defaults include runAsNonRoot"));
-
-        let p = parse(
-            format!("{head}followPodSecurityLabels: true\ndefaults: {{runAsUser: 1000}}\nnamespaces:\n  - match: {{names: [db]}}\n    skip: [runAsNonRoot]\n").as_bytes(),
-            Path::new("p.yaml"),
-        )
-        .unwrap();
-        let decide = |ns: &str, level: &str| match p.for_namespace(
-            ns,
-            NamespaceLabels::Known(&labels(&[("pod-security.kubernetes.io/enforce", level)])),
-        ) {
-            Decision::Apply(plan) => (plan.to_string(), plan.enforces_restricted),
-            Decision::Exempt(why) => (why.to_string(), false),
-        };
-        assert_eq!(
-            decide("app", "baseline"),
-            ("runAsUser=1000".to_owned(), false)
-        );
-        assert_eq!(
-            decide("app", "restricted"),
-            ("runAsUser=1000,runAsNonRoot=true,seccompProfile=RuntimeDefault,allowPrivilegeEscalation=false,capabilities.drop=ALL".to_owned(), true)
-        );
-        assert_eq!(
-            decide("db", "restricted").0,
-            "runAsUser=1000,seccompProfile=RuntimeDefault,allowPrivilegeEscalation=false,capabilities.drop=ALL",
-            "an entry's skip wins over the label"
-        );
-        assert!(explain(&p).contains("pod-security.kubernetes.io/enforce=restricted also get"));
-    }
-
-    #[test]
-    fn explain_speaks_plainly() {
-        let p = policy(
-            "opt-in",
-            "namespaces:\n  - match: {names: [a, b], labels: {matchLabels: {team: x}}}\n    skip: [fsGroup]\n",
-        );
-        let text = explain(&p);
-        assert!(
-            text.contains("only namespaces labelled secure-defaults.io/inject=enabled"),
-            "{text}"
-        );
-        assert!(text.contains("namespaces[0]: in namespaces named a or b and with labels team=x: do not default fsGroup"), "{text}");
     }
 }
