@@ -475,12 +475,14 @@ mod tests {
     use super::*;
     use crate::policy::INJECT_LABEL;
 
-    fn policy() -> Policy {
-        crate::policy::parse(
-            b"apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\ndefaults: {runAsUser: 65532, allowPrivilegeEscalation: false}\n",
-            Path::new("p.yaml"),
-        )
-        .unwrap()
+    const POLICY: &str = "defaults: {runAsUser: 65532, allowPrivilegeEscalation: false}";
+    const EXCEPTIONS: &str = "podExceptions: [fsGroup]\ndefaults: {runAsUser: 65532, fsGroup: 65532, allowPrivilegeEscalation: false}";
+
+    fn policy(rest: &str) -> Policy {
+        let text = format!(
+            "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\n{rest}\n"
+        );
+        crate::policy::parse(text.as_bytes(), Path::new("p.yaml")).unwrap()
     }
 
     fn review(operation: &str, sub_resource: Option<&str>, object: Value, old: Value) -> Value {
@@ -506,16 +508,37 @@ mod tests {
         })
     }
 
+    fn create(object: Value) -> Value {
+        review("CREATE", None, object, Value::Null)
+    }
+
     fn pod() -> Value {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "app"}, "spec": {"containers": [{"name": "c", "image": "x"}]}})
     }
 
-    fn answer(body: &Value) -> (Verdict, Value) {
+    /// `pod()` with these annotations.
+    fn annotated(annotations: Value) -> Value {
+        let mut object = pod();
+        object["metadata"]["annotations"] = annotations;
+        object
+    }
+
+    /// The response to `body` under `policy` in a namespace whose inject label has `inject` (none if empty).
+    fn respond_in(body: &Value, policy: &Policy, inject: &str) -> (Response, Value) {
         let bytes = serde_json::to_vec(body).unwrap();
         let parsed = parse(&bytes).unwrap();
-        let on = BTreeMap::from([(INJECT_LABEL.to_owned(), "enabled".to_owned())]);
-        let r = respond(&parsed, &policy(), NamespaceLabels::Known(&on)).unwrap();
-        (r.verdict, serde_json::from_slice(&r.body).unwrap())
+        let mut labels = BTreeMap::new();
+        if !inject.is_empty() {
+            labels.insert(INJECT_LABEL.to_owned(), inject.to_owned());
+        }
+        let r = respond(&parsed, policy, NamespaceLabels::Known(&labels)).unwrap();
+        let out = serde_json::from_slice(&r.body).unwrap();
+        (r, out)
+    }
+
+    fn answer(body: &Value) -> (Verdict, Value) {
+        let (r, out) = respond_in(body, &policy(POLICY), "enabled");
+        (r.verdict, out)
     }
 
     /// The patch document of a response, from its base64.
@@ -526,7 +549,7 @@ mod tests {
 
     #[test]
     fn create_is_patched_and_echoes_uid_and_version() {
-        let (verdict, out) = answer(&review("CREATE", None, pod(), Value::Null));
+        let (verdict, out) = answer(&create(pod()));
         assert_eq!(verdict, Verdict::Patched);
         assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(out["kind"], "AdmissionReview");
@@ -549,7 +572,7 @@ mod tests {
 
     #[test]
     fn response_matches_what_kube_would_send() {
-        let body = review("CREATE", None, pod(), Value::Null);
+        let body = create(pod());
         let (_, ours) = answer(&body);
         let typed: AdmissionReview<DynamicObject> = serde_json::from_value(body).unwrap();
         let request: kube::core::admission::AdmissionRequest<DynamicObject> =
@@ -580,8 +603,7 @@ mod tests {
     #[test]
     fn kube_built_request_is_understood() {
         // A request as kube's own types serialise it.
-        let typed: AdmissionReview<DynamicObject> =
-            serde_json::from_value(review("CREATE", None, pod(), Value::Null)).unwrap();
+        let typed: AdmissionReview<DynamicObject> = serde_json::from_value(create(pod())).unwrap();
         let bytes = serde_json::to_vec(&typed).unwrap();
         let parsed = parse(&bytes).unwrap();
         assert_eq!(parsed.route(), Route::CreatePod);
@@ -594,11 +616,7 @@ mod tests {
         let ephemeral_new = json!({"spec": {"containers": [{"name": "c"}], "ephemeralContainers": [{"name": "debugger"}]}});
         // (review, verdict, paths in the patch)
         let cases = vec![
-            (
-                review("CREATE", None, pod(), Value::Null),
-                Verdict::Patched,
-                3,
-            ),
+            (create(pod()), Verdict::Patched, 3),
             (review("UPDATE", None, pod(), pod()), Verdict::Ignored, 0),
             (
                 review("DELETE", None, Value::Null, pod()),
@@ -640,7 +658,7 @@ mod tests {
                 .unwrap_or(0);
             assert_eq!(n, ops, "{body}");
         }
-        let mut other = review("CREATE", None, pod(), Value::Null);
+        let mut other = create(pod());
         other["request"]["resource"] =
             json!({"group": "apps", "version": "v1", "resource": "deployments"});
         assert_eq!(answer(&other).0, Verdict::Ignored);
@@ -660,11 +678,8 @@ mod tests {
 
     #[test]
     fn exempt_namespace_is_allowed_unchanged() {
-        let bytes = serde_json::to_vec(&review("CREATE", None, pod(), Value::Null)).unwrap();
-        let parsed = parse(&bytes).unwrap();
-        let r = respond(&parsed, &policy(), NamespaceLabels::Known(&BTreeMap::new())).unwrap();
+        let (r, out) = respond_in(&create(pod()), &policy(POLICY), "");
         assert_eq!(r.verdict, Verdict::Exempt(Exemption::NotOptedIn));
-        let out: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(
             out["response"],
             json!({"uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": true, "status": {}})
@@ -707,7 +722,7 @@ mod tests {
             "escaped mirror key recognised"
         );
         let on = BTreeMap::from([(INJECT_LABEL.to_owned(), "enabled".to_owned())]);
-        let r = respond(&parsed, &policy(), NamespaceLabels::Known(&on)).unwrap();
+        let r = respond(&parsed, &policy(POLICY), NamespaceLabels::Known(&on)).unwrap();
         assert_eq!(r.verdict, Verdict::Unchanged, "mirror pods are left alone");
         let out: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(out["response"]["uid"], "u1");
@@ -739,19 +754,8 @@ mod tests {
 
     #[test]
     fn pods_opt_out_of_the_fields_the_policy_allows_and_it_is_recorded() {
-        let policy = crate::policy::parse(
-            b"apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\npodExceptions: [fsGroup]\ndefaults: {runAsUser: 65532, fsGroup: 65532}\n",
-            Path::new("p.yaml"),
-        )
-        .unwrap();
-        let mut object = pod();
-        object["metadata"]["annotations"] = json!({"secure-defaults.io/skip": "fsGroup,runAsUser"});
-        let bytes =
-            serde_json::to_vec(&review("CREATE", None, object.clone(), Value::Null)).unwrap();
-        let parsed = parse(&bytes).unwrap();
-        let on = BTreeMap::from([(INJECT_LABEL.to_owned(), "enabled".to_owned())]);
-        let r = respond(&parsed, &policy, NamespaceLabels::Known(&on)).unwrap();
-        let out: Value = serde_json::from_slice(&r.body).unwrap();
+        let object = annotated(json!({"secure-defaults.io/skip": "fsGroup,runAsUser"}));
+        let (r, out) = respond_in(&create(object.clone()), &policy(EXCEPTIONS), "enabled");
         let mut patched = object;
         let patch: json_patch::Patch =
             serde_json::from_value(decoded_patch(&out).unwrap()).unwrap();
@@ -775,12 +779,6 @@ mod tests {
 
     #[test]
     fn pods_left_alone_get_no_record_of_their_exceptions() {
-        let policy = crate::policy::parse(
-            b"apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\npodExceptions: [fsGroup]\ndefaults: {runAsUser: 65532, fsGroup: 65532}\n",
-            Path::new("p.yaml"),
-        )
-        .unwrap();
-        let on = BTreeMap::from([(INJECT_LABEL.to_owned(), "enabled".to_owned())]);
         // (pod's annotations, its os, the one warning it gets)
         let cases = [
             (
@@ -795,13 +793,9 @@ mod tests {
             ),
         ];
         for (annotations, os, warning) in cases {
-            let mut object = pod();
-            object["metadata"]["annotations"] = annotations;
+            let mut object = annotated(annotations);
             object["spec"]["os"] = os;
-            let bytes = serde_json::to_vec(&review("CREATE", None, object, Value::Null)).unwrap();
-            let parsed = parse(&bytes).unwrap();
-            let r = respond(&parsed, &policy, NamespaceLabels::Known(&on)).unwrap();
-            let out: Value = serde_json::from_slice(&r.body).unwrap();
+            let (r, out) = respond_in(&create(object), &policy(EXCEPTIONS), "enabled");
             assert_eq!(r.verdict, Verdict::Unchanged, "{out}");
             assert!(out["response"].get("patch").is_none(), "{out}");
             assert_eq!(out["response"]["warnings"], json!([warning]), "{out}");
@@ -810,12 +804,8 @@ mod tests {
 
     #[test]
     fn report_mode_says_what_it_would_set_and_sets_nothing() {
-        let bytes = serde_json::to_vec(&review("CREATE", None, pod(), Value::Null)).unwrap();
-        let parsed = parse(&bytes).unwrap();
-        let report = BTreeMap::from([(INJECT_LABEL.to_owned(), "report".to_owned())]);
-        let r = respond(&parsed, &policy(), NamespaceLabels::Known(&report)).unwrap();
+        let (r, out) = respond_in(&create(pod()), &policy(POLICY), "report");
         assert_eq!(r.verdict, Verdict::Reported);
-        let out: Value = serde_json::from_slice(&r.body).unwrap();
         assert!(out["response"].get("patch").is_none(), "{out}");
         assert_eq!(
             out["response"]["warnings"][0],
@@ -825,28 +815,19 @@ mod tests {
             out["response"]["auditAnnotations"],
             json!({"would-default": "runAsUser=65532,allowPrivilegeEscalation=false(c)"})
         );
+        let warnings = &r.outcome.warnings;
         assert_eq!(
             r.outcome.guard_warnings, 0,
-            "the report line is no guard warning: {:?}",
-            r.outcome.warnings
+            "the report line is no guard warning: {warnings:?}"
         );
     }
 
     #[test]
     fn only_guard_warnings_count_as_guard_warnings() {
-        let policy = crate::policy::parse(
-            b"apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\npodExceptions: [fsGroup]\ndefaults: {runAsUser: 65532, fsGroup: 65532, allowPrivilegeEscalation: false}\n",
-            Path::new("p.yaml"),
-        )
-        .unwrap();
-        let on = BTreeMap::from([(INJECT_LABEL.to_owned(), "enabled".to_owned())]);
-        let mut object = pod();
         // One exception honoured, one refused (two exception warnings), one privileged container (a guard).
-        object["metadata"]["annotations"] = json!({"secure-defaults.io/skip": "fsGroup,runAsUser"});
+        let mut object = annotated(json!({"secure-defaults.io/skip": "fsGroup,runAsUser"}));
         object["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
-        let bytes = serde_json::to_vec(&review("CREATE", None, object, Value::Null)).unwrap();
-        let parsed = parse(&bytes).unwrap();
-        let r = respond(&parsed, &policy, NamespaceLabels::Known(&on)).unwrap();
+        let (r, _) = respond_in(&create(object), &policy(EXCEPTIONS), "enabled");
         assert!(r.outcome.warnings.len() >= 2, "{:?}", r.outcome.warnings);
         assert_eq!(r.outcome.guard_warnings, 1, "{:?}", r.outcome.warnings);
     }
