@@ -35,6 +35,12 @@ RUNNING=() # what to stop: "server PID" or "peer NAME"
 
 log() { printf '\n[bench-peers] %s\n' "$*" >&2; }
 
+# The correctness cases are YAML (tests/cases/engine.yaml); say so before minutes of timing, not after.
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  echo "bench-peers: python3 cannot import yaml (Debian: apt-get install python3-yaml)" >&2
+  exit 1
+fi
+
 cleanup() {
   local status=$? item
   for item in "${RUNNING[@]}"; do stop_system "$item" || true; done
