@@ -11,7 +11,8 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
 use serde_json::{Map, Value, json};
 
-use crate::fields::{Applied, Defaults, Field, Guard, Level, PodState, stated};
+use crate::fields::{Applied, Defaults, Field, Guard, ImageSet, Level, PodState, stated};
+use crate::images::Images;
 use crate::pod::{self, Container, ContainerList, Pod, SecurityContext};
 
 /// What the engine did to one pod.
@@ -34,12 +35,22 @@ pub struct Outcome {
 
 /// Defaults a pod being created.
 pub fn default_pod(pod: &Pod<'_>, defaults: &Defaults) -> Outcome {
+    default_pod_with(pod, defaults, &Images::default())
+}
+
+/// Defaults a pod being created, with what its images' configurations say of their users ([`crate::images`]).
+pub fn default_pod_with(pod: &Pod<'_>, defaults: &Defaults, images: &Images) -> Outcome {
     let mut out = Outcome::default();
     let Some(spec) = &pod.spec else {
         return out;
     };
     if left_alone(pod, &mut out) {
         return out;
+    }
+    let pod_user = stated(spec.security_context.as_ref(), &["runAsUser"]);
+    if !pod_user {
+        let containers = spec.all_containers().map(|(_, _, c)| c);
+        from_images(containers, images, &mut out);
     }
     pod_level(spec, pod.annotations(), defaults, &mut out);
     // The container guards see the pod with its pod-level fields decided.
@@ -63,6 +74,16 @@ pub fn default_pod(pod: &Pod<'_>, defaults: &Defaults) -> Outcome {
 /// (`kubectl debug`). Only containers absent from `old` are touched; the pod's own fields are immutable by now,
 /// and the API server keeps only the ephemeral containers of such an update, so nothing else is patched.
 pub fn default_new_ephemeral(pod: &Pod<'_>, old: &Pod<'_>, defaults: &Defaults) -> Outcome {
+    default_new_ephemeral_with(pod, old, defaults, &Images::default())
+}
+
+/// [`default_new_ephemeral`], with what the new containers' images say of their users.
+pub fn default_new_ephemeral_with(
+    pod: &Pod<'_>,
+    old: &Pod<'_>,
+    defaults: &Defaults,
+    images: &Images,
+) -> Outcome {
     let mut out = Outcome::default();
     let Some(spec) = &pod.spec else {
         return out;
@@ -75,8 +96,15 @@ pub fn default_new_ephemeral(pod: &Pod<'_>, old: &Pod<'_>, defaults: &Defaults) 
     }
     let existing = ephemeral_names(old);
     let list = ContainerList::EphemeralContainers;
+    if !stated(spec.security_context.as_ref(), &["runAsUser"]) {
+        let new = spec
+            .list(list)
+            .iter()
+            .filter(|c| !existing.contains(c.name()));
+        from_images(new, images, &mut out);
+    }
     // The pod's own fields are all there is at pod level now: nothing is defaulted there on this update.
-    let applied = Applied::default();
+    let applied = out.applied.clone();
     let state = PodState {
         spec,
         annotations: pod.annotations(),
@@ -139,6 +167,36 @@ fn left_alone(pod: &Pod<'_>, out: &mut Outcome) -> bool {
     }
 }
 
+/// The users the containers without their own `runAsUser` get from their images (the pod states none), and the
+/// notes that say so. Recorded before any field is decided, so every guard sees them.
+fn from_images<'c, 'a: 'c>(
+    containers: impl Iterator<Item = &'c Container<'a>>,
+    images: &Images,
+    out: &mut Outcome,
+) {
+    for container in containers {
+        if container.value(&["runAsUser"]).is_some() {
+            continue;
+        }
+        let Some(image) = container.image.as_deref() else {
+            continue;
+        };
+        let Some(decision) = images.decide(container.name(), image) else {
+            continue;
+        };
+        out.warnings
+            .push(format!("secure-defaults: {}", decision.note));
+        if let Some((uid, gid)) = decision.set {
+            let gid = gid.filter(|_| container.value(&["runAsGroup"]).is_none());
+            out.applied.image(ImageSet {
+                container: container.name().to_owned(),
+                uid: json!(uid),
+                gid: gid.map(|g| json!(g)),
+            });
+        }
+    }
+}
+
 /// Records what a guard said about `field` as warnings; whether the field may be set.
 fn heed(field: Field, guard: Guard, out: &mut Outcome) -> bool {
     let (set, lines) = match guard {
@@ -197,6 +255,17 @@ fn container_level(
 ) {
     let sc = container.security_context.as_ref();
     let mut added = Map::new();
+    let image = state
+        .applied
+        .images()
+        .iter()
+        .find(|i| i.container == container.name());
+    if let Some(set) = image {
+        added.insert("runAsUser".to_owned(), set.uid.clone());
+        if let Some(gid) = &set.gid {
+            added.insert("runAsGroup".to_owned(), gid.clone());
+        }
+    }
     for (field, value) in defaults.iter() {
         if field.level() != Level::Container {
             continue;
@@ -334,6 +403,30 @@ mod tests {
         warning: Option<String>,
         summary: Option<String>,
         paths: Option<Vec<String>>,
+        /// Image -> its configuration's `User`.
+        #[serde(default)]
+        images: BTreeMap<String, String>,
+        /// Image -> why its user is not known.
+        #[serde(default)]
+        unknown: BTreeMap<String, String>,
+        #[serde(default)]
+        root_images: Option<crate::images::RootImages>,
+    }
+
+    fn images(case: &Case) -> Images {
+        let mut images = Images::default();
+        for (image, user) in &case.images {
+            let user = crate::images::ImageUser::parse(user);
+            images.users.insert(image.clone(), Ok(user));
+        }
+        for (image, why) in &case.unknown {
+            let why = crate::images::Unknown::ALL
+                .into_iter()
+                .find(|u| u.as_str() == why);
+            images.users.insert(image.clone(), Err(why.unwrap()));
+        }
+        images.root = case.root_images.unwrap_or_default();
+        images
     }
 
     fn full() -> String {
@@ -357,9 +450,10 @@ mod tests {
         let old: Option<Pod> = old_text
             .as_deref()
             .map(|t| serde_json::from_str(t).unwrap());
+        let images = images(case);
         let engine = |pod: &Pod| match &old {
-            Some(old) => default_new_ephemeral(pod, old, defaults),
-            None => default_pod(pod, defaults),
+            Some(old) => default_new_ephemeral_with(pod, old, defaults, &images),
+            None => default_pod_with(pod, defaults, &images),
         };
         let outcome = engine(&view);
         let mut patched = case.pod.clone();

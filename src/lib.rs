@@ -32,6 +32,7 @@ pub mod engine;
 mod exceptions;
 pub mod fields;
 pub mod generate;
+pub mod images;
 pub mod metrics;
 mod namespaces;
 pub mod pod;

@@ -398,6 +398,9 @@ pub struct Container<'a> {
     /// `name`.
     #[serde(borrow, default)]
     pub name: Option<Cow<'a, str>>,
+    /// `image`, as the pod names it.
+    #[serde(borrow, default)]
+    pub image: Option<Cow<'a, str>>,
     /// Its `securityContext`.
     #[serde(default)]
     pub security_context: Option<SecurityContext>,

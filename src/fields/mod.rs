@@ -352,14 +352,36 @@ pub struct Set {
     pub containers: Vec<String>,
 }
 
-/// What was set on one pod, in table order: for its annotation, the audit log, logs and metrics.
+/// A container's user (and group) stated from its image's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSet {
+    /// The container.
+    pub container: String,
+    /// Its `runAsUser`.
+    pub uid: Value,
+    /// Its `runAsGroup`, where the image gives one and the container states none.
+    pub gid: Option<Value>,
+}
+
+/// What was set on one pod, in table order (then the users from images): for its annotation, the audit log, logs
+/// and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Applied(Vec<Set>);
+pub struct Applied(Vec<Set>, Vec<ImageSet>);
 
 impl Applied {
     /// True when nothing was set.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && self.1.is_empty()
+    }
+
+    /// The users stated from images, container by container.
+    pub fn images(&self) -> &[ImageSet] {
+        &self.1
+    }
+
+    /// Records a container's user from its image.
+    pub(crate) fn image(&mut self, set: ImageSet) {
+        self.1.push(set);
     }
 
     /// What was set, field by field.
@@ -416,6 +438,7 @@ impl Applied {
                 Style::Compact,
             );
         }
+        push_images(&mut out, &self.1, Style::Compact);
         out
     }
 
@@ -431,6 +454,7 @@ impl Applied {
                 Style::Readable,
             );
         }
+        push_images(&mut out, &self.1, Style::Readable);
         out
     }
 }
@@ -464,12 +488,42 @@ fn push_item(out: &mut String, field: Field, value: &Value, containers: &[String
     }
 }
 
+/// The users from images, as `imageUser=1001:1001(app)`: one item per container, after the fields.
+fn push_images(out: &mut String, images: &[ImageSet], style: Style) {
+    for set in images {
+        if !out.is_empty() {
+            out.push_str(if style == Style::Readable { ", " } else { "," });
+        }
+        out.push_str("imageUser=");
+        out.push_str(&set.uid.to_string());
+        if let Some(gid) = &set.gid {
+            out.push(':');
+            out.push_str(&gid.to_string());
+        }
+        if style == Style::Readable {
+            out.push(' ');
+        }
+        out.push('(');
+        out.push_str(&set.container);
+        out.push(')');
+    }
+}
+
 /// What a guard may read: the pod, and the pod-level fields decided before it (for a container guard, all of
 /// them).
 pub struct PodState<'s, 'a> {
     pub(crate) spec: &'s Spec<'a>,
     pub(crate) annotations: Option<&'s Annotations>,
     pub(crate) applied: &'s Applied,
+}
+
+/// Where it differs from the container's own: the `runAsUser` each container gets from its image.
+fn image_user<'v>(applied: &'v Applied, container: &Container<'_>) -> Option<&'v Value> {
+    applied
+        .images()
+        .iter()
+        .find(|i| i.container == container.name())
+        .map(|i| &i.uid)
 }
 
 impl<'a> PodState<'_, 'a> {
@@ -488,6 +542,14 @@ impl<'a> PodState<'_, 'a> {
     /// What the engine knows of the pod's annotations.
     pub fn annotations(&self) -> Option<&Annotations> {
         self.annotations
+    }
+
+    /// The `runAsUser` a container runs as, where it states one or gets one from its image (else the pod's
+    /// applies).
+    pub fn container_user<'v>(&'v self, container: &'v Container<'_>) -> Option<&'v Value> {
+        container
+            .value(&["runAsUser"])
+            .or_else(|| image_user(self.applied, container))
     }
 
     /// Every container of the pod.

@@ -19,7 +19,7 @@ fn pod_guard(pod: &PodState<'_, '_>) -> Guard {
     }
     let without_user: Vec<String> = pod
         .containers()
-        .filter(|c| c.value(&["runAsUser"]).is_none())
+        .filter(|c| pod.container_user(c).is_none())
         .map(|c| {
             format!(
                 "container {:?} has no runAsUser and none is defaulted",

@@ -24,7 +24,7 @@ fn pod_guard(pod: &PodState<'_, '_>) -> Guard {
     let mut as_root = Vec::new();
     let mut unknown = Vec::new();
     for container in pod.containers() {
-        match container.value(&["runAsUser"]).or(pod_user) {
+        match pod.container_user(container).or(pod_user) {
             Some(user) if user.as_i64() == Some(0) => as_root.push(container.name()),
             Some(_) => {}
             None => unknown.push(container.name()),

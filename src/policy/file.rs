@@ -14,6 +14,7 @@ use kube::core::Selector;
 
 use super::{Action, Mode, Policy, Profile, Rule};
 use crate::fields::{Defaults, Field};
+use crate::images::ImagesPolicy;
 
 /// Why a policy file was not loaded.
 #[derive(Debug, thiserror::Error)]
@@ -79,22 +80,24 @@ macro_rules! checked_from {
     ($ty:ty, $raw:ty) => {
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                deserializer.deserialize_any(CheckedVisitor::new(|raw: $raw| {
-                    <$ty>::try_from(raw).map_err(|e| e.to_string())
-                }))
+                deserializer.deserialize_any($crate::policy::file::CheckedVisitor::new(
+                    |raw: $raw| <$ty>::try_from(raw).map_err(|e| e.to_string()),
+                ))
             }
         }
     };
 }
 
+pub(crate) use checked_from;
+
 /// Deserialises an `R` from whatever the YAML holds, then checks it into a `T` within the same visit.
-struct CheckedVisitor<R, T, F> {
+pub(crate) struct CheckedVisitor<R, T, F> {
     check: F,
     types: std::marker::PhantomData<fn(R) -> T>,
 }
 
 impl<R, T, F: FnOnce(R) -> Result<T, String>> CheckedVisitor<R, T, F> {
-    fn new(check: F) -> Self {
+    pub(crate) fn new(check: F) -> Self {
         Self {
             check,
             types: std::marker::PhantomData,
@@ -167,6 +170,8 @@ struct PolicyFile {
     defaults: Values,
     #[serde(default)]
     namespaces: Vec<RuleFile>,
+    #[serde(default)]
+    images: Option<ImagesPolicy>,
 }
 
 impl PolicyFile {
@@ -183,6 +188,7 @@ impl PolicyFile {
             profile: self.profile,
             follow_pod_security_labels: self.follow_pod_security_labels,
             pod_exceptions: self.pod_exceptions.into_iter().map(|f| f.0).collect(),
+            images: self.images,
         }
     }
 }

@@ -13,6 +13,7 @@ pub use explain::{explain, explain_namespace};
 pub use file::{PolicyError, load, parse};
 
 use crate::fields::{Defaults, Field};
+use crate::images::ImagesPolicy;
 
 /// The namespace label that opts a namespace in (`enabled`), into report-only mode (`report`) or, in cluster-wide
 /// mode, out (`disabled`).
@@ -188,6 +189,8 @@ pub struct Policy {
     pub follow_pod_security_labels: bool,
     /// The fields any pod may opt out of with its `secure-defaults.io/skip` annotation (entries may add more).
     pub pod_exceptions: BTreeSet<Field>,
+    /// Image-aware defaults: off without an `images:` section.
+    pub images: Option<ImagesPolicy>,
 }
 
 impl Policy {
