@@ -14,12 +14,13 @@
 //! - not known (the registry is slow, down, refuses us, is not allowed, or the image is not there): the default
 //!   applies, with one warning, and the reason is counted.
 
+pub mod lookup;
 mod section;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use section::{ImagesPolicy, RootImages};
+pub use section::{ImagesPolicy, Platform, RootImages};
 
 /// What an image's configuration says about its user.
 #[derive(Clone, Debug, PartialEq, Eq)]

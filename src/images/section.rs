@@ -32,6 +32,10 @@ pub struct ImagesPolicy {
     /// Secret: the only credentials used.
     #[serde(default)]
     pub credentials: Option<PathBuf>,
+    /// PEM certificates trusted for registries over TLS, besides the system's roots: for a registry with its own
+    /// certificate authority.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The platform of a multi-arch image where the pod does not pin `kubernetes.io/arch`.
     #[serde(default)]
     pub platform: Platform,
