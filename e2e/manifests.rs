@@ -71,7 +71,7 @@ pub(crate) fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     try_find(docs, kind, name).unwrap_or_else(|| panic!("no {kind} {name} in the rendering"))
 }
 
-fn find_mut<'a>(docs: &'a mut [Value], kind: &str, name: &str) -> &'a mut Value {
+pub(crate) fn find_mut<'a>(docs: &'a mut [Value], kind: &str, name: &str) -> &'a mut Value {
     docs.iter_mut()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind} {name} in the rendering"))
@@ -229,20 +229,9 @@ async fn manifests_modes_agree_and_the_deployment_keeps_its_own_rules() {
     let mut rendered = Vec::new();
     for (overlay, mode, certificates) in overlays {
         let docs = render(&env, format!("manifests/overlays/{overlay}"));
+        check_rendering(overlay, mode, &docs);
         let text = policy_text(&docs);
         let mut policy = policy_value(&text);
-        assert_eq!(policy["mode"], mode, "{overlay}: the policy's mode");
-        let hook = webhook(&docs);
-        assert_eq!(
-            selector_mode(&hook["namespaceSelector"]),
-            mode,
-            "{overlay}: the webhook's namespaceSelector"
-        );
-        assert_eq!(
-            binding_selector(&docs),
-            &hook["namespaceSelector"],
-            "{overlay}: the backstop binding selects exactly the webhook's namespaces"
-        );
         // The real server accepts the policy the ConfigMap holds.
         check_policy(&dir.join(format!("{overlay}-policy.yaml")), &text);
         policy.as_object_mut().unwrap().remove("mode");
@@ -255,18 +244,10 @@ async fn manifests_modes_agree_and_the_deployment_keeps_its_own_rules() {
             base_config,
             "{overlay}: the process config is the base's"
         );
-
-        check_webhook(overlay, hook);
-        check_deployment(overlay, &docs);
-        check_rbac_is_least_privilege(overlay, &docs);
         match certificates {
             Certificates::SelfManaged => check_self_managed(overlay, &docs),
             Certificates::CertManager => check_cert_manager(overlay, &docs),
         }
-        assert_eq!(
-            container(&docs)["image"],
-            "ghcr.io/secure-defaults/secure-defaults:0.1.0"
-        );
         rendered.push(docs);
     }
 
@@ -310,7 +291,31 @@ fn check_base_has_no_certificate(base: &[Value]) {
     assert!(config["metadata"].get("annotations").is_none(), "{config}");
 }
 
-pub(crate) fn check_webhook(mode: &str, hook: &Value) {
+/// What every rendering of `mode` keeps, the chart's too: the policy's mode, the webhook's namespaceSelector and
+/// the backstop binding's agree; the webhook, the Deployment and the RBAC keep their rules; the image is the
+/// release's.
+pub(crate) fn check_rendering(what: &str, mode: &str, docs: &[Value]) {
+    let policy = policy_value(&policy_text(docs));
+    assert_eq!(policy["mode"], mode, "{what}: the policy's mode");
+    let hook = webhook(docs);
+    assert_eq!(
+        selector_mode(&hook["namespaceSelector"]),
+        mode,
+        "{what}: the webhook's namespaceSelector"
+    );
+    assert_eq!(
+        binding_selector(docs),
+        &hook["namespaceSelector"],
+        "{what}: the backstop binding selects exactly the webhook's namespaces"
+    );
+    check_webhook(what, hook);
+    check_deployment(what, docs);
+    check_rbac_is_least_privilege(what, docs);
+    let image = "ghcr.io/secure-defaults/secure-defaults:0.1.0";
+    assert_eq!(container(docs)["image"], image, "{what}");
+}
+
+fn check_webhook(mode: &str, hook: &Value) {
     let expected = json!({
         "/name": "pods.secure-defaults.io",
         "/clientConfig": {"service": {"namespace": "secure-defaults", "name": "secure-defaults", "path": "/mutate", "port": 443}},
@@ -343,7 +348,7 @@ pub(crate) fn check_webhook(mode: &str, hook: &Value) {
     assert_eq!(conditions, ["not-a-mirror-pod", "not-a-windows-pod"]);
 }
 
-pub(crate) fn check_deployment(mode: &str, docs: &[Value]) {
+fn check_deployment(mode: &str, docs: &[Value]) {
     let deploy = deployment(docs);
     let pod = pod_spec(docs);
     let c = container(docs);
@@ -481,7 +486,7 @@ pub(crate) fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
 /// No wildcard anywhere; only the ServiceAccount secure-defaults is bound; nothing cluster-wide beyond reading
 /// namespaces and, in self-managed mode, the one webhook configuration; Secrets and Leases only in the
 /// webhook's own namespace.
-pub(crate) fn check_rbac_is_least_privilege(overlay: &str, docs: &[Value]) {
+fn check_rbac_is_least_privilege(overlay: &str, docs: &[Value]) {
     let base_rules = json!([{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]);
     assert_eq!(
         find(docs, "ClusterRole", "secure-defaults")["rules"],

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -32,17 +32,9 @@ fn corpus_files() -> Vec<PathBuf> {
 
 /// Runs the real binary with `stdin`.
 fn secure_defaults(args: &[&str], stdin: &[u8]) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    std::io::Write::write_all(&mut input, stdin).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_secure-defaults"));
+    cmd.args(args);
+    run(cmd, stdin)
 }
 
 /// Every pod of the corpus: each Pod, and a pod made of each workload's template. Names are made unique.
@@ -123,19 +115,13 @@ async fn corpus_pods_admitted_without_the_webhook_are_admitted_with_it() {
     let pods = corpus_pods();
     assert!(pods.len() >= 100, "{} pods", pods.len());
     let bare = TestNamespace::create(&env, "corpus-bare", "e2e-corpus-bare", &[]).await;
-    let mut served = Vec::new();
-    for (test, policy) in [
-        ("corpus-plain", policy_yaml("opt-in", "")),
-        (
-            "corpus-restricted",
-            policy_yaml("opt-in", "profile: restricted\n"),
-        ),
+    let mut served_by = Vec::new();
+    for (test, rest) in [
+        ("corpus-plain", ""),
+        ("corpus-restricted", "profile: restricted\n"),
     ] {
-        let hook = Webhook::start(&env, test, &policy, FailurePolicy::Fail).await;
-        let ns =
-            TestNamespace::create(&env, test, &format!("e2e-{test}"), &[(INJECT, "enabled")]).await;
-        hook.wait_effective(&ns).await;
-        served.push((test, hook, ns));
+        let policy = policy_yaml("opt-in", rest);
+        served_by.push((test, served(test, &policy, FailurePolicy::Fail).await));
     }
     // The ServiceAccounts the pods name, in every namespace, as their manifests would have created them.
     let accounts: std::collections::BTreeSet<String> = pods
@@ -148,7 +134,7 @@ async fn corpus_pods_admitted_without_the_webhook_are_admitted_with_it() {
                 .map(str::to_owned)
         })
         .collect();
-    for ns in std::iter::once(&bare.name).chain(served.iter().map(|(_, _, ns)| &ns.name)) {
+    for ns in std::iter::once(&bare.name).chain(served_by.iter().map(|(_, (_, ns))| &ns.name)) {
         let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
             Api::namespaced(client.clone(), ns);
         for account in accounts.iter().filter(|a| *a != "default") {
@@ -171,7 +157,7 @@ async fn corpus_pods_admitted_without_the_webhook_are_admitted_with_it() {
             continue;
         }
         admitted += 1;
-        for (test, _, ns) in &served {
+        for (test, (_, ns)) in &served_by {
             match dry_run(&pod_api(client, &ns.name), pod).await {
                 Ok(stored) => {
                     let annotated = annotation(&stored).is_some();
@@ -198,7 +184,7 @@ async fn corpus_pods_admitted_without_the_webhook_are_admitted_with_it() {
         failures.join("\n")
     );
     assert!(admitted >= 100, "{admitted} admitted");
-    for (test, _, _) in &served {
+    for (test, _) in &served_by {
         assert!(
             defaulted.get(test).copied().unwrap_or(0) >= 100,
             "{test}: {defaulted:?}"

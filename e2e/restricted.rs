@@ -88,13 +88,8 @@ async fn restricted_namespace_admits_the_pods_of_a_plain_deployment_once_default
     let (env, client) = (&ns.env, &ns.env.client);
     enforce_restricted(&ns).await;
     // A restricted namespace this webhook does not serve (not opted in).
-    let plain = TestNamespace::create(
-        env,
-        "restricted",
-        "e2e-restricted-plain",
-        &[(ENFORCE, "restricted")],
-    )
-    .await;
+    let restricted = [(ENFORCE, "restricted")];
+    let plain = TestNamespace::create(env, "restricted", "e2e-restricted-plain", &restricted).await;
 
     for namespace in [&ns.name, &plain.name] {
         Api::<Deployment>::namespaced(client.clone(), namespace)

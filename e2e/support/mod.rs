@@ -100,7 +100,9 @@ impl ClusterEnv {
 
     /// kubectl as the cluster's admin.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        kubectl(&self.bin.join("kubectl"), &self.kubeconfig, args, stdin)
+        let mut cmd = Command::new(self.bin.join("kubectl"));
+        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
+        run(cmd, stdin.unwrap_or("").as_bytes())
     }
 
     /// Runs kubectl and panics with its output unless it succeeds; returns standard output.
@@ -362,17 +364,14 @@ impl TestNamespace {
     }
 }
 
-pub fn kubectl(bin: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(bin)
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
+/// Runs `cmd` to the end with `stdin` as its standard input: its status and output.
+pub fn run(mut cmd: Command, stdin: &[u8]) -> Output {
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kubectl");
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    input.write_all(stdin).unwrap();
     drop(input);
     child.wait_with_output().unwrap()
 }
