@@ -3,8 +3,6 @@
 //! field's guard leaves the field out (its conditions) and the Windows pods the webhook leaves alone. A field added
 //! to the table brings its cases with it.
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
 use secure_defaults::fields::{Backstop, Field, Level};
 use secure_defaults::pod::WindowsBy;
 use serde_json::{Value, json};
@@ -24,17 +22,14 @@ fn policy_text(backstop: Backstop) -> String {
 /// exactly those).
 pub(crate) fn missing(spec: &Value) -> Vec<Field> {
     let policy = parse_policy(&policy_text(Backstop::Restricted));
-    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec});
-    let (_, set) = defaulting(&pod, &policy);
+    let (_, set) = defaulting(&pod("p", spec.clone()), &policy);
     set.into_iter().filter(|f| f.backstop().is_some()).collect()
 }
 
 /// A pod with an app container and an init container, nothing else stated.
 fn base() -> Value {
-    let image = "registry.k8s.io/pause:3.10";
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {
-        "containers": [{"name": "app", "image": image}],
-        "initContainers": [{"name": "init", "image": image}]}})
+    let spec = json!({"containers": [{"name": "app", "image": IMAGE}], "initContainers": [{"name": "init", "image": IMAGE}]});
+    pod("p", spec)
 }
 
 /// Where a field may sit in [`base`]: its `securityContext` parents (the pod's, or one container's).
@@ -117,8 +112,13 @@ fn cases(backstop: Backstop) -> Vec<(String, Value, Option<String>)> {
     ));
     // Where a guard leaves a checked field out, the backstop lets the pod through.
     for field in Field::all().filter(ours) {
-        let examples = field.container_skips().iter().map(|c| (format!("{c:?}"), json!({"spec": {
-            "containers": [{"name": "app", "image": base()["spec"]["containers"][0]["image"], "securityContext": c.example()}]}})));
+        let examples = field.container_skips().iter().map(|c| {
+            (
+                format!("{c:?}"),
+                json!({"spec": {
+            "containers": [{"name": "app", "image": IMAGE, "securityContext": c.example()}]}}),
+            )
+        });
         let examples = examples.chain(
             field
                 .pod_skips()
@@ -168,12 +168,8 @@ impl<'a> Bound<'a> {
             "spec": {"policyName": name, "validationActions": ["Deny"],
                 "matchResources": {"namespaceSelector": {"matchLabels": {TEST_LABEL: test}}}}});
         for doc in [policy, binding] {
-            let out = ns.kubectl(&["apply", "-f", "-"], Some(&doc.to_string()));
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = ns.kubectl("apply -f -", Some(&doc.to_string()));
+            assert!(out.status.success(), "{}", stderr(&out));
         }
         Bound { ns, name }
     }
@@ -185,42 +181,19 @@ impl Drop for Bound<'_> {
             "validatingadmissionpolicybinding",
             "validatingadmissionpolicy",
         ] {
-            let object = format!("{kind}/{}", self.name);
-            let _ = self
-                .ns
-                .kubectl(&["delete", &object, "--ignore-not-found"], None);
+            let delete = format!("delete {kind}/{} --ignore-not-found", self.name);
+            let _ = self.ns.kubectl(&delete, None);
         }
     }
 }
 
-/// Creates `pod` in a server-side dry run: `Ok`, or the API server's message.
-async fn dry_run(ns: &TestNamespace, pod: &Value) -> Result<(), String> {
-    let pod: Pod = serde_json::from_value(pod.clone()).unwrap();
-    let params = PostParams {
-        dry_run: true,
-        field_manager: None,
-    };
-    ns.pods()
-        .create(&params, &pod)
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
-}
-
 #[tokio::test]
 async fn each_backstop_refuses_exactly_the_pods_missing_a_field_it_checks() {
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
     for backstop in Backstop::ALL {
         let test = format!("table-{}", backstop.policy_name());
-        let ns = TestNamespace::create(
-            &client,
-            &env,
-            &test,
-            &format!("e2e-{test}"),
-            &[(INJECT, "enabled")],
-        )
-        .await;
+        let ns = TestNamespace::create(&env, &test, &format!("e2e-{test}"), &[(INJECT, "enabled")])
+            .await;
         let _bound = Bound::apply(&ns, backstop, &test);
         let cases = cases(backstop);
         let (what, missing, _) = cases
@@ -231,7 +204,7 @@ async fn each_backstop_refuses_exactly_the_pods_missing_a_field_it_checks() {
             &format!("{} to refuse a pod {what}", backstop.policy_name()),
             DEADLINE,
             || async {
-                dry_run(&ns, missing)
+                ns.dry_run(missing)
                     .await
                     .err()
                     .filter(|e| e.contains("secure-defaults backstop"))
@@ -239,7 +212,7 @@ async fn each_backstop_refuses_exactly_the_pods_missing_a_field_it_checks() {
         )
         .await;
         for (what, pod, refused) in &cases {
-            let answer = dry_run(&ns, pod).await;
+            let answer = ns.dry_run(pod).await.map(drop);
             match (refused, &answer) {
                 (None, Ok(())) => {}
                 (Some(path), Err(message))
@@ -256,7 +229,7 @@ async fn each_backstop_refuses_exactly_the_pods_missing_a_field_it_checks() {
         }
         // With the webhook serving the namespace, a pod that states nothing is admitted, defaulted.
         let policy = policy_text(backstop);
-        let hook = Webhook::start(&client, &env, &test, &policy, FailurePolicy::Fail).await;
+        let hook = Webhook::start(&env, &test, &policy, FailurePolicy::Fail).await;
         hook.wait_effective(&ns).await;
         let stored = ns.create_pod(bare_pod("served")).await;
         for field in Field::all().filter(|f| f.backstop() == Some(backstop)) {
@@ -271,7 +244,7 @@ async fn each_backstop_refuses_exactly_the_pods_missing_a_field_it_checks() {
         eventually(
             "the backstop to leave a report-only namespace alone",
             DEADLINE,
-            || async { dry_run(&ns, missing).await.ok() },
+            || async { ns.dry_run(missing).await.ok() },
         )
         .await;
     }

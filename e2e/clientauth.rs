@@ -13,16 +13,6 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::support::*;
 
-/// A value of the cluster's env file.
-fn env_value(env: &ClusterEnv, key: &str) -> String {
-    let text = std::fs::read_to_string(env.dir.join("env")).unwrap();
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.trim_matches('\'').trim_matches('"').to_owned())
-        .unwrap_or_else(|| panic!("{key} not in the cluster's env file: restart the cluster"))
-}
-
 type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
 /// A client certificate from a CA made here, which the server does not trust.
@@ -120,12 +110,10 @@ async fn post_review(port: u16, tls: Arc<ClientConfig>, namespace: &str) -> Resu
 
 #[tokio::test]
 async fn only_the_api_server_with_its_client_certificate_is_served() {
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
     let test = "client-auth";
-    let client_ca = PathBuf::from(env_value(&env, "WEBHOOK_CLIENT_CA"));
+    let client_ca = PathBuf::from(env.var("WEBHOOK_CLIENT_CA"));
     let hook = Webhook::start_with_args(
-        &client,
         &env,
         test,
         &policy_yaml("opt-in", ""),
@@ -133,14 +121,7 @@ async fn only_the_api_server_with_its_client_certificate_is_served() {
         &["--tls-client-ca", client_ca.to_str().unwrap()],
     )
     .await;
-    let ns = TestNamespace::create(
-        &client,
-        &env,
-        test,
-        "e2e-client-auth",
-        &[(INJECT, "enabled")],
-    )
-    .await;
+    let ns = TestNamespace::create(&env, test, "e2e-client-auth", &[(INJECT, "enabled")]).await;
     // The API server's calls carry its client certificate, so pods are defaulted (and with failurePolicy Fail,
     // a refused call would have refused the pod instead).
     hook.wait_effective(&ns).await;

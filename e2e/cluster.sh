@@ -62,7 +62,7 @@ signal() { # <signal> <pid>
 }
 
 stop_all() { # <dir>
-  local pidfile="$1/pids" name pid deadline
+  local pidfile="$1/pids" name pid
   [[ -f "$pidfile" ]] || return 0
   local -a names=() pids=()
   while read -r name pid; do
@@ -138,16 +138,20 @@ issue_cert() { # <pki> <name> <subject> <ext> [<ca name>]
   rm -f "$pki/$name.csr" "$pki/$name.ext"
 }
 
+# A self-signed CA <name>.crt and <name>.key.
+make_ca() { # <pki> <name> <common name>
+  openssl ecparam -name prime256v1 -genkey -noout -out "$1/$2.key" 2>/dev/null
+  openssl req -x509 -new -key "$1/$2.key" -subj "/CN=$3" -days 3650 -sha256 -out "$1/$2.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+}
+
 make_pki() { # <pki>
   local pki="$1"
   mkdir -p "$pki"
   chmod 700 "$pki"
   # CA for both serving and client certificates.
-  openssl ecparam -name prime256v1 -genkey -noout -out "$pki/ca.key" 2>/dev/null
-  openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=secure-defaults-e2e-ca" \
-    -days 3650 -sha256 -out "$pki/ca.crt" \
-    -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+  make_ca "$pki" ca secure-defaults-e2e-ca
 
   # The apiserver is reached at 127.0.0.1/localhost; the in-cluster names and
   # the service IP (first address of --service-cluster-ip-range) are included
@@ -171,20 +175,12 @@ extendedKeyUsage=clientAuth"
   # layer): its own CA, so that ordinary client certificates cannot assert
   # identities through request headers. Configuring it also keeps the
   # controller-manager from erroring on a missing requestheader CA.
-  openssl ecparam -name prime256v1 -genkey -noout -out "$pki/front-proxy-ca.key" 2>/dev/null
-  openssl req -x509 -new -key "$pki/front-proxy-ca.key" -subj "/CN=secure-defaults-e2e-front-proxy-ca" \
-    -days 3650 -sha256 -out "$pki/front-proxy-ca.crt" \
-    -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+  make_ca "$pki" front-proxy-ca secure-defaults-e2e-front-proxy-ca
   issue_cert "$pki" front-proxy-client "/CN=front-proxy-client" "$client" front-proxy-ca
 
   # The client certificate the apiserver presents when it calls a webhook, from a CA of its own: a webhook
   # that trusts it trusts the apiserver alone, not every client of the cluster CA.
-  openssl ecparam -name prime256v1 -genkey -noout -out "$pki/webhook-client-ca.key" 2>/dev/null
-  openssl req -x509 -new -key "$pki/webhook-client-ca.key" -subj "/CN=secure-defaults-e2e-webhook-client-ca" \
-    -days 3650 -sha256 -out "$pki/webhook-client-ca.crt" \
-    -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+  make_ca "$pki" webhook-client-ca secure-defaults-e2e-webhook-client-ca
   issue_cert "$pki" webhook-client "/CN=kube-apiserver-webhook-client" "$client" webhook-client-ca
 
   # Service-account token signing key pair (the apiserver signs, both verify).

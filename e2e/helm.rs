@@ -66,24 +66,26 @@ fn parse(text: &str) -> Vec<Value> {
     secure_defaults::preview::read::yaml_values(text).expect("YAML documents")
 }
 
-/// `helm template` of the chart in `namespace` with `--set` values.
-fn template(namespace: &str, sets: &[&str]) -> Vec<Value> {
-    let mut args = vec!["template", RELEASE, CHART, "--namespace", namespace];
+/// `args` followed by `--set` and each of `sets`.
+fn with_sets<'a>(mut args: Vec<&'a str>, sets: &[&'a str]) -> Vec<&'a str> {
     for set in sets {
         args.extend(["--set", set]);
     }
-    parse(&helm_ok(None, &args))
+    args
+}
+
+/// `helm template` of the chart in `namespace` with `--set` values.
+fn template(namespace: &str, sets: &[&str]) -> Vec<Value> {
+    let args = vec!["template", RELEASE, CHART, "--namespace", namespace];
+    parse(&helm_ok(None, &with_sets(args, sets)))
 }
 
 /// `helm template` that must fail; returns its error output.
 fn template_err(sets: &[&str]) -> String {
-    let mut args = vec!["template", RELEASE, CHART, "--namespace", "secure-defaults"];
-    for set in sets {
-        args.extend(["--set", set]);
-    }
-    let out = helm(None, &args);
+    let args = vec!["template", RELEASE, CHART, "--namespace", "secure-defaults"];
+    let out = helm(None, &with_sets(args, sets));
     assert!(!out.status.success(), "helm accepted {sets:?}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    stderr(&out)
 }
 
 /// The objects with what legitimately differs between the chart and the overlays taken out, sorted by kind
@@ -200,65 +202,16 @@ fn diff(path: &str, chart: &Value, overlay: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// The checks e2e/manifests.rs makes on each overlay, on a chart rendering.
-fn check_safety(what: &str, mode: &str, docs: &[Value]) {
-    let policy = policy_value(&policy_text(docs));
-    assert_eq!(policy["mode"], mode, "{what}: the policy's mode");
-    let hook = webhook(docs);
-    assert_eq!(
-        selector_mode(&hook["namespaceSelector"]),
-        mode,
-        "{what}: the webhook's namespaceSelector"
-    );
-    assert_eq!(
-        binding_selector(docs),
-        &hook["namespaceSelector"],
-        "{what}: the backstop binding selects exactly the webhook's namespaces"
-    );
-    let mut hook = hook.clone();
-    if let Some(client) = hook["clientConfig"].as_object_mut() {
-        client.remove("caBundle");
-    }
-    check_webhook(what, &hook);
-    check_deployment(what, docs);
-    check_rbac_is_least_privilege(what, docs);
-}
-
 /// The provided-Secret option: its CA in the webhook's caBundle, its Secret mounted whole and named by the
 /// flags, no RBAC on Secrets, nothing of cert-manager's nor of the self-managed mode.
 fn check_provided_secret(what: &str, docs: &[Value], secret: &str, ca_pem: &str) {
-    let hook = webhook(docs);
     assert_eq!(
-        hook["clientConfig"]["caBundle"],
+        webhook(docs)["clientConfig"]["caBundle"],
         base64::engine::general_purpose::STANDARD.encode(ca_pem),
         "{what}"
     );
-    let c = container(docs);
-    let pod = pod_spec(docs);
-    assert_eq!(
-        volume(pod, "tls"),
-        Some(&json!({"name": "tls", "secret": {"secretName": secret}})),
-        "{what}"
-    );
-    let dir = mount_path(c, "tls").expect("the tls volume mounted");
-    let (cert, key) = (format!("{dir}/tls.crt"), format!("{dir}/tls.key"));
-    assert_eq!(
-        args(c)[BASE_ARGS.len()..],
-        ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()],
-        "{what}"
-    );
+    check_certificate_from_secret(what, docs, secret);
     assert_eq!(cert_manager_objects(docs), Vec::<String>::new(), "{what}");
-    for kind in ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"] {
-        assert!(try_find(docs, kind, CERTS_RBAC).is_none(), "{what}: {kind}");
-    }
-    assert!(
-        c["env"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .all(|e| e["name"] != "POD_NAMESPACE" && e["name"] != "POD_NAME"),
-        "{what}"
-    );
 }
 
 const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
@@ -267,20 +220,14 @@ const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICA
 /// level and a value out of its range; the chart refuses an incomplete certificate choice.
 #[test]
 fn helm_chart_lints_and_refuses_bad_values() {
+    let lint = || vec!["lint", "--strict", CHART];
     for mode in MODES {
         for certificates in ["self-managed", "cert-manager"] {
-            let out = helm_ok(
-                None,
-                &[
-                    "lint",
-                    "--strict",
-                    CHART,
-                    "--set",
-                    &format!("mode={mode}"),
-                    "--set",
-                    &format!("certificates.source={certificates}"),
-                ],
+            let (mode, source) = (
+                format!("mode={mode}"),
+                format!("certificates.source={certificates}"),
             );
+            let out = helm_ok(None, &with_sets(lint(), &[&mode, &source]));
             assert!(out.contains("0 chart(s) failed"), "{out}");
         }
     }
@@ -289,47 +236,39 @@ fn helm_chart_lints_and_refuses_bad_values() {
         "certificates.secret.name=my-tls",
         &format!("certificates.secret.caCertificate={TEST_CA}"),
     ];
-    let mut args = vec!["lint", "--strict", CHART];
-    for s in &secret {
-        args.extend(["--set", s]);
-    }
-    helm_ok(None, &args);
+    helm_ok(None, &with_sets(lint(), &secret));
 
-    for (typo, at) in [
-        ("replicaCont=3", "''"),
-        ("webhook.failurPolicy=Fail", "'/webhook'"),
-        ("image.tga=x", "'/image'"),
-        ("policy.default.runAsUser=1", "'/policy'"),
-        ("certificates.secret.nmae=x", "'/certificates/secret'"),
+    // Misspelt keys at every level, values out of range and incomplete choices are refused, saying why.
+    let (extra, schema) = (
+        "additional properties",
+        "values don't meet the specifications of the schema",
+    );
+    let refused: [(&str, &[&str]); 14] = [
+        ("replicaCont=3", &[extra, "''"]),
+        ("webhook.failurPolicy=Fail", &[extra, "'/webhook'"]),
+        ("image.tga=x", &[extra, "'/image'"]),
+        ("policy.default.runAsUser=1", &[extra, "'/policy'"]),
+        (
+            "certificates.secret.nmae=x",
+            &[extra, "'/certificates/secret'"],
+        ),
         (
             "networkPolicy.monitoringNamespaceSelector.matchLabel.a=b",
-            "'/networkPolicy/monitoringNamespaceSelector'",
+            &[extra, "'/networkPolicy/monitoringNamespaceSelector'"],
         ),
-    ] {
-        let err = template_err(&[typo]);
-        assert!(
-            err.contains("additional properties") && err.contains(at),
-            "{typo}: {err}"
-        );
+        ("mode=everywhere", &[schema]),
+        ("webhook.failurePolicy=Sometimes", &[schema]),
+        ("certificates.source=vault", &[schema]),
+        ("replicaCount=0", &[schema]),
+        ("webhook.timeoutSeconds=31", &[schema]),
+        ("logLevel=verbose", &[schema]),
+        ("certificates.source=secret", &["certificates.secret.name"]),
+        ("networkPolicy.enabled=true", &["controlPlaneCIDRs"]),
+    ];
+    for (set, says) in refused {
+        let err = template_err(&[set]);
+        assert!(says.iter().all(|s| err.contains(s)), "{set}: {err}");
     }
-    for bad in [
-        "mode=everywhere",
-        "webhook.failurePolicy=Sometimes",
-        "certificates.source=vault",
-        "replicaCount=0",
-        "webhook.timeoutSeconds=31",
-        "logLevel=verbose",
-    ] {
-        let err = template_err(&[bad]);
-        assert!(
-            err.contains("values don't meet the specifications of the schema"),
-            "{bad}: {err}"
-        );
-    }
-    let err = template_err(&["certificates.source=secret"]);
-    assert!(err.contains("certificates.secret.name"), "{err}");
-    let err = template_err(&["networkPolicy.enabled=true"]);
-    assert!(err.contains("controlPlaneCIDRs"), "{err}");
 }
 
 /// For each mode and certificate source the overlays offer, the chart renders exactly the overlay's objects
@@ -337,7 +276,7 @@ fn helm_chart_lints_and_refuses_bad_values() {
 /// passes the overlays' safety checks; a release in another namespace is wired to it throughout.
 #[tokio::test]
 async fn helm_template_matches_the_overlays_and_keeps_their_rules() {
-    let env = cluster_env();
+    let env = cluster_env().await;
     for (overlay, mode, certificates) in [
         (MODES[0], MODES[0], "self-managed"),
         (MODES[1], MODES[1], "self-managed"),
@@ -350,18 +289,14 @@ async fn helm_template_matches_the_overlays_and_keeps_their_rules() {
         ];
         let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
         let chart = template("secure-defaults", &sets);
-        check_safety(&what, mode, &chart);
+        check_rendering(&what, mode, &chart);
         match certificates {
             "self-managed" => check_self_managed(&what, &chart),
             _ => check_cert_manager(&what, &chart),
         }
-        assert_eq!(
-            container(&chart)["image"],
-            "ghcr.io/secure-defaults/secure-defaults:0.1.0"
-        );
         assert!(try_find(&chart, "Namespace", "secure-defaults").is_none());
 
-        let kustomize = render(&env, &format!("manifests/overlays/{overlay}"));
+        let kustomize = render(&env, format!("manifests/overlays/{overlay}"));
         let with_namespace = template(
             "secure-defaults",
             &[sets.as_slice(), &["namespace.create=true"]].concat(),
@@ -412,19 +347,24 @@ async fn helm_template_matches_the_overlays_and_keeps_their_rules() {
     );
 
     // The third certificate source, which the overlays do not have.
+    let secret = [
+        "certificates.source=secret",
+        "certificates.secret.name=my-tls",
+        &format!("certificates.secret.caCertificate={TEST_CA}"),
+    ];
     for mode in MODES {
         let what = format!("chart {mode}/secret");
-        let docs = template(
+        let mode_set = format!("mode={mode}");
+        let mut docs = template(
             "secure-defaults",
-            &[
-                &format!("mode={mode}"),
-                "certificates.source=secret",
-                "certificates.secret.name=my-tls",
-                &format!("certificates.secret.caCertificate={TEST_CA}"),
-            ],
+            &[&[mode_set.as_str()], &secret[..]].concat(),
         );
-        check_safety(&what, mode, &docs);
         check_provided_secret(&what, &docs, "my-tls", TEST_CA);
+        // The caBundle checked, the webhook is the overlays'.
+        let config = find_mut(&mut docs, "MutatingWebhookConfiguration", "secure-defaults");
+        let client_config = config["webhooks"][0]["clientConfig"].as_object_mut();
+        client_config.unwrap().remove("caBundle");
+        check_rendering(&what, mode, &docs);
     }
 
     // Another release namespace: the Service the webhook calls, the RBAC subjects, the namespace the webhook
@@ -513,7 +453,7 @@ fn helm_values_change_what_they_say() {
     config_and_policy_values_apply(&docs);
     monitoring_and_network_values_apply(&docs);
     // The hardening is not a value: it survives every setting above.
-    check_deployment_hardening(&docs);
+    check_hardening("chart values", &docs);
 
     // An existing policy ConfigMap: mounted instead, and the chart renders no policy of its own.
     let docs = template("secure-defaults", &["policy.existingConfigMap=my-policy"]);
@@ -536,43 +476,35 @@ fn helm_values_change_what_they_say() {
 /// The Deployment, its pods and the webhook configuration follow the values set in
 /// [`helm_values_change_what_they_say`].
 fn workload_and_webhook_values_apply(docs: &[Value]) {
-    let deploy = deployment(docs);
-    let pod = pod_spec(docs);
-    let c = container(docs);
-    assert_eq!(deploy["spec"]["replicas"], 3);
-    assert_eq!(
-        c["image"],
-        "registry.example/sd:1.2.3@sha256:0000000000000000000000000000000000000000000000000000000000000000"
-    );
-    assert_eq!(c["imagePullPolicy"], "Always");
-    assert_eq!(pod["imagePullSecrets"], json!([{"name": "pull"}]));
-    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
-    assert!(try_find(docs, "PriorityClass", "secure-defaults-critical").is_none());
-    assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
-    assert_eq!(
-        deploy["spec"]["template"]["metadata"]["annotations"]["a"],
-        "b"
-    );
-    // Pod labels join the template, never the selector (which must not change between releases).
-    assert_eq!(
-        deploy["spec"]["template"]["metadata"]["labels"]["team"],
-        "platform"
-    );
-    assert_eq!(
-        deploy["spec"]["selector"]["matchLabels"],
-        json!({"app.kubernetes.io/name": "secure-defaults", "app.kubernetes.io/component": "webhook"})
-    );
+    let expected = json!({
+        "/spec/replicas": 3,
+        "/spec/template/metadata/annotations/a": "b",
+        // Pod labels join the template, never the selector (which must not change between releases).
+        "/spec/template/metadata/labels/team": "platform",
+        "/spec/selector/matchLabels": {"app.kubernetes.io/name": "secure-defaults", "app.kubernetes.io/component": "webhook"},
+        "/spec/template/spec/imagePullSecrets": [{"name": "pull"}],
+        "/spec/template/spec/priorityClassName": "system-cluster-critical",
+        "/spec/template/spec/tolerations": [{"operator": "Exists"}],
+        "/spec/template/spec/containers/0/image":
+            "registry.example/sd:1.2.3@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        "/spec/template/spec/containers/0/imagePullPolicy": "Always"
+    });
+    assert_at("chart values", deployment(docs), &expected);
     let hook = webhook(docs);
-    assert_eq!(hook["failurePolicy"], "Fail");
-    assert_eq!(hook["timeoutSeconds"], 5);
-    assert_eq!(hook["objectSelector"], json!({"matchLabels": {"sd": "on"}}));
+    let expected = json!({
+        "/failurePolicy": "Fail",
+        "/timeoutSeconds": 5,
+        "/objectSelector": {"matchLabels": {"sd": "on"}},
+        "/namespaceSelector/matchExpressions/2": {"key": "team", "operator": "Exists"}
+    });
+    assert_at("chart values", hook, &expected);
     let expressions = hook["namespaceSelector"]["matchExpressions"]
         .as_array()
         .unwrap();
     assert_eq!(expressions.len(), 3, "{expressions:?}");
-    assert_eq!(expressions[2], json!({"key": "team", "operator": "Exists"}));
     assert_eq!(selector_mode(&hook["namespaceSelector"]), "opt-in");
     for (kind, name) in [
+        ("PriorityClass", "secure-defaults-critical"),
         ("ValidatingAdmissionPolicy", "secure-defaults-backstop"),
         (
             "ValidatingAdmissionPolicyBinding",
@@ -587,42 +519,26 @@ fn workload_and_webhook_values_apply(docs: &[Value]) {
 /// The process config, the client CA and the policy follow the values, and the real server accepts the policy.
 fn config_and_policy_values_apply(docs: &[Value]) {
     let pod = pod_spec(docs);
-    let c = container(docs);
     let (_, config) = process_config(docs);
-    assert_eq!(config["log_format"], "text");
-    assert_eq!(config["log_level"], "debug");
     // Client authentication: the CA's ConfigMap mounted whole (so it reloads), and the server pointed at it.
-    assert_eq!(
-        config["tls_client_ca"],
-        "/etc/secure-defaults/client-ca/ca.crt"
-    );
+    let expected = json!({
+        "/log_format": "text",
+        "/log_level": "debug",
+        "/tls_client_ca": "/etc/secure-defaults/client-ca/ca.crt"
+    });
+    assert_at("chart values", &config, &expected);
     assert_eq!(
         volume(pod, "client-ca"),
         Some(&json!({"name": "client-ca", "configMap": {"name": "apiserver-client-ca"}}))
     );
-    assert!(
-        c["volumeMounts"]
-            .as_array()
-            .unwrap()
-            .contains(&json!({"name": "client-ca", "mountPath": "/etc/secure-defaults/client-ca", "readOnly": true}))
-    );
+    let mount = json!({"name": "client-ca", "mountPath": "/etc/secure-defaults/client-ca", "readOnly": true});
+    assert!(mounts(container(docs)).contains(&mount));
     let text = policy_text(docs);
     let policy = policy_value(&text);
     assert_eq!(policy["profile"], "restricted");
     assert_eq!(policy["followPodSecurityLabels"], true);
     // The real server accepts the policy the values make.
-    let file = tmp_dir("helm-values").join("policy.yaml");
-    std::fs::write(&file, &text).unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
-        .args(["check", "--policy"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "secure-defaults check refuses the chart's policy:\n{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    check_policy(&tmp_dir("helm-values").join("policy.yaml"), &text);
 }
 
 /// The metrics Service, ServiceMonitor, alerts, dashboard and NetworkPolicy follow the values.
@@ -662,11 +578,11 @@ fn monitoring_and_network_values_apply(docs: &[Value]) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(rule["metadata"]["namespace"], "secure-defaults");
-    assert_eq!(
-        rule["metadata"]["labels"]["release"],
-        "kube-prometheus-stack"
-    );
+    let expected = json!({
+        "/metadata/namespace": "secure-defaults",
+        "/metadata/labels/release": "kube-prometheus-stack"
+    });
+    assert_at("chart values", rule, &expected);
     let dashboard = find(docs, "ConfigMap", "secure-defaults-dashboard");
     assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
     let json_of = |text: &str| serde_json::from_str::<Value>(text).unwrap();
@@ -677,52 +593,27 @@ fn monitoring_and_network_values_apply(docs: &[Value]) {
 
     // Network policy: the webhook port from the control plane only, the admin port from monitoring only.
     let policy = find(docs, "NetworkPolicy", "secure-defaults");
-    assert_eq!(
-        policy["spec"]["podSelector"]["matchLabels"],
-        deploy["spec"]["selector"]["matchLabels"]
-    );
-    assert_eq!(
-        policy["spec"]["ingress"],
-        json!([
+    let expected = json!({
+        "/spec/podSelector/matchLabels": deploy["spec"]["selector"]["matchLabels"],
+        "/spec/ingress": [
             {"from": [{"ipBlock": {"cidr": "10.0.0.0/24"}}], "ports": [{"port": "https", "protocol": "TCP"}]},
             {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
              "ports": [{"port": "admin", "protocol": "TCP"}]}
-        ])
-    );
-}
-
-fn check_deployment_hardening(docs: &[Value]) {
-    let pod = pod_spec(docs);
-    assert_eq!(
-        crate::backstop::missing(pod),
-        Vec::<secure_defaults::fields::Field>::new()
-    );
-    assert_eq!(
-        pod["securityContext"],
-        json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}})
-    );
-    assert_eq!(
-        container(docs)["securityContext"],
-        json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true,
-            "capabilities": {"drop": ["ALL"]}})
-    );
-    assert_eq!(pod["enableServiceLinks"], false);
+        ]
+    });
+    assert_at("chart values", policy, &expected);
 }
 
 /// `manifests/install.yaml` is what `make manifests` renders from the chart now (rerun it after changing
 /// the chart), and it is the opt-in overlay with self-managed certificates.
 #[tokio::test]
 async fn helm_rendered_install_yaml_is_current() {
-    let env = cluster_env();
+    let env = cluster_env().await;
     let out = Command::new(repo().join("e2e/render-install.sh"))
         .env("HELM", helm_bin())
         .output()
         .expect("run e2e/render-install.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", stderr(&out));
     let rendered = String::from_utf8(out.stdout).unwrap();
     let shipped = std::fs::read_to_string(repo().join("manifests/install.yaml"))
         .expect("manifests/install.yaml (make manifests)");
@@ -739,65 +630,23 @@ async fn helm_rendered_install_yaml_is_current() {
     );
 }
 
-/// Removes the release and its namespace, also when the test fails.
-struct Release<'a> {
-    env: &'a ClusterEnv,
-    namespace: &'a str,
-}
-
-impl Drop for Release<'_> {
-    fn drop(&mut self) {
-        let _ = helm(
-            Some(self.env),
-            &[
-                "uninstall",
-                RELEASE,
-                "--namespace",
-                self.namespace,
-                "--ignore-not-found",
-            ],
-        );
-        let _ = run_kubectl(
-            self.env,
-            &[
-                "delete",
-                "namespace",
-                self.namespace,
-                "--ignore-not-found",
-                "--wait=false",
-            ],
-            None,
-        );
-    }
-}
-
 /// `helm install` on the API server (its webhook then pointed at a test server running the chart's own
 /// policy, as the kustomize install test does, and narrowed to this test's namespaces): a pod in an opted-in
 /// namespace is defaulted, one elsewhere is not. `helm uninstall` then leaves no webhook configuration, no
 /// backstop, no binding, no policy: a pod in the same namespace is created untouched.
 #[tokio::test]
 async fn helm_install_defaults_pods_and_uninstall_leaves_nothing() {
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
     let _cluster_scoped = CLUSTER_SCOPED.lock().await;
     let test = "helm";
     let namespace = "e2e-helm-system";
-    let on =
-        TestNamespace::create(&client, &env, test, "e2e-helm-on", &[(INJECT, "enabled")]).await;
-    let off = TestNamespace::create(&client, &env, test, "e2e-helm-off", &[]).await;
+    let on = TestNamespace::create(&env, test, "e2e-helm-on", &[(INJECT, "enabled")]).await;
+    let off = TestNamespace::create(&env, test, "e2e-helm-off", &[]).await;
 
-    let chart = template(namespace, &[]);
-    let hook = Webhook::start(
-        &client,
-        &env,
-        "helm-server",
-        &policy_text(&chart),
-        FailurePolicy::Ignore,
-    )
-    .await;
+    let policy = policy_text(&template(namespace, &[]));
+    let hook = Webhook::start(&env, "helm-server", &policy, FailurePolicy::Ignore).await;
 
-    let dir = tmp_dir("helm-install");
-    let values = dir.join("values.yaml");
+    let values = tmp_dir("helm-install").join("values.yaml");
     std::fs::write(
         &values,
         format!(
@@ -805,39 +654,28 @@ async fn helm_install_defaults_pods_and_uninstall_leaves_nothing() {
         ),
     )
     .unwrap();
-    let release = Release {
-        env: &env,
-        namespace,
-    };
-    let out = helm_ok(
-        Some(&env),
-        &[
-            "install",
-            RELEASE,
-            CHART,
-            "--namespace",
-            namespace,
-            "--create-namespace",
-            "--values",
-            values.to_str().unwrap(),
-        ],
+    // Removes the release and its namespace, also when the test fails.
+    let release = OnDrop(|| {
+        let uninstall = format!("uninstall {RELEASE} --namespace {namespace} --ignore-not-found");
+        let _ = helm(Some(&env), &words(&uninstall));
+        let delete = format!("delete namespace {namespace} --ignore-not-found --wait=false");
+        let _ = env.kubectl(&words(&delete), None);
+    });
+    let install = format!(
+        "install {RELEASE} {CHART} --namespace {namespace} --create-namespace --values {}",
+        values.display()
     );
+    let out = helm_ok(Some(&env), &words(&install));
     assert!(out.contains("STATUS: deployed"), "{out}");
     assert!(
         out.contains("kubectl label namespace NS secure-defaults.io/inject=enabled")
             && out.contains("--dry-run=server"),
         "NOTES tell how to opt in and check: {out}"
     );
-    let manifest = helm_ok(
-        Some(&env),
-        &["get", "manifest", RELEASE, "--namespace", namespace],
-    );
-    let installed = parse(&manifest);
-    let stored = kubectl_ok(
-        &env,
-        &["get", "-f", "-", "-o", "name"],
-        Some(&as_list(&installed)),
-    );
+    let get_manifest = format!("get manifest {RELEASE} --namespace {namespace}");
+    let installed = parse(&helm_ok(Some(&env), &words(&get_manifest)));
+    let list = as_list(&installed);
+    let stored = env.kubectl_ok(&["get", "-f", "-", "-o", "name"], Some(&list));
     assert_eq!(stored.lines().count(), installed.len(), "{stored}");
 
     // The API server reaches the test server instead of the Service (no kubelet runs the Deployment here).
@@ -846,56 +684,32 @@ async fn helm_install_defaults_pods_and_uninstall_leaves_nothing() {
         {"op": "add", "path": "/webhooks/0/clientConfig/url", "value": format!("https://127.0.0.1:{}/mutate", hook.port)},
         {"op": "add", "path": "/webhooks/0/clientConfig/caBundle",
          "value": base64::engine::general_purpose::STANDARD.encode(&hook.certs.ca_pem)},
-    ]);
-    kubectl_ok(
-        &env,
-        &[
-            "patch",
-            "mutatingwebhookconfiguration",
-            "secure-defaults",
-            "--type",
-            "json",
-            "-p",
-            &patch.to_string(),
-        ],
-        None,
-    );
+    ])
+    .to_string();
+    let config = "mutatingwebhookconfiguration/secure-defaults";
+    env.kubectl_ok(&["patch", config, "--type", "json", "-p", &patch], None);
 
-    let bare = |name: &str| json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "app", "image": IMAGE}]}});
     eventually(
         "the chart's webhook serving e2e-helm-on",
         DEADLINE,
-        || async {
-            let probe = create(&client, &on.name, &bare("probe"), true).await.ok()?;
-            annotation(&probe).map(|_| ())
-        },
+        || async { annotation(&on.dry_run(&bare_pod("probe")).await.ok()?).map(drop) },
     )
     .await;
-    let pod = on.create_pod(bare("defaulted")).await;
-    assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 65532, "{pod}");
-    assert_eq!(
-        pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
-        false
-    );
-    let shipped = defaulted(&bare("defaulted"), &parse_policy(&shipped_policy()));
+    let pod = on.create_pod(bare_pod("defaulted")).await;
+    let expected = json!({
+        "/spec/securityContext/runAsUser": 65532,
+        "/spec/containers/0/securityContext/allowPrivilegeEscalation": false
+    });
+    assert_at("the chart's webhook", &pod, &expected);
+    let shipped = defaulted(&bare_pod("defaulted"), &parse_policy(&shipped_policy()));
     assert_eq!(annotation(&pod), annotation(&shipped), "{pod}");
-    let untouched = off.create_pod(bare("untouched")).await;
+    let untouched = off.create_pod(bare_pod("untouched")).await;
     assert_eq!(annotation(&untouched), None, "{untouched}");
 
     // Uninstall: everything the release made is gone, cluster-scoped objects included.
-    helm_ok(
-        Some(&env),
-        &[
-            "uninstall",
-            RELEASE,
-            "--namespace",
-            namespace,
-            "--wait",
-            "--timeout",
-            "60s",
-        ],
-    );
-    nothing_left_behind(&env, namespace, &installed);
+    let uninstall = format!("uninstall {RELEASE} --namespace {namespace} --wait --timeout 60s");
+    helm_ok(Some(&env), &words(&uninstall));
+    nothing_left_behind(&env, namespace, &list);
     // Without webhook and backstop a pod in the opted-in namespace is created as it was sent (the backstop,
     // were it still there, would refuse it: the test server's own webhook does not select this namespace).
     // The API server drops a deleted admission policy from its cache a moment after the object is gone: poll
@@ -903,62 +717,35 @@ async fn helm_install_defaults_pods_and_uninstall_leaves_nothing() {
     let after = eventually(
         "a pod admitted once the backstop is gone",
         DEADLINE,
-        || async { on.try_create_pod(bare("after-uninstall")).await.ok() },
+        || async { on.try_create_pod(bare_pod("after-uninstall")).await.ok() },
     )
     .await;
     assert_eq!(annotation(&after), None, "{after}");
-    assert!(
-        after["spec"]["securityContext"].get("runAsUser").is_none(),
-        "{after}"
-    );
+    assert!(sc(&after).get("runAsUser").is_none(), "{after}");
     drop(release);
     drop(hook);
 }
 
-/// After `helm uninstall`: none of the objects the release installed (`installed`), no cluster-scoped object of
-/// the chart and no policy or config ConfigMap is left.
-fn nothing_left_behind(env: &ClusterEnv, namespace: &str, installed: &[Value]) {
-    let left = run_kubectl(
-        env,
-        &["get", "-f", "-", "-o", "name", "--ignore-not-found"],
-        Some(&as_list(installed)),
-    );
-    assert!(
-        left.status.success(),
-        "{}",
-        String::from_utf8_lossy(&left.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&left.stdout), "", "left behind");
-    for (kind, name) in [
-        ("mutatingwebhookconfiguration", "secure-defaults"),
-        ("validatingadmissionpolicy", "secure-defaults-backstop"),
-        (
-            "validatingadmissionpolicybinding",
-            "secure-defaults-backstop",
-        ),
-        ("clusterrolebinding", "secure-defaults"),
-        ("clusterrolebinding", "secure-defaults-certs"),
+/// After `helm uninstall`: none of the objects the release installed (the `v1/List` `installed`), no
+/// cluster-scoped object of the chart and no policy or config ConfigMap is left.
+fn nothing_left_behind(env: &ClusterEnv, namespace: &str, installed: &str) {
+    let get = ["get", "-f", "-", "-o", "name", "--ignore-not-found"];
+    assert_eq!(env.kubectl_ok(&get, Some(installed)), "", "left behind");
+    for object in [
+        "mutatingwebhookconfiguration/secure-defaults",
+        "validatingadmissionpolicy/secure-defaults-backstop",
+        "validatingadmissionpolicybinding/secure-defaults-backstop",
+        "clusterrolebinding/secure-defaults",
+        "clusterrolebinding/secure-defaults-certs",
     ] {
-        let out = kubectl_ok(
-            env,
-            &["get", kind, name, "--ignore-not-found", "-o", "name"],
-            None,
-        );
-        assert_eq!(out, "", "{kind} {name} left behind");
+        let out = env.kubectl_ok(&["get", object, "--ignore-not-found", "-o", "name"], None);
+        assert_eq!(out, "", "{object} left behind");
     }
-    let out = kubectl_ok(
-        env,
-        &[
-            "get",
-            "configmaps",
-            "-n",
-            namespace,
-            "-l",
-            "app.kubernetes.io/name=secure-defaults",
-            "-o",
-            "name",
-        ],
-        None,
+    let selector = "app.kubernetes.io/name=secure-defaults";
+    let get = format!("get configmaps -n {namespace} -l {selector} -o name");
+    assert_eq!(
+        env.kubectl_ok(&words(&get), None),
+        "",
+        "policy or config left behind"
     );
-    assert_eq!(out, "", "policy or config left behind");
 }

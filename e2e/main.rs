@@ -20,85 +20,60 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::*;
 
-fn sc(pod: &Value) -> &Value {
-    &pod["spec"]["securityContext"]
-}
-
-fn annotation(pod: &Value) -> Option<&str> {
-    pod.pointer("/metadata/annotations/secure-defaults.io~1defaulted")
-        .and_then(Value::as_str)
-}
-
 #[tokio::test]
 async fn opted_in_namespace_is_defaulted_and_others_are_not() {
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
     let test = "opt-in";
-    let hook = Webhook::start(
-        &client,
-        &env,
-        test,
-        &policy_yaml("opt-in", ""),
-        FailurePolicy::Fail,
-    )
-    .await;
-    let on =
-        TestNamespace::create(&client, &env, test, "e2e-optin-on", &[(INJECT, "enabled")]).await;
-    let off = TestNamespace::create(&client, &env, test, "e2e-optin-off", &[]).await;
+    let policy = policy_yaml("opt-in", "");
+    let hook = Webhook::start(&env, test, &policy, FailurePolicy::Fail).await;
+    let on = TestNamespace::create(&env, test, "e2e-optin-on", &[(INJECT, "enabled")]).await;
+    let off = TestNamespace::create(&env, test, "e2e-optin-off", &[]).await;
     hook.wait_effective(&on).await;
 
     let pod = on.create_pod(bare_pod("bare")).await;
-    assert_eq!(sc(&pod)["runAsUser"], 65532);
-    assert_eq!(sc(&pod)["runAsGroup"], 65532);
-    assert_eq!(sc(&pod)["fsGroup"], 65532);
-    assert_eq!(sc(&pod)["fsGroupChangePolicy"], "OnRootMismatch");
-    assert_eq!(
-        pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
-        false
-    );
-    assert_eq!(
-        annotation(&pod),
-        Some(
-            "runAsUser=65532,runAsGroup=65532,fsGroup=65532,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(app)"
-        )
+    assert_at(
+        "opted in",
+        &pod,
+        &json!({
+            "/spec/securityContext/runAsUser": 65532,
+            "/spec/securityContext/runAsGroup": 65532,
+            "/spec/securityContext/fsGroup": 65532,
+            "/spec/securityContext/fsGroupChangePolicy": "OnRootMismatch",
+            "/spec/containers/0/securityContext/allowPrivilegeEscalation": false,
+            "/metadata/annotations/secure-defaults.io~1defaulted":
+                "runAsUser=65532,runAsGroup=65532,fsGroup=65532,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(app)"
+        }),
     );
 
     let untouched = off.create_pod(bare_pod("bare")).await;
     assert!(
-        untouched["spec"]["securityContext"]
-            .as_object()
-            .is_none_or(|m| m.is_empty()),
+        sc(&untouched).as_object().is_none_or(|m| m.is_empty()),
         "{untouched}"
     );
-    assert!(annotation(&untouched).is_none());
-    assert!(
-        untouched["spec"]["containers"][0]
-            .get("securityContext")
-            .is_none()
+    assert_at(
+        "not opted in",
+        &untouched,
+        &json!({"/metadata/annotations/secure-defaults.io~1defaulted": null, "/spec/containers/0/securityContext": null}),
     );
 }
 
 #[tokio::test]
 async fn cluster_wide_mode_honours_opt_out_and_exempt_namespaces() {
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
     let test = "cluster-wide";
     let policy = policy_yaml("cluster-wide", "exemptNamespaces: [e2e-wide-exempt]\n");
-    let hook = Webhook::start(&client, &env, test, &policy, FailurePolicy::Fail).await;
-    let plain = TestNamespace::create(&client, &env, test, "e2e-wide-plain", &[]).await;
-    let out =
-        TestNamespace::create(&client, &env, test, "e2e-wide-out", &[(INJECT, "disabled")]).await;
-    let exempt = TestNamespace::create(&client, &env, test, "e2e-wide-exempt", &[]).await;
+    let hook = Webhook::start(&env, test, &policy, FailurePolicy::Fail).await;
+    let plain = TestNamespace::create(&env, test, "e2e-wide-plain", &[]).await;
+    let out = TestNamespace::create(&env, test, "e2e-wide-out", &[(INJECT, "disabled")]).await;
+    let exempt = TestNamespace::create(&env, test, "e2e-wide-exempt", &[]).await;
     hook.wait_effective(&plain).await;
 
-    assert_eq!(
-        sc(&plain.create_pod(bare_pod("p")).await)["runAsUser"],
-        65532
-    );
+    let pod = plain.create_pod(bare_pod("p")).await;
+    assert_eq!(sc(&pod)["runAsUser"], 65532);
     let opted_out = out.create_pod(bare_pod("p")).await;
     assert!(annotation(&opted_out).is_none(), "{opted_out}");
     // The exempt namespace is selected by the webhook configuration but exempted by the policy.
@@ -116,136 +91,88 @@ async fn cluster_wide_mode_honours_opt_out_and_exempt_namespaces() {
 
 #[tokio::test]
 async fn explicit_values_survive_and_every_pod_stays_valid() {
-    let Served {
-        client: _client,
-        hook: _hook,
-        ns,
-        ..
-    } = served("explicit", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
-    let image = "registry.k8s.io/pause:3.10";
+    let (_hook, ns) = served("explicit", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
+    let app = json!([{"name": "app", "image": IMAGE}]);
+    // (pod, its spec, what the API server stores at these pointers)
+    let cases = [
+        // Falsy explicit values at pod and container level.
+        (
+            "falsy",
+            json!({"securityContext": {"runAsUser": 0, "runAsGroup": 0, "fsGroup": 0},
+                "containers": [{"name": "app", "image": IMAGE, "securityContext": {"allowPrivilegeEscalation": true}}]}),
+            json!({
+                "/spec/securityContext/runAsUser": 0,
+                "/spec/securityContext/runAsGroup": 0,
+                "/spec/securityContext/fsGroup": 0,
+                "/spec/securityContext/fsGroupChangePolicy": "OnRootMismatch",
+                "/spec/containers/0/securityContext/allowPrivilegeEscalation": true
+            }),
+        ),
+        // Privileged and CAP_SYS_ADMIN containers: the API server would refuse allowPrivilegeEscalation=false.
+        (
+            "privileged",
+            json!({"containers": [
+                {"name": "vpn", "image": IMAGE, "securityContext": {"privileged": true}},
+                {"name": "fuse", "image": IMAGE, "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}},
+                {"name": "app", "image": IMAGE}]}),
+            json!({
+                "/spec/containers/0/securityContext/allowPrivilegeEscalation": null,
+                "/spec/containers/1/securityContext/allowPrivilegeEscalation": null,
+                "/spec/containers/2/securityContext/allowPrivilegeEscalation": false
+            }),
+        ),
+        // A Windows pod gets nothing (these fields are invalid there).
+        (
+            "windows",
+            json!({"os": {"name": "windows"}, "containers": app}),
+            json!({"/spec/securityContext/runAsUser": null, "/metadata/annotations/secure-defaults.io~1defaulted": null}),
+        ),
+        // Init containers are defaulted too.
+        (
+            "init",
+            json!({"initContainers": [{"name": "init-db", "image": IMAGE}], "containers": app}),
+            json!({
+                "/spec/initContainers/0/securityContext/allowPrivilegeEscalation": false,
+                "/metadata/annotations/secure-defaults.io~1defaulted":
+                    "runAsUser=65532,runAsGroup=65532,fsGroup=65532,fsGroupChangePolicy=OnRootMismatch,allowPrivilegeEscalation=false(app,init-db)"
+            }),
+        ),
+        // Fields the engine does not model survive untouched.
+        (
+            "unknown-fields",
+            json!({"hostUsers": true,
+                "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}, "supplementalGroups": [4000],
+                    "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]},
+                "containers": [{"name": "app", "image": IMAGE,
+                    "resizePolicy": [{"resourceName": "cpu", "restartPolicy": "NotRequired"}],
+                    "securityContext": {"readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}}]}),
+            json!({
+                "/spec/securityContext/seccompProfile/type": "RuntimeDefault",
+                "/spec/securityContext/supplementalGroups": [4000],
+                "/spec/securityContext/sysctls/0/value": "0",
+                "/spec/securityContext/runAsUser": 65532,
+                "/spec/containers/0/resizePolicy/0/resourceName": "cpu",
+                "/spec/containers/0/securityContext/readOnlyRootFilesystem": true,
+                "/spec/containers/0/securityContext/allowPrivilegeEscalation": false
+            }),
+        ),
+    ];
+    for (name, spec, expected) in cases {
+        assert_at(name, &ns.create_pod(pod(name, spec)).await, &expected);
+    }
 
-    // Falsy explicit values at pod and container level.
-    let pod = ns
-        .create_pod(json!({"metadata": {"name": "falsy"}, "spec": {
-            "securityContext": {"runAsUser": 0, "runAsGroup": 0, "fsGroup": 0},
-            "containers": [{"name": "app", "image": image, "securityContext": {"allowPrivilegeEscalation": true}}]}}))
-        .await;
-    assert_eq!(sc(&pod)["runAsUser"], 0);
-    assert_eq!(sc(&pod)["runAsGroup"], 0);
-    assert_eq!(sc(&pod)["fsGroup"], 0);
-    assert_eq!(sc(&pod)["fsGroupChangePolicy"], "OnRootMismatch");
-    assert_eq!(
-        pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
-        true
-    );
-
-    // Privileged and CAP_SYS_ADMIN containers: the API server would refuse allowPrivilegeEscalation=false.
-    let pod = ns
-        .create_pod(json!({"metadata": {"name": "privileged"}, "spec": {"containers": [
-            {"name": "vpn", "image": image, "securityContext": {"privileged": true}},
-            {"name": "fuse", "image": image, "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}},
-            {"name": "app", "image": image}]}}))
-        .await;
-    let containers = pod["spec"]["containers"].as_array().unwrap();
+    let warned = ns.kubectl(&format!("run warned --image {IMAGE} --privileged"), None);
+    assert!(warned.status.success(), "{}", stderr(&warned));
     assert!(
-        containers[0]["securityContext"]
-            .get("allowPrivilegeEscalation")
-            .is_none()
-    );
-    assert!(
-        containers[1]["securityContext"]
-            .get("allowPrivilegeEscalation")
-            .is_none()
-    );
-    assert_eq!(
-        containers[2]["securityContext"]["allowPrivilegeEscalation"],
-        false
-    );
-    let warned = ns.kubectl(
-        &[
-            "run",
-            "warned",
-            "-n",
-            &ns.name,
-            "--image",
-            image,
-            "--privileged",
-        ],
-        None,
-    );
-    assert!(
-        warned.status.success(),
-        "{}",
-        String::from_utf8_lossy(&warned.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&warned.stderr).contains("allowPrivilegeEscalation not defaulted"),
+        stderr(&warned).contains("allowPrivilegeEscalation not defaulted"),
         "kubectl shows the webhook's warning: {}",
-        String::from_utf8_lossy(&warned.stderr)
+        stderr(&warned)
     );
-
-    // A Windows pod gets nothing (these fields are invalid there).
-    let pod = ns
-        .create_pod(
-            json!({"metadata": {"name": "windows"}, "spec": {"os": {"name": "windows"},
-            "containers": [{"name": "app", "image": image}]}}),
-        )
-        .await;
-    assert!(sc(&pod).get("runAsUser").is_none(), "{pod}");
-    assert!(annotation(&pod).is_none());
-
-    // Init containers are defaulted too.
-    let pod = ns
-        .create_pod(json!({"metadata": {"name": "init"}, "spec": {
-            "initContainers": [{"name": "init-db", "image": image}],
-            "containers": [{"name": "app", "image": image}]}}))
-        .await;
-    assert_eq!(
-        pod["spec"]["initContainers"][0]["securityContext"]["allowPrivilegeEscalation"],
-        false
-    );
-    assert!(
-        annotation(&pod)
-            .unwrap()
-            .ends_with("allowPrivilegeEscalation=false(app,init-db)")
-    );
-
-    // Fields the engine does not model survive untouched.
-    let pod = ns
-        .create_pod(json!({"metadata": {"name": "unknown-fields"}, "spec": {
-            "hostUsers": true,
-            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}, "supplementalGroups": [4000],
-                "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]},
-            "containers": [{"name": "app", "image": image,
-                "resizePolicy": [{"resourceName": "cpu", "restartPolicy": "NotRequired"}],
-                "securityContext": {"readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}}]}}))
-        .await;
-    assert_eq!(sc(&pod)["seccompProfile"]["type"], "RuntimeDefault");
-    assert_eq!(sc(&pod)["supplementalGroups"], json!([4000]));
-    assert_eq!(sc(&pod)["sysctls"][0]["value"], "0");
-    assert_eq!(
-        pod["spec"]["containers"][0]["resizePolicy"][0]["resourceName"],
-        "cpu"
-    );
-    assert_eq!(
-        pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
-        true
-    );
-    assert_eq!(
-        pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
-        false
-    );
-    assert_eq!(sc(&pod)["runAsUser"], 65532);
 }
 
 #[tokio::test]
 async fn deployment_pods_are_defaulted() {
-    let Served {
-        client,
-        hook: _hook,
-        ns,
-        ..
-    } = served(
+    let (_hook, ns) = served(
         "deployment",
         &policy_yaml("opt-in", ""),
         FailurePolicy::Fail,
@@ -255,65 +182,30 @@ async fn deployment_pods_are_defaulted() {
         "metadata": {"name": "web"},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "web", "image": "registry.k8s.io/pause:3.10"}]}}}
+                "spec": {"containers": [{"name": "web", "image": IMAGE}]}}}
     }))
     .unwrap();
-    Api::<Deployment>::namespaced(client.clone(), &ns.name)
+    Api::<Deployment>::namespaced(ns.env.client.clone(), &ns.name)
         .create(&PostParams::default(), &deployment)
         .await
         .unwrap();
-    let pods = ns.pods();
-    let list = eventually("the controller manager to create 2 pods", DEADLINE, || {
-        let pods = pods.clone();
-        async move {
-            let list = pods
-                .list(&ListParams::default().labels("app=web"))
-                .await
-                .ok()?;
-            (list.items.len() == 2).then_some(list)
-        }
-    })
-    .await;
-    for pod in list.items {
-        let pod = serde_json::to_value(pod).unwrap();
-        assert_eq!(sc(&pod)["runAsUser"], 65532, "{pod}");
-        assert_eq!(
-            pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
-            false
-        );
+    for pod in pods_labelled(&ns.pods(), "app=web", 2).await {
+        let expected = json!({
+            "/spec/securityContext/runAsUser": 65532,
+            "/spec/containers/0/securityContext/allowPrivilegeEscalation": false
+        });
+        assert_at("a Deployment's pod", &pod, &expected);
     }
 }
 
 #[tokio::test]
 async fn ephemeral_debug_container_gets_only_allow_privilege_escalation() {
-    let Served {
-        client: _client,
-        hook,
-        ns,
-        ..
-    } = served("ephemeral", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
+    let (hook, ns) = served("ephemeral", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
     let before = ns.create_pod(bare_pod("target")).await;
 
-    let out = ns.kubectl(
-        &[
-            "debug",
-            "target",
-            "-n",
-            &ns.name,
-            "--image",
-            "busybox:1.36",
-            "--container",
-            "debugger",
-            "--profile",
-            "general",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "kubectl debug: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let debug = "debug target --image busybox:1.36 --container debugger --profile general";
+    let out = ns.kubectl(debug, None);
+    assert!(out.status.success(), "kubectl debug: {}", stderr(&out));
     let after = serde_json::to_value(ns.pods().get("target").await.unwrap()).unwrap();
     let debugger = &after["spec"]["ephemeralContainers"][0];
     assert_eq!(debugger["name"], "debugger");
@@ -321,15 +213,14 @@ async fn ephemeral_debug_container_gets_only_allow_privilege_escalation() {
         debugger["securityContext"]["allowPrivilegeEscalation"], false,
         "{after}"
     );
-    assert_eq!(
-        before["spec"]["securityContext"],
-        after["spec"]["securityContext"]
-    );
-    assert_eq!(before["spec"]["containers"], after["spec"]["containers"]);
-    assert_eq!(
-        before["metadata"]["annotations"],
-        after["metadata"]["annotations"]
-    );
+    // Nothing else of the pod changes.
+    for pointer in [
+        "/spec/securityContext",
+        "/spec/containers",
+        "/metadata/annotations",
+    ] {
+        assert_eq!(before.pointer(pointer), after.pointer(pointer), "{pointer}");
+    }
     let metrics = hook.metrics().await;
     assert!(
         metrics.contains(
@@ -341,31 +232,10 @@ async fn ephemeral_debug_container_gets_only_allow_privilege_escalation() {
 
 #[tokio::test]
 async fn server_side_dry_run_shows_the_defaulted_pod() {
-    let Served {
-        client: _client,
-        hook: _hook,
-        ns,
-        ..
-    } = served("dry-run", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
+    let (_hook, ns) = served("dry-run", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
     let manifest = bare_pod("preview").to_string();
-    let out = ns.kubectl(
-        &[
-            "apply",
-            "--dry-run=server",
-            "-n",
-            &ns.name,
-            "-o",
-            "json",
-            "-f",
-            "-",
-        ],
-        Some(&manifest),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = ns.kubectl("apply --dry-run=server -o json -f -", Some(&manifest));
+    assert!(out.status.success(), "{}", stderr(&out));
     let pod: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(sc(&pod)["runAsUser"], 65532);
     assert!(
@@ -376,12 +246,7 @@ async fn server_side_dry_run_shows_the_defaulted_pod() {
 
 #[tokio::test]
 async fn policy_changes_apply_to_the_next_pods_and_invalid_ones_are_refused() {
-    let Served {
-        client: _client,
-        hook,
-        ns,
-        ..
-    } = served("reload", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
+    let (hook, ns) = served("reload", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
     assert_eq!(
         sc(&ns.create_pod(bare_pod("first")).await)["runAsUser"],
         65532
@@ -397,18 +262,11 @@ async fn policy_changes_apply_to_the_next_pods_and_invalid_ones_are_refused() {
     .await;
 
     hook.write_policy(&policy_yaml("opt-in", "").replace("runAsUser: 65532", "runAsUser: 0"));
+    let refused = r#"secure_defaults_policy_reloads_total{result="failed"} 1"#;
     eventually(
         "the invalid policy to be refused",
         Duration::from_secs(10),
-        || {
-            let hook = &hook;
-            async move {
-                hook.metrics()
-                    .await
-                    .contains(r#"secure_defaults_policy_reloads_total{result="failed"} 1"#)
-                    .then_some(())
-            }
-        },
+        || async { hook.metrics().await.contains(refused).then_some(()) },
     )
     .await;
     assert_eq!(
@@ -423,15 +281,14 @@ async fn policy_changes_apply_to_the_next_pods_and_invalid_ones_are_refused() {
 
 #[tokio::test]
 async fn namespace_labelled_after_start_is_picked_up() {
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
     let test = "late-label";
     let policy = policy_yaml(
         "opt-in",
         "namespaces:\n  - match: {labels: {matchLabels: {team: data}}}\n    set: {runAsUser: 20002}\n",
     );
-    let hook = Webhook::start(&client, &env, test, &policy, FailurePolicy::Fail).await;
-    let ns = TestNamespace::create(&client, &env, test, "e2e-late-label", &[]).await;
+    let hook = Webhook::start(&env, test, &policy, FailurePolicy::Fail).await;
+    let ns = TestNamespace::create(&env, test, "e2e-late-label", &[]).await;
     let pod = ns.create_pod(bare_pod("before")).await;
     assert!(annotation(&pod).is_none());
 
@@ -449,56 +306,35 @@ async fn namespace_labelled_after_start_is_picked_up() {
 
 #[tokio::test]
 async fn webhook_down_fails_closed_or_open_as_configured() {
-    let env = cluster_env();
-    let client = client(&env).await;
-
-    let test = "down-fail";
-    let mut hook = Webhook::start(
-        &client,
-        &env,
-        test,
-        &policy_yaml("opt-in", ""),
-        FailurePolicy::Fail,
-    )
-    .await;
-    let served =
-        TestNamespace::create(&client, &env, test, "e2e-down-fail", &[(INJECT, "enabled")]).await;
-    let other = TestNamespace::create(&client, &env, test, "e2e-down-fail-other", &[]).await;
-    hook.wait_effective(&served).await;
-    hook.kill();
-    let err = served
-        .try_create_pod(bare_pod("refused"))
-        .await
-        .expect_err("pod created while the webhook is down");
-    let message = err.to_string();
-    assert!(
-        message.contains("failed calling webhook") && message.contains("pods.secure-defaults.io"),
-        "{message}"
-    );
-    other.create_pod(bare_pod("unaffected")).await;
-
-    let test = "down-ignore";
-    let mut hook = Webhook::start(
-        &client,
-        &env,
-        test,
-        &policy_yaml("opt-in", ""),
-        FailurePolicy::Ignore,
-    )
-    .await;
-    let served = TestNamespace::create(
-        &client,
-        &env,
-        test,
-        "e2e-down-ignore",
-        &[(INJECT, "enabled")],
-    )
-    .await;
-    hook.wait_effective(&served).await;
-    hook.kill();
-    let pod = served.create_pod(bare_pod("undefaulted")).await;
-    assert!(annotation(&pod).is_none());
-    assert!(sc(&pod).get("runAsUser").is_none());
+    for (test, failure) in [
+        ("down-fail", FailurePolicy::Fail),
+        ("down-ignore", FailurePolicy::Ignore),
+    ] {
+        let (mut hook, ns) = served(test, &policy_yaml("opt-in", ""), failure).await;
+        let other_name = format!("{}-other", ns.name);
+        let other = TestNamespace::create(&ns.env, test, &other_name, &[]).await;
+        hook.kill();
+        match failure {
+            FailurePolicy::Fail => {
+                let message = ns
+                    .try_create_pod(bare_pod("refused"))
+                    .await
+                    .expect_err("pod created while the webhook is down");
+                assert!(
+                    message.contains("failed calling webhook")
+                        && message.contains("pods.secure-defaults.io"),
+                    "{message}"
+                );
+            }
+            FailurePolicy::Ignore => {
+                let pod = ns.create_pod(bare_pod("undefaulted")).await;
+                assert!(annotation(&pod).is_none());
+                assert!(sc(&pod).get("runAsUser").is_none());
+            }
+        }
+        // Namespaces the webhook does not select never notice.
+        other.create_pod(bare_pod("unaffected")).await;
+    }
 }
 
 /// What `serve` logs of the cluster at start (`secure_defaults::compat`) is what the API server offers: its
@@ -506,28 +342,13 @@ async fn webhook_down_fails_closed_or_open_as_configured() {
 /// says GA. Run on each release by `make test-compat`, it measures the README's compatibility table.
 #[tokio::test]
 async fn the_compatibility_table_matches_the_api_server() {
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
+    let client = &env.client;
     let info = client.apiserver_version().await.unwrap();
     let release = secure_defaults::compat::Release::parse(&info.major, &info.minor).unwrap();
     let features = release.features();
-    let out = support::kubectl(
-        &env.bin.join("kubectl"),
-        &env.kubeconfig,
-        &[
-            "api-resources",
-            "--api-group=admissionregistration.k8s.io",
-            "-o",
-            "wide",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let resources = String::from_utf8_lossy(&out.stdout).into_owned();
+    let group = "--api-group=admissionregistration.k8s.io";
+    let resources = env.kubectl_ok(&["api-resources", group, "-o", "wide"], None);
     let served = |kind: &str| {
         resources
             .lines()
@@ -545,9 +366,7 @@ async fn the_compatibility_table_matches_the_api_server() {
     );
     // Whether the namespace cache gets its initial list streamed in the watch (WatchList) or falls back to a
     // list, then a watch.
-    let streamed = support::kubectl(
-        &env.bin.join("kubectl"),
-        &env.kubeconfig,
+    let streamed = env.kubectl(
         &[
             "get",
             "--raw",

@@ -14,14 +14,12 @@
 //! overlay with the webhook pointed at the test server and narrowed to this test's namespaces (the other
 //! tests share the cluster); the test checks that nothing else differs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::Api;
 use serde_json::{Value, json};
 
 use secure_defaults::fields::Field;
@@ -35,7 +33,6 @@ pub(crate) const CERT_MANAGER: &str = "cert-manager";
 /// The value of the test label that e2e/manifests/components/isolate narrows the manifests' selectors to.
 const ISOLATION: &str = "manifests";
 const BACKSTOP: &str = "secure-defaults backstop";
-pub(crate) const IMAGE: &str = "registry.k8s.io/pause:3.10";
 const SYSTEM_NAMESPACES: [&str; 4] = [
     "kube-system",
     "kube-public",
@@ -60,43 +57,6 @@ enum Certificates {
 // ---------------------------------------------------------------------------------------------------------
 // Rendering
 
-pub(crate) fn tmp_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("e2e")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-pub(crate) fn run_kubectl(
-    env: &ClusterEnv,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> std::process::Output {
-    kubectl(&env.bin.join("kubectl"), &env.kubeconfig, args, stdin)
-}
-
-/// Runs kubectl and panics with its output unless it succeeds; returns standard output.
-pub(crate) fn kubectl_ok(env: &ClusterEnv, args: &[&str], stdin: Option<&str>) -> String {
-    let out = run_kubectl(env, args, stdin);
-    assert!(
-        out.status.success(),
-        "kubectl {} failed:\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// `kubectl kustomize <dir relative to the repository>`, one JSON value per document.
-pub(crate) fn render(env: &ClusterEnv, dir: &str) -> Vec<Value> {
-    let path = repo().join(dir);
-    let text = kubectl_ok(env, &["kustomize", path.to_str().unwrap()], None);
-    secure_defaults::preview::read::yaml_values(&text).expect("YAML documents")
-}
-
 /// The documents as one `v1/List`, which kubectl apply, get and delete all take.
 pub(crate) fn as_list(docs: &[Value]) -> String {
     json!({"apiVersion": "v1", "kind": "List", "items": docs}).to_string()
@@ -111,7 +71,7 @@ pub(crate) fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     try_find(docs, kind, name).unwrap_or_else(|| panic!("no {kind} {name} in the rendering"))
 }
 
-fn find_mut<'a>(docs: &'a mut [Value], kind: &str, name: &str) -> &'a mut Value {
+pub(crate) fn find_mut<'a>(docs: &'a mut [Value], kind: &str, name: &str) -> &'a mut Value {
     docs.iter_mut()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind} {name} in the rendering"))
@@ -248,7 +208,7 @@ pub(crate) fn cert_manager_objects(docs: &[Value]) -> Vec<String> {
 /// overlay is the opt-in one with nothing else changed.
 #[tokio::test]
 async fn manifests_modes_agree_and_the_deployment_keeps_its_own_rules() {
-    let env = cluster_env();
+    let env = cluster_env().await;
     let dir = tmp_dir("manifests-render");
 
     let base = render(&env, "manifests/base");
@@ -268,34 +228,12 @@ async fn manifests_modes_agree_and_the_deployment_keeps_its_own_rules() {
     ];
     let mut rendered = Vec::new();
     for (overlay, mode, certificates) in overlays {
-        let docs = render(&env, &format!("manifests/overlays/{overlay}"));
+        let docs = render(&env, format!("manifests/overlays/{overlay}"));
+        check_rendering(overlay, mode, &docs);
         let text = policy_text(&docs);
         let mut policy = policy_value(&text);
-        assert_eq!(policy["mode"], mode, "{overlay}: the policy's mode");
-        let hook = webhook(&docs);
-        assert_eq!(
-            selector_mode(&hook["namespaceSelector"]),
-            mode,
-            "{overlay}: the webhook's namespaceSelector"
-        );
-        assert_eq!(
-            binding_selector(&docs),
-            &hook["namespaceSelector"],
-            "{overlay}: the backstop binding selects exactly the webhook's namespaces"
-        );
         // The real server accepts the policy the ConfigMap holds.
-        let file = dir.join(format!("{overlay}-policy.yaml"));
-        std::fs::write(&file, &text).unwrap();
-        let check = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
-            .args(["check", "--policy"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            check.status.success(),
-            "{overlay}: secure-defaults check refuses the policy:\n{}",
-            String::from_utf8_lossy(&check.stderr)
-        );
+        check_policy(&dir.join(format!("{overlay}-policy.yaml")), &text);
         policy.as_object_mut().unwrap().remove("mode");
         assert_eq!(
             base_policy, policy,
@@ -306,18 +244,10 @@ async fn manifests_modes_agree_and_the_deployment_keeps_its_own_rules() {
             base_config,
             "{overlay}: the process config is the base's"
         );
-
-        check_webhook(overlay, hook);
-        check_deployment(overlay, &docs);
-        check_rbac_is_least_privilege(overlay, &docs);
         match certificates {
             Certificates::SelfManaged => check_self_managed(overlay, &docs),
             Certificates::CertManager => check_cert_manager(overlay, &docs),
         }
-        assert_eq!(
-            container(&docs)["image"],
-            "ghcr.io/secure-defaults/secure-defaults:0.1.0"
-        );
         rendered.push(docs);
     }
 
@@ -361,31 +291,51 @@ fn check_base_has_no_certificate(base: &[Value]) {
     assert!(config["metadata"].get("annotations").is_none(), "{config}");
 }
 
-pub(crate) fn check_webhook(mode: &str, hook: &Value) {
-    assert_eq!(hook["name"], "pods.secure-defaults.io");
+/// What every rendering of `mode` keeps, the chart's too: the policy's mode, the webhook's namespaceSelector and
+/// the backstop binding's agree; the webhook, the Deployment and the RBAC keep their rules; the image is the
+/// release's.
+pub(crate) fn check_rendering(what: &str, mode: &str, docs: &[Value]) {
+    let policy = policy_value(&policy_text(docs));
+    assert_eq!(policy["mode"], mode, "{what}: the policy's mode");
+    let hook = webhook(docs);
     assert_eq!(
-        hook["clientConfig"],
-        json!({"service": {"namespace": "secure-defaults", "name": "secure-defaults", "path": "/mutate", "port": 443}}),
-        "{mode}"
+        selector_mode(&hook["namespaceSelector"]),
+        mode,
+        "{what}: the webhook's namespaceSelector"
     );
     assert_eq!(
-        hook["rules"],
-        json!([
+        binding_selector(docs),
+        &hook["namespaceSelector"],
+        "{what}: the backstop binding selects exactly the webhook's namespaces"
+    );
+    check_webhook(what, hook);
+    check_deployment(what, docs);
+    check_rbac_is_least_privilege(what, docs);
+    let image = "ghcr.io/secure-defaults/secure-defaults:0.1.0";
+    assert_eq!(container(docs)["image"], image, "{what}");
+}
+
+fn check_webhook(mode: &str, hook: &Value) {
+    let expected = json!({
+        "/name": "pods.secure-defaults.io",
+        "/clientConfig": {"service": {"namespace": "secure-defaults", "name": "secure-defaults", "path": "/mutate", "port": 443}},
+        "/rules": [
             {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"},
             {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}
-        ]),
-        "{mode}"
-    );
-    assert_eq!(hook["sideEffects"], "None");
-    assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
-    assert_eq!(hook["timeoutSeconds"], 3);
-    assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
-    assert_eq!(hook["failurePolicy"], "Ignore");
+        ],
+        "/sideEffects": "None",
+        "/admissionReviewVersions": ["v1"],
+        "/timeoutSeconds": 3,
+        "/reinvocationPolicy": "IfNeeded",
+        "/failurePolicy": "Ignore"
+    });
+    assert_at(mode, hook, &expected);
+    let system = json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": SYSTEM_NAMESPACES});
     assert!(
         hook["namespaceSelector"]["matchExpressions"]
             .as_array()
             .unwrap()
-            .contains(&json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": SYSTEM_NAMESPACES})),
+            .contains(&system),
         "{mode}: system namespaces not excluded: {}",
         hook["namespaceSelector"]
     );
@@ -398,34 +348,34 @@ pub(crate) fn check_webhook(mode: &str, hook: &Value) {
     assert_eq!(conditions, ["not-a-mirror-pod", "not-a-windows-pod"]);
 }
 
-pub(crate) fn check_deployment(mode: &str, docs: &[Value]) {
+fn check_deployment(mode: &str, docs: &[Value]) {
     let deploy = deployment(docs);
-    let spec = &deploy["spec"];
-    let pod = &spec["template"]["spec"];
+    let pod = pod_spec(docs);
     let c = container(docs);
-    assert_eq!(spec["replicas"], 2, "{mode}");
-
-    // It passes the backstop it ships, were its namespace served.
-    assert_eq!(crate::backstop::missing(pod), Vec::<Field>::new(), "{mode}");
-    assert_eq!(
-        pod["securityContext"],
-        json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}}),
-        "{mode}"
-    );
-    let sc = &c["securityContext"];
-    assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(sc["capabilities"], json!({"drop": ["ALL"]}));
-    assert_eq!(
-        c["resources"],
-        json!({"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}),
-        "{mode}: no CPU limit, memory bounded"
-    );
-
-    // No service links (the server ignores SECURE_DEFAULTS_SERVICE_HOST & co., see
-    // manifests_process_config_starts_the_server, but the environment stays what the manifests write), and no
-    // configuration in the environment either: the process config is the ConfigMap's, plus the args.
-    assert_eq!(pod["enableServiceLinks"], false, "{mode}");
+    let (_, config) = process_config(docs);
+    check_hardening(mode, docs);
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(deploy["spec"]["replicas"], 2, "{mode}");
+    assert_eq!(&deploy["spec"]["selector"]["matchLabels"], labels, "{mode}");
+    let expected = json!({
+        // Scheduling: its own priority class, spread over nodes.
+        "/priorityClassName": "secure-defaults-critical",
+        "/topologySpreadConstraints/0/topologyKey": "kubernetes.io/hostname",
+        "/affinity/podAntiAffinity/preferredDuringSchedulingIgnoredDuringExecution/0/podAffinityTerm/topologyKey":
+            "kubernetes.io/hostname",
+        "/terminationGracePeriodSeconds": 30
+    });
+    assert_at(mode, pod, &expected);
+    let expected = json!({
+        // No CPU limit, memory bounded.
+        "/resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+        "/livenessProbe/httpGet": {"path": "/healthz", "port": "admin", "scheme": "HTTP"},
+        "/readinessProbe/httpGet": {"path": "/readyz", "port": "admin", "scheme": "HTTP"},
+        // A preStop sleep action: there is no shell in the image.
+        "/lifecycle/preStop/sleep/seconds": 5
+    });
+    assert_at(mode, c, &expected);
+    // No configuration in the environment either: the process config is the ConfigMap's, plus the args.
     for var in c["env"].as_array().into_iter().flatten() {
         assert!(
             !var["name"]
@@ -435,35 +385,24 @@ pub(crate) fn check_deployment(mode: &str, docs: &[Value]) {
             "{var}"
         );
     }
-
-    // Scheduling: its own priority class, spread over nodes.
-    assert_eq!(pod["priorityClassName"], "secure-defaults-critical");
     let class = find(docs, "PriorityClass", "secure-defaults-critical");
-    assert_eq!(class["value"], 1_000_000_000);
-    assert_eq!(class["globalDefault"], false);
-    assert_eq!(
-        pod["topologySpreadConstraints"][0]["topologyKey"],
-        "kubernetes.io/hostname"
+    assert_at(
+        mode,
+        class,
+        &json!({"/value": 1_000_000_000, "/globalDefault": false}),
     );
-    assert_eq!(
-        pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
-            ["topologyKey"],
-        "kubernetes.io/hostname"
-    );
-    let labels = &spec["template"]["metadata"]["labels"];
-    assert_eq!(&spec["selector"]["matchLabels"], labels);
     assert_eq!(
         &find(docs, "PodDisruptionBudget", "secure-defaults")["spec"],
         &json!({"minAvailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow", "selector": {"matchLabels": labels}})
     );
     let service = find(docs, "Service", "secure-defaults");
-    assert_eq!(&service["spec"]["selector"], labels);
-    assert_eq!(
-        service["spec"]["ports"],
-        json!([{"name": "https", "port": 443, "protocol": "TCP", "targetPort": "https"}])
-    );
+    let expected = json!({
+        "/spec/selector": labels,
+        "/spec/ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": "https"}]
+    });
+    assert_at(mode, service, &expected);
 
-    // Ports, probes, and the process config they must agree with.
+    // Ports, and the process config they must agree with.
     let port = |name: &str| {
         c["ports"]
             .as_array()
@@ -475,31 +414,23 @@ pub(crate) fn check_deployment(mode: &str, docs: &[Value]) {
             .unwrap()
     };
     assert_eq!((port("https"), port("admin")), (8443, 8080));
-    assert_eq!(
-        c["livenessProbe"]["httpGet"],
-        json!({"path": "/healthz", "port": "admin", "scheme": "HTTP"})
-    );
-    assert_eq!(
-        c["readinessProbe"]["httpGet"],
-        json!({"path": "/readyz", "port": "admin", "scheme": "HTTP"})
-    );
-    let (_, config) = process_config(docs);
-    assert_eq!(config["listen"], "0.0.0.0:8443");
-    assert_eq!(config["admin_listen"], "0.0.0.0:8080");
-    assert_eq!(config["log_format"], "json");
+    let expected = json!({
+        "/listen": "0.0.0.0:8443",
+        "/admin_listen": "0.0.0.0:8080",
+        "/log_format": "json",
+        "/shutdown_timeout_seconds": 10,
+        "/policy": "/etc/secure-defaults/policy/policy.yaml"
+    });
+    assert_at(mode, &config, &expected);
 
     // Shutdown fits the grace period: preStop sleep, then the server's drain and in-flight deadline.
-    let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
-        .as_u64()
-        .expect("a preStop sleep action (no shell in the image)");
-    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
-    let drain = config["drain_seconds"].as_u64().unwrap();
-    let in_flight = config["shutdown_timeout_seconds"].as_u64().unwrap();
-    assert_eq!((pre_stop, grace, in_flight), (5, 30, 10));
+    let seconds = |v: &Value| v.as_u64().unwrap();
+    let shutdown = seconds(&c["lifecycle"]["preStop"]["sleep"]["seconds"])
+        + seconds(&config["drain_seconds"])
+        + seconds(&config["shutdown_timeout_seconds"]);
     assert!(
-        pre_stop + drain + in_flight + 5 <= grace,
-        "{mode}: shutdown takes up to {}s of a {grace}s grace period",
-        pre_stop + drain + in_flight
+        shutdown + 5 <= 30,
+        "{mode}: shutdown takes up to {shutdown}s of a 30s grace period"
     );
 
     // The args point at the mounted config (the certificate component's flags follow). Every mount is a
@@ -520,11 +451,25 @@ pub(crate) fn check_deployment(mode: &str, docs: &[Value]) {
         Some(CONFIG_FILE.rsplit_once('/').unwrap().0)
     );
     assert_eq!(mount_path(c, "policy"), Some("/etc/secure-defaults/policy"));
-    assert_eq!(config["policy"], "/etc/secure-defaults/policy/policy.yaml");
     assert_eq!(
         volume(pod, "policy"),
         Some(&json!({"name": "policy", "configMap": {"name": "secure-defaults-policy"}}))
     );
+}
+
+/// What no value of the chart changes: the Deployment passes the backstop it ships, were its namespace served,
+/// and runs hardened. No service links (the server ignores SECURE_DEFAULTS_SERVICE_HOST & co., see
+/// manifests_process_config_starts_the_server, but the environment stays what the manifests write).
+pub(crate) fn check_hardening(what: &str, docs: &[Value]) {
+    let pod = pod_spec(docs);
+    assert_eq!(crate::backstop::missing(pod), Vec::<Field>::new(), "{what}");
+    let expected = json!({
+        "/securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+        "/containers/0/securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]}},
+        "/enableServiceLinks": false
+    });
+    assert_at(what, pod, &expected);
 }
 
 pub(crate) fn mount_path<'a>(c: &'a Value, volume: &str) -> Option<&'a str> {
@@ -541,7 +486,7 @@ pub(crate) fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
 /// No wildcard anywhere; only the ServiceAccount secure-defaults is bound; nothing cluster-wide beyond reading
 /// namespaces and, in self-managed mode, the one webhook configuration; Secrets and Leases only in the
 /// webhook's own namespace.
-pub(crate) fn check_rbac_is_least_privilege(overlay: &str, docs: &[Value]) {
+fn check_rbac_is_least_privilege(overlay: &str, docs: &[Value]) {
     let base_rules = json!([{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]);
     assert_eq!(
         find(docs, "ClusterRole", "secure-defaults")["rules"],
@@ -732,47 +677,51 @@ pub(crate) fn check_cert_manager(overlay: &str, docs: &[Value]) {
 
     // The serving certificate's Secret, mounted whole; never optional (a pod waits for cert-manager rather
     // than starting without a certificate); the CA's Secret, with its private key, is not mounted.
-    let c = container(docs);
-    let pod = pod_spec(docs);
     let secret = serving["spec"]["secretName"].as_str().unwrap();
     assert_eq!(secret, "secure-defaults-tls");
-    assert_eq!(
-        volume(pod, "tls"),
-        Some(&json!({"name": "tls", "secret": {"secretName": secret}})),
-        "{overlay}"
-    );
-    let secret_volumes: Vec<&Value> = volumes(pod)
+    check_certificate_from_secret(overlay, docs, secret);
+    let secret_volumes: Vec<&Value> = volumes(pod_spec(docs))
         .iter()
         .filter(|v| v.get("secret").is_some() || v.get("projected").is_some())
         .collect();
     assert_eq!(secret_volumes.len(), 1, "{overlay}: {secret_volumes:?}");
     assert_ne!(ca["spec"]["secretName"], secret);
+}
+
+/// A serving certificate from the Secret `secret` (cert-manager's, or one provided): mounted whole as volume
+/// `tls`, its files named by the flags alone (the process config names no certificate), and none of what only
+/// self-managed certificates need (the downward-API variables, RBAC on Secrets).
+pub(crate) fn check_certificate_from_secret(what: &str, docs: &[Value], secret: &str) {
+    let c = container(docs);
+    assert_eq!(
+        volume(pod_spec(docs), "tls"),
+        Some(&json!({"name": "tls", "secret": {"secretName": secret}})),
+        "{what}"
+    );
     let dir = mount_path(c, "tls").expect("the tls volume mounted");
-    // tls.crt and tls.key are the key names of cert-manager's Secrets. The process config names no
-    // certificate, so the flags are the only setting.
+    // tls.crt and tls.key are the key names of cert-manager's Secrets.
     let (cert, key) = (format!("{dir}/tls.crt"), format!("{dir}/tls.key"));
     assert_eq!(
         args(c)[BASE_ARGS.len()..],
         ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()],
-        "{overlay}: {}",
+        "{what}: {}",
         c["args"]
     );
     let (_, config) = process_config(docs);
     assert!(config.get("tls_cert").is_none() && config.get("tls_key").is_none());
-
     assert!(
         c["env"]
             .as_array()
             .into_iter()
             .flatten()
             .all(|e| e["name"] != "POD_NAMESPACE" && e["name"] != "POD_NAME"),
-        "{overlay}: {}",
+        "{what}: {}",
         c["env"]
     );
     for kind in ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"] {
         assert!(
             try_find(docs, kind, CERTS_RBAC).is_none(),
-            "{overlay}: the server needs no access to Secrets with cert-manager ({kind})"
+            "{what}: the server needs no access to Secrets with a certificate from a Secret ({kind})"
         );
     }
 }
@@ -852,42 +801,15 @@ fn service_links(service: &Value, cluster_ip: &str) -> Vec<(String, String)> {
     vars
 }
 
-/// Starts `cmd` (standard error to `log`) and waits for /readyz on `admin_port`; panics with the log if the
-/// server exits first or is not ready in time.
-async fn start_ready(mut cmd: Command, admin_port: u16, log: &Path, what: &str) -> KillOnDrop {
-    cmd.stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
-    let mut server = KillOnDrop(cmd.spawn().unwrap());
-    let read_log = || std::fs::read_to_string(log).unwrap_or_default();
-    let start = Instant::now();
-    loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            panic!("the server exited ({status}) {what}:\n{}", read_log());
-        }
-        if http_get(&format!("127.0.0.1:{admin_port}"), "/readyz")
-            .await
-            .is_some_and(|(code, _)| code == 200)
-        {
-            return server;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "not ready {what}:\n{}",
-            read_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval, bounded by the deadline above
-    }
-}
-
 /// The process config in the ConfigMap is one the real server starts with (only addresses and file paths,
 /// which differ on this machine, are overridden by flags), also with the service-link variables Kubernetes
 /// would inject for the `secure-defaults` Service were service links on: they are not configuration. A
 /// genuinely unknown SECURE_DEFAULTS_ variable still stops the server, with a one-line error naming it.
 #[tokio::test]
 async fn manifests_process_config_starts_the_server() {
-    let env = cluster_env();
+    let env = cluster_env().await;
     let dir = tmp_dir("manifests-config");
-    let docs = render(&env, &format!("manifests/overlays/{}", MODES[0]));
+    let docs = render(&env, format!("manifests/overlays/{}", MODES[0]));
     let (config, _) = process_config(&docs);
     let config_path = dir.join("secure-defaults.yaml");
     std::fs::write(&config_path, config).unwrap();
@@ -896,33 +818,20 @@ async fn manifests_process_config_starts_the_server() {
     let certs = certs(&dir);
 
     let serve = |admin_port: u16| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_secure-defaults"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .arg("--admin-listen")
-            .arg(format!("127.0.0.1:{admin_port}"))
-            .arg("--tls-cert")
+        let args = ["serve", "--config", config_path.to_str().unwrap()];
+        let mut cmd = serve(&env, &args, free_port(), admin_port);
+        cmd.arg("--tls-cert")
             .arg(&certs.cert)
             .arg("--tls-key")
             .arg(&certs.key)
             .arg("--policy")
-            .arg(&policy_path)
-            .env("KUBECONFIG", &env.kubeconfig);
+            .arg(&policy_path);
         cmd
     };
 
     let port = free_port();
-    let server = start_ready(
-        serve(port),
-        port,
-        &dir.join("plain.log"),
-        "with the manifests' config",
-    )
-    .await;
-    drop(server);
+    let log = dir.join("plain.log");
+    drop(Server::ready(serve(port), port, log, "with the manifests' config").await);
 
     let links = service_links(find(&docs, "Service", "secure-defaults"), "10.96.0.10");
     let names: Vec<&str> = links.iter().map(|(k, _)| k.as_str()).collect();
@@ -941,35 +850,26 @@ async fn manifests_process_config_starts_the_server() {
     let port = free_port();
     let mut cmd = serve(port);
     cmd.envs(links.iter().map(|(k, v)| (k, v)));
-    let server = start_ready(
-        cmd,
-        port,
-        &dir.join("service-links.log"),
-        &format!("with the service-link variables {names:?}"),
-    )
-    .await;
-    drop(server);
+    let what = format!("with the service-link variables {names:?}");
+    drop(Server::ready(cmd, port, dir.join("service-links.log"), &what).await);
 
     // A typo is still configuration gone wrong: refused at once, in one line that names it.
-    let log = dir.join("unknown.log");
     let mut cmd = serve(free_port());
-    cmd.env("SECURE_DEFAULTS_LISTN", "127.0.0.1:1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut server = KillOnDrop(cmd.spawn().unwrap());
+    cmd.env("SECURE_DEFAULTS_LISTN", "127.0.0.1:1");
+    let mut server = Server::spawn(cmd, 0, dir.join("unknown.log"));
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
+        if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "SECURE_DEFAULTS_LISTN did not stop the server:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            server.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await; // poll interval, bounded by the deadline above
     };
-    let stderr = std::fs::read_to_string(&log).unwrap();
+    let stderr = server.log();
     assert!(!status.success(), "{status}: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line: {stderr}");
@@ -980,15 +880,6 @@ async fn manifests_process_config_starts_the_server() {
             && lines[0].contains("SECURE_DEFAULTS_"),
         "{stderr}"
     );
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1003,58 +894,29 @@ struct Installed<'a> {
 
 impl Drop for Installed<'_> {
     fn drop(&mut self) {
+        let env = self.env;
         for list in self.applied.iter().rev() {
-            let _ = run_kubectl(
-                self.env,
-                &["delete", "-f", "-", "--ignore-not-found", "--wait=false"],
-                Some(list),
-            );
+            let delete = words("delete -f - --ignore-not-found --wait=false");
+            let _ = env.kubectl(&delete, Some(list));
         }
         let crds = repo().join("e2e/manifests/cert-manager-crds.yaml");
-        let _ = run_kubectl(
-            self.env,
-            &[
-                "delete",
-                "-f",
-                crds.to_str().unwrap(),
-                "--ignore-not-found",
-                "--wait=false",
-            ],
-            None,
+        let crds = format!(
+            "delete -f {} --ignore-not-found --wait=false",
+            crds.display()
         );
-        let selector = format!("{TEST_LABEL}={ISOLATION}");
-        let _ = run_kubectl(
-            self.env,
-            &[
-                "delete",
-                "pods",
-                "-n",
-                "kube-system",
-                "-l",
-                &selector,
-                "--wait=false",
-            ],
-            None,
-        );
-        let _ = run_kubectl(
-            self.env,
-            &[
-                "label",
-                "namespace",
-                "kube-system",
-                &format!("{TEST_LABEL}-"),
-                &format!("{INJECT}-"),
-            ],
-            None,
-        );
+        let _ = env.kubectl(&words(&crds), None);
+        let pods = format!("delete pods -n kube-system -l {TEST_LABEL}={ISOLATION} --wait=false");
+        let _ = env.kubectl(&words(&pods), None);
+        let labels = format!("label namespace kube-system {TEST_LABEL}- {INJECT}-");
+        let _ = env.kubectl(&words(&labels), None);
     }
 }
 
 /// The rendering of `e2e/manifests/<mode>` with the test server's address filled in, after checking that it
 /// differs from the real overlay only in the webhook's address and the test's isolation expressions.
 fn test_rendering(env: &ClusterEnv, mode: &str, hook: &Webhook) -> Vec<Value> {
-    let real = render(env, &format!("manifests/overlays/{mode}"));
-    let mut test = render(env, &format!("e2e/manifests/{mode}"));
+    let real = render(env, format!("manifests/overlays/{mode}"));
+    let mut test = render(env, format!("e2e/manifests/{mode}"));
     assert_eq!(real.len(), test.len());
     let isolation = json!({"key": TEST_LABEL, "operator": "In", "values": [ISOLATION]});
     for (r, t) in real.iter().zip(&test) {
@@ -1092,31 +954,6 @@ fn test_rendering(env: &ClusterEnv, mode: &str, hook: &Webhook) -> Vec<Value> {
     test
 }
 
-pub(crate) fn annotation(pod: &Value) -> Option<&str> {
-    pod.pointer("/metadata/annotations/secure-defaults.io~1defaulted")
-        .and_then(Value::as_str)
-}
-
-pub(crate) async fn create(
-    client: &Client,
-    ns: &str,
-    pod: &Value,
-    dry_run: bool,
-) -> Result<Value, String> {
-    let pod: Pod = serde_json::from_value(pod.clone()).expect("pod JSON");
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    api.create(
-        &PostParams {
-            dry_run,
-            ..Default::default()
-        },
-        &pod,
-    )
-    .await
-    .map(|p| serde_json::to_value(p).unwrap())
-    .map_err(|e| e.to_string())
-}
-
 /// Admission requests the server has answered so far (it counts before it replies, so a pod creation that
 /// returned has been counted).
 async fn requests(hook: &Webhook) -> u64 {
@@ -1128,16 +965,20 @@ async fn requests(hook: &Webhook) -> u64 {
         .sum::<f64>() as u64
 }
 
-fn pod(name: &str, spec: Value) -> Value {
-    json!({"metadata": {"name": name, "labels": {TEST_LABEL: ISOLATION}}, "spec": spec})
+/// A pod labelled for this test, so that those it leaves in kube-system are found.
+fn labelled(name: &str, spec: Value) -> Value {
+    let mut pod = pod(name, spec);
+    pod["metadata"]["labels"] = json!({TEST_LABEL: ISOLATION});
+    pod
 }
 
 fn bare(name: &str) -> Value {
-    pod(
+    labelled(
         name,
         json!({"containers": [{"name": "app", "image": IMAGE}]}),
     )
 }
+
 /// For each default overlay (both with self-managed certificates): apply it (webhook pointed at a test server
 /// started with the overlay's own policy) to an API server without cert-manager, check every object is
 /// stored, that pods in the mode's namespaces are defaulted and all others (kube-system included, whatever its
@@ -1149,8 +990,8 @@ fn bare(name: &str) -> Value {
 /// overlay is refused without cert-manager and accepted with (stand-ins for) its CRDs.
 #[tokio::test]
 async fn manifests_install_route_pods_and_backstop() {
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
+    let client = &env.client;
     // The chart's install test creates the same cluster-wide objects.
     let _cluster_scoped = CLUSTER_SCOPED.lock().await;
     let mut installed = Installed {
@@ -1158,50 +999,24 @@ async fn manifests_install_route_pods_and_backstop() {
         applied: Vec::new(),
     };
     // The default overlays need nothing from cert-manager: its kinds are unknown here until the end.
+    let crd = env.kubectl(&["get", "crd", "certificates.cert-manager.io"], None);
     assert!(
-        !run_kubectl(&env, &["get", "crd", "certificates.cert-manager.io"], None)
-            .status
-            .success(),
+        !crd.status.success(),
         "cert-manager's CRDs already installed"
     );
     // kube-system carries every label the selectors could want: only the exclusion by name keeps it out.
-    kubectl_ok(
-        &env,
-        &[
-            "label",
-            "--overwrite",
-            "namespace",
-            "kube-system",
-            &format!("{TEST_LABEL}={ISOLATION}"),
-            &format!("{INJECT}=enabled"),
-        ],
+    let labels = format!("{TEST_LABEL}={ISOLATION} {INJECT}=enabled");
+    env.kubectl_ok(
+        &words(&format!("label --overwrite namespace kube-system {labels}")),
         None,
     );
-    let enabled = TestNamespace::create(
-        &client,
-        &env,
-        ISOLATION,
-        "e2e-manifests-enabled",
-        &[(INJECT, "enabled")],
-    )
-    .await;
-    let plain = TestNamespace::create(&client, &env, ISOLATION, "e2e-manifests-plain", &[]).await;
-    let disabled = TestNamespace::create(
-        &client,
-        &env,
-        ISOLATION,
-        "e2e-manifests-disabled",
-        &[(INJECT, "disabled")],
-    )
-    .await;
-    let report = TestNamespace::create(
-        &client,
-        &env,
-        ISOLATION,
-        "e2e-manifests-report",
-        &[(INJECT, "report")],
-    )
-    .await;
+    let ns = async |name: &str, labels: &[(&str, &str)]| {
+        TestNamespace::create(&env, ISOLATION, name, labels).await
+    };
+    let enabled = ns("e2e-manifests-enabled", &[(INJECT, "enabled")]).await;
+    let plain = ns("e2e-manifests-plain", &[]).await;
+    let disabled = ns("e2e-manifests-disabled", &[(INJECT, "disabled")]).await;
+    let report = ns("e2e-manifests-report", &[(INJECT, "report")]).await;
 
     let mut applied = Vec::new();
     for (index, mode) in MODES.into_iter().enumerate() {
@@ -1209,39 +1024,33 @@ async fn manifests_install_route_pods_and_backstop() {
             "opt-in" => (vec![&enabled], vec![&plain, &disabled]),
             _ => (vec![&plain, &enabled], vec![&disabled]),
         };
-        let policy = policy_text(&render(&env, &format!("manifests/overlays/{mode}")));
-        let mut hook = Webhook::start(
-            &client,
-            &env,
-            &format!("manifests-{mode}"),
-            &policy,
-            FailurePolicy::Ignore,
-        )
-        .await;
+        let policy = policy_text(&render(&env, format!("manifests/overlays/{mode}")));
+        let test = format!("manifests-{mode}");
+        let mut hook = Webhook::start(&env, &test, &policy, FailurePolicy::Ignore).await;
 
         // 1. Every object is accepted and stored, at the first attempt, without cert-manager.
         let docs = test_rendering(&env, mode, &hook);
         let list = as_list(&docs);
         installed.applied = vec![list.clone()];
-        kubectl_ok(&env, &["apply", "-f", "-"], Some(&list));
-        let stored = kubectl_ok(&env, &["get", "-f", "-", "-o", "name"], Some(&list));
+        env.kubectl_ok(&["apply", "-f", "-"], Some(&list));
+        let stored = env.kubectl_ok(&["get", "-f", "-", "-o", "name"], Some(&list));
         assert_eq!(stored.lines().count(), docs.len(), "{stored}");
         if index == 0 {
-            deployment_pods_are_created(&client, &docs).await;
+            deployment_pods_are_created(client, &docs).await;
         }
 
         // 2. Routing: the mode's namespaces are defaulted, the others never reach the server.
-        routing_follows_the_mode(&client, mode, &served, &unserved, &report, &hook).await;
+        routing_follows_the_mode(client, mode, &served, &unserved, &report, &hook).await;
 
         // 3. The backstop, with the webhook down (failurePolicy Ignore: the API server skips it).
         hook.kill();
-        backstop_holds_with_the_webhook_down(&client, mode, &served, &unserved, &report, &docs)
+        backstop_holds_with_the_webhook_down(client, mode, &served, &unserved, &report, &docs)
             .await;
         drop(hook);
         applied = docs;
     }
 
-    self_managed_rbac_suffices(&env, &client, &applied).await;
+    self_managed_rbac_suffices(&env, client, &applied).await;
     cert_manager_overlay_needs_cert_manager(&env).await;
     drop(installed);
 }
@@ -1257,105 +1066,65 @@ async fn routing_follows_the_mode(
     hook: &Webhook,
 ) {
     for ns in served {
-        eventually(
-            &format!("{mode}: the manifests' webhook serving {}", ns.name),
-            DEADLINE,
-            || async {
-                let probe = create(client, &ns.name, &bare("probe"), true).await.ok()?;
-                annotation(&probe).map(|_| ())
-            },
-        )
+        let what = format!("{mode}: the manifests' webhook serving {}", ns.name);
+        eventually(&what, DEADLINE, || async {
+            annotation(&ns.dry_run(&bare("probe")).await.ok()?).map(drop)
+        })
         .await;
-        let stored = create(client, &ns.name, &bare(&format!("{mode}-bare")), false)
-            .await
-            .unwrap();
+        let stored = ns.create_pod(bare(&format!("{mode}-bare"))).await;
         let shipped = defaulted(&bare("bare"), &parse_policy(&shipped_policy()));
         assert_eq!(
             annotation(&stored),
             annotation(&shipped),
-            "{mode} {}: {stored}",
-            ns.name
+            "{what}: {stored}"
         );
     }
     // A report-only namespace is sent in both modes, and its pods are stored as they were written.
-    let mut probe = bare("probe");
-    probe["apiVersion"] = json!("v1");
-    probe["kind"] = json!("Pod");
-    let probe = probe.to_string();
-    eventually(
-        &format!(
-            "{mode}: the manifests' webhook reporting in {}",
-            report.name
-        ),
-        DEADLINE,
-        || async {
-            let out = report.kubectl(
-                &["create", "--dry-run=server", "-n", &report.name, "-f", "-"],
-                Some(&probe),
-            );
-            let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            (out.status.success() && err.contains("secure-defaults (report): would set"))
-                .then_some(())
-        },
-    )
-    .await;
-    let stored = create(
-        client,
-        &report.name,
-        &bare(&format!("{mode}-report")),
-        false,
-    )
-    .await
-    .unwrap();
-    assert_eq!(annotation(&stored), None, "{mode}: {stored}");
-    assert!(
-        stored["spec"]["securityContext"]["runAsUser"].is_null(),
-        "{mode}: {stored}"
+    let probe = bare("probe");
+    let what = format!(
+        "{mode}: the manifests' webhook reporting in {}",
+        report.name
     );
-    let served_ns = served[0].name.clone();
+    eventually(&what, DEADLINE, || async {
+        let out = report.kubectl_create("--dry-run=server", &probe);
+        (out.status.success() && stderr(&out).contains("secure-defaults (report): would set"))
+            .then_some(())
+    })
+    .await;
+    let stored = report.create_pod(bare(&format!("{mode}-report"))).await;
+    assert_eq!(annotation(&stored), None, "{mode}: {stored}");
+    assert!(sc(&stored)["runAsUser"].is_null(), "{mode}: {stored}");
     // Not sent: the server's request count stays put, and a served pod right after adds exactly one.
-    let not_sent = |ns: String, pod: Value, what: String| {
-        let served_ns = &served_ns;
-        async move {
-            let before = requests(hook).await;
-            let created = create(client, &ns, &pod, true)
-                .await
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert_eq!(annotation(&created), None, "{what}: {created}");
-            assert_eq!(requests(hook).await, before, "{what} reached the server");
-            let probe = create(client, served_ns, &bare("probe"), true)
-                .await
-                .unwrap();
-            assert!(annotation(&probe).is_some(), "{probe}");
-            assert_eq!(requests(hook).await, before + 1, "{what}");
-        }
-    };
-    for ns in unserved {
-        not_sent(
-            ns.name.clone(),
-            bare("bare"),
-            format!("{mode}: a pod in {}", ns.name),
-        )
-        .await;
+    let served_ns = &served[0].name;
+    let mut not_sent: Vec<(&str, Value, String)> = unserved
+        .iter()
+        .map(|ns| {
+            (
+                ns.name.as_str(),
+                bare("bare"),
+                format!("a pod in {}", ns.name),
+            )
+        })
+        .collect();
+    not_sent.extend([
+        ("kube-system", bare("bare"), "a pod in kube-system".into()),
+        (served_ns, windows("windows"), "a Windows pod".into()),
+        (served_ns, mirror("mirror"), "a mirror pod".into()),
+    ]);
+    for (ns, pod, what) in not_sent {
+        let what = format!("{mode}: {what}");
+        let before = requests(hook).await;
+        let created = create(client, ns, &pod, true)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(annotation(&created), None, "{what}: {created}");
+        assert_eq!(requests(hook).await, before, "{what} reached the server");
+        let probe = create(client, served_ns, &bare("probe"), true)
+            .await
+            .unwrap();
+        assert!(annotation(&probe).is_some(), "{probe}");
+        assert_eq!(requests(hook).await, before + 1, "{what}");
     }
-    not_sent(
-        "kube-system".into(),
-        bare("bare"),
-        format!("{mode}: a pod in kube-system"),
-    )
-    .await;
-    not_sent(
-        served_ns.clone(),
-        windows("windows"),
-        format!("{mode}: a Windows pod"),
-    )
-    .await;
-    not_sent(
-        served_ns.clone(),
-        mirror("mirror"),
-        format!("{mode}: a mirror pod"),
-    )
-    .await;
 }
 
 /// Step 3 of [`manifests_install_route_pods_and_backstop`]: with the webhook down, the backstop refuses what it
@@ -1369,43 +1138,32 @@ async fn backstop_holds_with_the_webhook_down(
     docs: &[Value],
 ) {
     for ns in served {
-        eventually(
-            &format!("{mode}: the backstop rejecting in {}", ns.name),
-            DEADLINE,
-            || async {
-                match create(client, &ns.name, &bare("bare"), true).await {
-                    Err(e) if e.contains(BACKSTOP) => Some(()),
-                    _ => None,
-                }
-            },
-        )
+        let what = format!("{mode}: the backstop rejecting in {}", ns.name);
+        eventually(&what, DEADLINE, || async {
+            let refusal = ns.dry_run(&bare("bare")).await.err()?;
+            refusal.contains(BACKSTOP).then_some(())
+        })
         .await;
     }
     backstop_cases(client, mode, &served[0].name, docs).await;
     // Report-only namespaces are never defaulted, so the backstop leaves their pods alone.
-    create(client, &report.name, &bare("bare"), true)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("{mode}: the backstop refused a pod in a report-only namespace: {e}")
-        });
+    report.dry_run(&bare("bare")).await.unwrap_or_else(|e| {
+        panic!("{mode}: the backstop refused a pod in a report-only namespace: {e}")
+    });
     for ns in unserved {
-        create(client, &ns.name, &bare("bare"), true)
+        ns.dry_run(&bare("bare"))
             .await
             .unwrap_or_else(|e| panic!("{mode}: {} is not served: {e}", ns.name));
     }
-    let stored = create(
-        client,
-        "kube-system",
-        &bare(&format!("e2e-manifests-{mode}")),
-        false,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{mode}: kube-system is never served: {e}"));
+    let name = format!("e2e-manifests-{mode}");
+    let stored = create(client, "kube-system", &bare(&name), false)
+        .await
+        .unwrap_or_else(|e| panic!("{mode}: kube-system is never served: {e}"));
     assert_eq!(annotation(&stored), None);
 }
 
 fn windows(name: &str) -> Value {
-    pod(
+    labelled(
         name,
         json!({"os": {"name": "windows"}, "containers": [{"name": "app", "image": IMAGE}]}),
     )
@@ -1430,19 +1188,11 @@ async fn deployment_pods_are_created(client: &Client, docs: &[Value]) {
         .collect::<Vec<_>>()
         .join(",");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "secure-defaults");
-    let list = eventually("the Deployment's 2 pods", DEADLINE, || async {
-        let list = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .ok()?;
-        (list.items.len() == 2).then_some(list)
-    })
-    .await;
-    for p in list.items {
-        let spec = serde_json::to_value(p.spec.unwrap()).unwrap();
+    for p in pods_labelled(&pods, &selector, 2).await {
+        let spec = &p["spec"];
         assert_eq!(spec["priority"], 1_000_000_000);
         assert_eq!(spec["enableServiceLinks"], false);
-        let volumes = volumes(&spec);
+        let volumes = volumes(spec);
         assert!(
             volumes.iter().all(|v| v.get("secret").is_none()),
             "a Secret volume: {volumes:?}"
@@ -1474,12 +1224,10 @@ async fn backstop_cases(client: &Client, mode: &str, ns: &str, docs: &[Value]) {
     let mut own = deployment(docs)["spec"]["template"]["spec"].clone();
     // Only what would not resolve in a test namespace: its service account.
     own.as_object_mut().unwrap().remove("serviceAccountName");
+    let webhooks = defaulted(&bare("p"), &parse_policy(&shipped_policy()));
     let admitted = [
-        (
-            "the webhook's pod",
-            defaulted(&bare("p"), &parse_policy(&shipped_policy())),
-        ),
-        ("the Deployment's own pod template", pod("p", own)),
+        ("the webhook's pod", webhooks),
+        ("the Deployment's own pod template", labelled("p", own)),
     ];
     for (what, pod) in admitted {
         create(client, ns, &pod, true)
@@ -1498,6 +1246,42 @@ async fn self_managed_rbac_suffices(env: &ClusterEnv, client: &Client, docs: &[V
     the_server_runs_on_that_rbac_alone(env, client, docs).await;
 }
 
+/// What the ServiceAccount may do (`kubectl auth can-i` in the namespace secure-defaults). A list or watch
+/// restricted to one name is what the API server authorises for a request carrying the field selector
+/// metadata.name=<that name>; `can-i list secrets/NAME` asks exactly that.
+const ALLOWED: [&str; 11] = [
+    "watch namespaces",
+    "get namespaces/anything",
+    "create secrets",
+    "get secrets/secure-defaults-tls",
+    "list secrets/secure-defaults-tls",
+    "watch secrets/secure-defaults-tls",
+    "update secrets/secure-defaults-tls",
+    "create leases.coordination.k8s.io",
+    "update leases.coordination.k8s.io/secure-defaults-certificates",
+    "update mutatingwebhookconfigurations.admissionregistration.k8s.io/secure-defaults",
+    "get mutatingwebhookconfigurations.admissionregistration.k8s.io/secure-defaults",
+];
+
+/// What the ServiceAccount may not do.
+const DENIED: [&str; 15] = [
+    "get secrets/other",
+    "list secrets",
+    "watch secrets",
+    "watch secrets/other",
+    "patch secrets/secure-defaults-tls",
+    "delete secrets/secure-defaults-tls",
+    "get secrets/secure-defaults-tls -n default",
+    "update leases.coordination.k8s.io/other",
+    "delete leases.coordination.k8s.io/secure-defaults-certificates",
+    "update mutatingwebhookconfigurations.admissionregistration.k8s.io/other",
+    "delete mutatingwebhookconfigurations.admissionregistration.k8s.io/secure-defaults",
+    "update validatingadmissionpolicies.admissionregistration.k8s.io/secure-defaults-backstop",
+    "update validatingadmissionpolicybindings.admissionregistration.k8s.io/secure-defaults-backstop",
+    "update namespaces/secure-defaults",
+    "create pods",
+];
+
 /// The overlay's Role, RoleBinding, ClusterRole and ClusterRoleBinding are installed, and the ServiceAccount may do
 /// exactly the named things.
 async fn rbac_grants_exactly_the_named_things(env: &ClusterEnv, docs: &[Value]) {
@@ -1508,98 +1292,27 @@ async fn rbac_grants_exactly_the_named_things(env: &ClusterEnv, docs: &[Value]) 
         })
         .cloned()
         .collect();
-    assert_eq!(
-        rbac.len(),
-        4,
-        "Role, RoleBinding, ClusterRole, ClusterRoleBinding"
-    );
-    let stored = kubectl_ok(
-        env,
-        &["get", "-f", "-", "-o", "name"],
-        Some(&as_list(&rbac)),
-    );
+    let what = "Role, RoleBinding, ClusterRole, ClusterRoleBinding";
+    assert_eq!(rbac.len(), 4, "{what}");
+    let stored = env.kubectl_ok(&["get", "-f", "-", "-o", "name"], Some(&as_list(&rbac)));
     assert_eq!(
         stored.lines().count(),
         4,
         "installed with the overlay: {stored}"
     );
 
-    let can = |args: &[&str]| {
-        let mut all = vec![
-            "auth",
-            "can-i",
-            "--as",
-            SERVICE_ACCOUNT,
-            "-n",
-            "secure-defaults",
-        ];
-        all.extend_from_slice(args);
-        run_kubectl(env, &all, None).status.success()
+    let can = |action: &str| {
+        let can_i = format!("auth can-i --as {SERVICE_ACCOUNT} -n secure-defaults {action}");
+        env.kubectl(&words(&can_i), None).status.success()
     };
-    // A list or watch restricted to one name is what the API server authorises for a request carrying the
-    // field selector metadata.name=<that name>; `can-i list secrets/NAME` asks exactly that.
-    let allowed: [&[&str]; 11] = [
-        &["watch", "namespaces"],
-        &["get", "namespaces/anything"],
-        &["create", "secrets"],
-        &["get", "secrets/secure-defaults-tls"],
-        &["list", "secrets/secure-defaults-tls"],
-        &["watch", "secrets/secure-defaults-tls"],
-        &["update", "secrets/secure-defaults-tls"],
-        &["create", "leases.coordination.k8s.io"],
-        &[
-            "update",
-            "leases.coordination.k8s.io/secure-defaults-certificates",
-        ],
-        &[
-            "update",
-            "mutatingwebhookconfigurations.admissionregistration.k8s.io/secure-defaults",
-        ],
-        &[
-            "get",
-            "mutatingwebhookconfigurations.admissionregistration.k8s.io/secure-defaults",
-        ],
-    ];
-    for args in allowed {
-        eventually(&format!("RBAC allowing {args:?}"), DEADLINE, || async {
-            can(args).then_some(())
+    for action in ALLOWED {
+        eventually(&format!("RBAC allowing {action}"), DEADLINE, || async {
+            can(action).then_some(())
         })
         .await;
     }
-    let denied: [&[&str]; 15] = [
-        &["get", "secrets/other"],
-        &["list", "secrets"],
-        &["watch", "secrets"],
-        &["watch", "secrets/other"],
-        &["patch", "secrets/secure-defaults-tls"],
-        &["delete", "secrets/secure-defaults-tls"],
-        &["get", "secrets/secure-defaults-tls", "-n", "default"],
-        &["update", "leases.coordination.k8s.io/other"],
-        &[
-            "delete",
-            "leases.coordination.k8s.io/secure-defaults-certificates",
-        ],
-        &[
-            "update",
-            "mutatingwebhookconfigurations.admissionregistration.k8s.io/other",
-        ],
-        &[
-            "delete",
-            "mutatingwebhookconfigurations.admissionregistration.k8s.io/secure-defaults",
-        ],
-        &[
-            "update",
-            "validatingadmissionpolicies.admissionregistration.k8s.io/secure-defaults-backstop",
-        ],
-        &[
-            "update",
-            "validatingadmissionpolicybindings.admissionregistration.k8s.io/secure-defaults-backstop",
-        ],
-        &["update", "namespaces/secure-defaults"],
-        &["create", "pods"],
-    ];
-    for args in denied {
-        assert!(!can(args), "the ServiceAccount may {args:?}");
+    for action in DENIED {
+        assert!(!can(action), "the ServiceAccount may {action}");
     }
 }
 
@@ -1608,31 +1321,12 @@ async fn rbac_grants_exactly_the_named_things(env: &ClusterEnv, docs: &[Value]) 
 async fn the_server_runs_on_that_rbac_alone(env: &ClusterEnv, client: &Client, docs: &[Value]) {
     // The server, as the ServiceAccount, as the Deployment starts it.
     let dir = tmp_dir("manifests-self-managed");
-    let token = kubectl_ok(
-        env,
-        &[
-            "create",
-            "token",
-            "secure-defaults",
-            "-n",
-            "secure-defaults",
-            "--duration=1h",
-        ],
-        None,
-    );
-    let cluster = std::fs::read_to_string(env.dir.join("env")).unwrap();
-    let var = |name: &str| {
-        cluster
-            .lines()
-            .filter_map(|l| l.trim_start_matches("export ").split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.trim_matches('"').trim_matches('\'').to_owned())
-            .unwrap_or_else(|| panic!("{name} in the cluster env"))
-    };
+    let create_token = "create token secure-defaults -n secure-defaults --duration=1h";
+    let token = env.kubectl_ok(&words(create_token), None);
     let kubeconfig = dir.join("kubeconfig");
     let config = json!({
         "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "e2e", "cluster": {"server": var("APISERVER_URL"), "certificate-authority": var("CA_CERT")}}],
+        "clusters": [{"name": "e2e", "cluster": {"server": env.var("APISERVER_URL"), "certificate-authority": env.var("CA_CERT")}}],
         "users": [{"name": "secure-defaults", "user": {"token": token.trim()}}],
         "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": "secure-defaults", "namespace": "secure-defaults"}}],
         "current-context": "sa"
@@ -1646,22 +1340,16 @@ async fn the_server_runs_on_that_rbac_alone(env: &ClusterEnv, client: &Client, d
     let c = container(docs);
     let deploy = deployment(docs);
     let pod_name = "e2e-manifests-self-managed";
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_secure-defaults"));
     // The Deployment's args, with the config file at its path on this machine; then only what differs here:
     // addresses, and the policy's path.
-    for arg in args(c) {
-        if arg == CONFIG_FILE {
-            cmd.arg(&config_path);
-        } else {
-            cmd.arg(arg);
-        }
-    }
+    let config_file = config_path.to_str().unwrap();
+    let args: Vec<&str> = args(c)
+        .into_iter()
+        .map(|arg| if arg == CONFIG_FILE { config_file } else { arg })
+        .collect();
     let admin_port = free_port();
-    cmd.arg("--listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{admin_port}"))
-        .arg("--policy")
+    let mut cmd = serve(env, &args, free_port(), admin_port);
+    cmd.arg("--policy")
         .arg(&policy)
         .env("KUBECONFIG", &kubeconfig);
     for var in c["env"].as_array().unwrap() {
@@ -1680,13 +1368,8 @@ async fn the_server_runs_on_that_rbac_alone(env: &ClusterEnv, client: &Client, d
         cmd.env(name, value);
     }
     let log = dir.join("server.log");
-    let server = start_ready(
-        cmd,
-        admin_port,
-        &log,
-        "in self-managed mode as the ServiceAccount",
-    )
-    .await;
+    let what = "in self-managed mode as the ServiceAccount";
+    let server = Server::ready(cmd, admin_port, log, what).await;
 
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(client.clone(), "secure-defaults");
@@ -1718,7 +1401,7 @@ async fn the_server_runs_on_that_rbac_alone(env: &ClusterEnv, client: &Client, d
         Some(pod_name)
     );
     // No request of the ServiceAccount was refused by RBAC ("... is forbidden: User ... cannot ...").
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let text = server.log();
     assert!(!text.contains("is forbidden: User"), "{text}");
     drop(server);
 }
@@ -1727,38 +1410,30 @@ async fn the_server_runs_on_that_rbac_alone(env: &ClusterEnv, client: &Client, d
 /// default overlays do without), and with them (schema-less stand-ins here) accepts every object (server-side
 /// dry run: nothing of it is stored, the default overlay stays installed).
 async fn cert_manager_overlay_needs_cert_manager(env: &ClusterEnv) {
-    let list = as_list(&render(env, &format!("manifests/overlays/{CERT_MANAGER}")));
+    let list = as_list(&render(env, format!("manifests/overlays/{CERT_MANAGER}")));
     let apply = ["apply", "--dry-run=server", "-f", "-"];
-    let out = run_kubectl(env, &apply, Some(&list));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = env.kubectl(&apply, Some(&list));
     assert!(
-        !out.status.success() && stderr.contains("cert-manager.io"),
-        "the cert-manager overlay applied without cert-manager: {stderr}"
+        !out.status.success() && stderr(&out).contains("cert-manager.io"),
+        "the cert-manager overlay applied without cert-manager: {}",
+        stderr(&out)
     );
 
     let crds = repo().join("e2e/manifests/cert-manager-crds.yaml");
-    kubectl_ok(env, &["apply", "-f", crds.to_str().unwrap()], None);
-    kubectl_ok(
-        env,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/issuers.cert-manager.io",
-            "crd/certificates.cert-manager.io",
-        ],
-        None,
-    );
+    env.kubectl_ok(&["apply", "-f", crds.to_str().unwrap()], None);
+    let crds = "crd/issuers.cert-manager.io crd/certificates.cert-manager.io";
+    let wait = format!("wait --for=condition=Established --timeout=60s {crds}");
+    env.kubectl_ok(&words(&wait), None);
     eventually(
         "kubectl apply --dry-run=server of the cert-manager overlay",
         DEADLINE,
         || async {
             // Retried: kubectl may not have discovered the cert-manager kinds yet.
-            let out = run_kubectl(env, &apply, Some(&list));
+            let out = env.kubectl(&apply, Some(&list));
             if out.status.success() {
                 Some(())
             } else {
-                eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+                eprintln!("{}", stderr(&out));
                 None
             }
         },

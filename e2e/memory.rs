@@ -9,15 +9,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-const CACHE_HITS: &str = r#"secure_defaults_namespace_lookups_total{source="cache"}"#;
-
-fn counter(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
@@ -31,17 +22,11 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test]
 #[ignore = "creates 3,000 namespaces: e2e/run.sh runs it alone, after the other tests"]
 async fn namespace_cache_memory_does_not_grow_with_annotations() {
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
+    let client = &env.client;
     let test = "memory";
-    let hook = Webhook::start(
-        &client,
-        &env,
-        test,
-        &policy_yaml("opt-in", ""),
-        FailurePolicy::Ignore,
-    )
-    .await;
+    let policy = policy_yaml("opt-in", "");
+    let hook = Webhook::start(&env, test, &policy, FailurePolicy::Ignore).await;
     let pid = hook.pid().expect("server running");
     let before = rss_kib(pid);
 
@@ -64,7 +49,11 @@ async fn namespace_cache_memory_does_not_grow_with_annotations() {
     while let Some(created) = creating.next().await {
         created.expect("create namespace");
     }
-    let _cleanup = Cleanup(&env);
+    // Deletes the test's namespaces whichever way it ends.
+    let _cleanup = OnDrop(|| {
+        let delete = format!("delete namespace -l {TEST_LABEL}=memory --wait=false");
+        let _ = env.kubectl(&words(&delete), None);
+    });
 
     // Watch events come in order: once the last namespace is answered from the cache, all of them are cached.
     // Pods there are refused until the controller manager has made its `default` ServiceAccount (3,000 of them).
@@ -80,24 +69,10 @@ async fn namespace_cache_memory_does_not_grow_with_annotations() {
         },
     )
     .await;
-    let probe = bare_pod("probe");
-    eventually("the cache to hold the last namespace", DEADLINE, || {
-        let (hook, client, last, probe) = (&hook, &client, &last, &probe);
-        async move {
-            let hits = counter(&hook.metrics().await, CACHE_HITS);
-            let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), last);
-            let pod = serde_json::from_value(probe.clone()).unwrap();
-            pods.create(
-                &PostParams {
-                    dry_run: true,
-                    ..Default::default()
-                },
-                &pod,
-            )
-            .await
-            .ok()?;
-            (counter(&hook.metrics().await, CACHE_HITS) > hits).then_some(())
-        }
+    eventually("the cache to hold the last namespace", DEADLINE, || async {
+        let hits = counter(&hook.metrics().await, CACHE_HITS);
+        create(client, &last, &bare_pod("probe"), true).await.ok()?;
+        (counter(&hook.metrics().await, CACHE_HITS) > hits).then_some(())
     })
     .await;
     let after = rss_kib(pid);
@@ -113,24 +88,4 @@ async fn namespace_cache_memory_does_not_grow_with_annotations() {
         grown_mib < 8.0,
         "RSS grew by {grown_mib:.1} MiB with {count} namespaces"
     );
-}
-
-/// Deletes the test's namespaces whatever way it ends.
-struct Cleanup<'a>(&'a ClusterEnv);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = kubectl(
-            &self.0.bin.join("kubectl"),
-            &self.0.kubeconfig,
-            &[
-                "delete",
-                "namespace",
-                "-l",
-                &format!("{TEST_LABEL}=memory"),
-                "--wait=false",
-            ],
-            None,
-        );
-    }
 }

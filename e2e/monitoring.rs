@@ -25,23 +25,6 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
     path
 }
 
-fn render(env: &ClusterEnv, dir: &Path) -> Vec<Value> {
-    let out = kubectl(
-        &env.bin.join("kubectl"),
-        &env.kubeconfig,
-        &["kustomize", dir.to_str().unwrap()],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    secure_defaults::preview::read::yaml_values(&text).expect("YAML documents")
-}
-
 fn key(doc: &Value) -> String {
     format!(
         "{}/{}/{}",
@@ -53,12 +36,8 @@ fn key(doc: &Value) -> String {
 
 #[tokio::test]
 async fn the_monitoring_component_adds_rules_scraping_and_the_dashboard() {
-    let env = cluster_env();
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("e2e")
-        .join("monitoring-component");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let env = cluster_env().await;
+    let dir = tmp_dir("monitoring-component");
     let manifests = repo().join("manifests");
     std::fs::write(
         dir.join("kustomization.yaml"),
@@ -70,7 +49,7 @@ async fn the_monitoring_component_adds_rules_scraping_and_the_dashboard() {
     )
     .unwrap();
 
-    let plain = render(&env, &manifests.join("overlays/opt-in"));
+    let plain = render(&env, manifests.join("overlays/opt-in"));
     let with = render(&env, &dir);
     let plain_keys: Vec<String> = plain.iter().map(key).collect();
     let added: Vec<&Value> = with
@@ -111,10 +90,7 @@ async fn the_monitoring_component_adds_rules_scraping_and_the_dashboard() {
 
     // The PodMonitor scrapes the admin port of the Deployment's own pods.
     let monitor = find("PodMonitor");
-    let deployment = with
-        .iter()
-        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "secure-defaults")
-        .unwrap();
+    let deployment = crate::manifests::deployment(&with);
     let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
     for (k, v) in monitor["spec"]["selector"]["matchLabels"]
         .as_object()

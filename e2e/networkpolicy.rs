@@ -7,27 +7,9 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// `kubectl kustomize` of a directory of the repository, one JSON value per document.
-fn render(env: &ClusterEnv, dir: &str) -> Vec<Value> {
-    let path = repo().join(dir);
-    let out = kubectl(
-        &env.bin.join("kubectl"),
-        &env.kubeconfig,
-        &["kustomize", path.to_str().unwrap()],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    secure_defaults::preview::read::yaml_values(&text).expect("YAML documents")
-}
-
 #[tokio::test]
 async fn the_network_policy_component_admits_only_the_control_plane_and_monitoring() {
-    let env = cluster_env();
+    let env = cluster_env().await;
     let with = render(&env, "e2e/manifests/network-policy");
     let without = render(&env, "manifests/overlays/opt-in");
 
@@ -41,10 +23,7 @@ async fn the_network_policy_component_admits_only_the_control_plane_and_monitori
     assert_eq!(policy["metadata"]["namespace"], "secure-defaults");
 
     // It selects the webhook's pods: its selector's labels are all on the Deployment's pod template.
-    let deployment = rest
-        .iter()
-        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "secure-defaults")
-        .expect("the Deployment");
+    let deployment = crate::manifests::deployment(&rest);
     let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
     let selector = policy["spec"]["podSelector"]["matchLabels"]
         .as_object()
@@ -88,38 +67,15 @@ async fn the_network_policy_component_admits_only_the_control_plane_and_monitori
 
     // The API server accepts it as rendered. It goes to a namespace of this test: `secure-defaults` belongs to
     // the manifests test, which may be running beside this one.
-    let client = client(&env).await;
-    let ns =
-        TestNamespace::create(&client, &env, "network-policy", "e2e-network-policy", &[]).await;
+    let ns = TestNamespace::create(&env, "network-policy", "e2e-network-policy", &[]).await;
     let mut object = policy.clone();
     object["metadata"]["namespace"] = json!(ns.name);
-    let applied = ns.kubectl(
+    env.kubectl_ok(
         &["apply", "-f", "-", "-o", "json"],
         Some(&object.to_string()),
     );
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    let stored = ns.kubectl(
-        &[
-            "get",
-            "networkpolicy",
-            "secure-defaults",
-            "-n",
-            &ns.name,
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    assert!(
-        stored.status.success(),
-        "{}",
-        String::from_utf8_lossy(&stored.stderr)
-    );
-    let stored: Value = serde_json::from_slice(&stored.stdout).unwrap();
+    let get = format!("get networkpolicy secure-defaults -n {} -o json", ns.name);
+    let stored: Value = serde_json::from_str(&env.kubectl_ok(&words(&get), None)).unwrap();
     assert_eq!(
         stored["spec"], policy["spec"],
         "the API server changed the policy"

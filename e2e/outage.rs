@@ -61,28 +61,16 @@ impl Drop for Stopped<'_> {
     }
 }
 
-fn counter(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-const CACHE_HITS: &str = r#"secure_defaults_namespace_lookups_total{source="cache"}"#;
-
 #[tokio::test]
 #[ignore = "stops the shared kube-apiserver for 40 s: e2e/run.sh runs it alone, after the other tests"]
 async fn namespace_relabelled_after_an_api_server_outage_is_honoured_within_seconds() {
-    let env = cluster_env();
-    let client = client(&env).await;
     let test = "outage";
     let policy = policy_yaml(
         "opt-in",
         "namespaces:\n  - match: {labels: {matchLabels: {team: data}}}\n    set: {runAsUser: 20002}\n",
     );
-    let hook = Webhook::start(&client, &env, test, &policy, FailurePolicy::Fail).await;
-    let ns = TestNamespace::create(&client, &env, test, "e2e-outage", &[(INJECT, "enabled")]).await;
-    hook.wait_effective(&ns).await;
+    let (hook, ns) = served(test, &policy, FailurePolicy::Fail).await;
+    let env = &ns.env;
 
     // The cache knows the namespace: a pod's lookup is answered from it.
     let mut n = 0;
@@ -119,7 +107,7 @@ async fn namespace_relabelled_after_an_api_server_outage_is_honoured_within_seco
 
     // Relabel at once (retried: the client's pooled connections died with the API server), then create pods
     // until one gets the label-selected default.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
     let patch = json!({"metadata": {"labels": {"team": "data"}}});
     let mut relabelled = None;
     let mut last = String::new();

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -32,21 +32,9 @@ fn corpus_files() -> Vec<PathBuf> {
 
 /// Runs the real binary with `stdin`.
 fn secure_defaults(args: &[&str], stdin: &[u8]) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    std::io::Write::write_all(&mut input, stdin).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_secure-defaults"));
+    cmd.args(args);
+    run(cmd, stdin)
 }
 
 /// Every pod of the corpus: each Pod, and a pod made of each workload's template. Names are made unique.
@@ -122,30 +110,18 @@ fn pod_api(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
 
 #[tokio::test]
 async fn corpus_pods_admitted_without_the_webhook_are_admitted_with_it() {
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
+    let client = &env.client;
     let pods = corpus_pods();
     assert!(pods.len() >= 100, "{} pods", pods.len());
-    let bare = TestNamespace::create(&client, &env, "corpus-bare", "e2e-corpus-bare", &[]).await;
-    let mut served = Vec::new();
-    for (test, policy) in [
-        ("corpus-plain", policy_yaml("opt-in", "")),
-        (
-            "corpus-restricted",
-            policy_yaml("opt-in", "profile: restricted\n"),
-        ),
+    let bare = TestNamespace::create(&env, "corpus-bare", "e2e-corpus-bare", &[]).await;
+    let mut served_by = Vec::new();
+    for (test, rest) in [
+        ("corpus-plain", ""),
+        ("corpus-restricted", "profile: restricted\n"),
     ] {
-        let hook = Webhook::start(&client, &env, test, &policy, FailurePolicy::Fail).await;
-        let ns = TestNamespace::create(
-            &client,
-            &env,
-            test,
-            &format!("e2e-{test}"),
-            &[(INJECT, "enabled")],
-        )
-        .await;
-        hook.wait_effective(&ns).await;
-        served.push((test, hook, ns));
+        let policy = policy_yaml("opt-in", rest);
+        served_by.push((test, served(test, &policy, FailurePolicy::Fail).await));
     }
     // The ServiceAccounts the pods name, in every namespace, as their manifests would have created them.
     let accounts: std::collections::BTreeSet<String> = pods
@@ -158,7 +134,7 @@ async fn corpus_pods_admitted_without_the_webhook_are_admitted_with_it() {
                 .map(str::to_owned)
         })
         .collect();
-    for ns in std::iter::once(&bare.name).chain(served.iter().map(|(_, _, ns)| &ns.name)) {
+    for ns in std::iter::once(&bare.name).chain(served_by.iter().map(|(_, (_, ns))| &ns.name)) {
         let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
             Api::namespaced(client.clone(), ns);
         for account in accounts.iter().filter(|a| *a != "default") {
@@ -166,7 +142,7 @@ async fn corpus_pods_admitted_without_the_webhook_are_admitted_with_it() {
             api.create(&PostParams::default(), &sa).await.unwrap();
         }
     }
-    let without = pod_api(&client, &bare.name);
+    let without = pod_api(client, &bare.name);
     let mut admitted = 0;
     let mut defaulted = BTreeMap::new();
     let mut failures = Vec::new();
@@ -181,12 +157,10 @@ async fn corpus_pods_admitted_without_the_webhook_are_admitted_with_it() {
             continue;
         }
         admitted += 1;
-        for (test, _, ns) in &served {
-            match dry_run(&pod_api(&client, &ns.name), pod).await {
+        for (test, (_, ns)) in &served_by {
+            match dry_run(&pod_api(client, &ns.name), pod).await {
                 Ok(stored) => {
-                    let annotated = stored
-                        .pointer("/metadata/annotations/secure-defaults.io~1defaulted")
-                        .is_some();
+                    let annotated = annotation(&stored).is_some();
                     *defaulted.entry(*test).or_insert(0) += usize::from(annotated);
                 }
                 Err(e) => failures.push(format!("{test}: {what}: {e}")),
@@ -210,7 +184,7 @@ async fn corpus_pods_admitted_without_the_webhook_are_admitted_with_it() {
         failures.join("\n")
     );
     assert!(admitted >= 100, "{admitted} admitted");
-    for (test, _, _) in &served {
+    for (test, _) in &served_by {
         assert!(
             defaulted.get(test).copied().unwrap_or(0) >= 100,
             "{test}: {defaulted:?}"
@@ -241,12 +215,8 @@ fn normalised(value: &Value) -> Value {
 
 /// What `kubectl create --dry-run=client -o json` reads from `input`: its objects, in order.
 fn kubectl_reads(env: &ClusterEnv, input: &[u8]) -> (Vec<Value>, String) {
-    let out = kubectl(
-        &env.bin.join("kubectl"),
-        &env.kubeconfig,
-        &["create", "--dry-run=client", "-o", "json", "-f", "-"],
-        Some(&text(input)),
-    );
+    let create = ["create", "--dry-run=client", "-o", "json", "-f", "-"];
+    let out = env.kubectl(&create, Some(&String::from_utf8_lossy(input)));
     let mut objects = Vec::new();
     for value in serde_json::Deserializer::from_slice(&out.stdout).into_iter::<Value>() {
         let value = value.unwrap();
@@ -256,12 +226,12 @@ fn kubectl_reads(env: &ClusterEnv, input: &[u8]) -> (Vec<Value>, String) {
         }
     }
 
-    (objects, text(&out.stderr))
+    (objects, stderr(&out))
 }
 
 #[tokio::test]
 async fn kubectl_reads_the_preview_output_as_the_input_plus_the_reported_patches() {
-    let env = cluster_env();
+    let env = cluster_env().await;
     let label = format!("{INJECT}=enabled");
     let mut compared = 0;
     let mut patched = 0;
@@ -275,23 +245,11 @@ async fn kubectl_reads_the_preview_output_as_the_input_plus_the_reported_patches
         };
         // Standard input is told by its content; a file by its name. Give `mutate` the file, as a user would.
         let f = file.to_str().unwrap();
-        let patches = secure_defaults(&["mutate", "-f", f, "-n", "corpus", "-l", &label], b"");
-        assert!(
-            patches.status.success(),
-            "{name}: {}",
-            text(&patches.stderr)
-        );
-        let written = secure_defaults(
-            &[
-                "mutate", "-f", f, "-n", "corpus", "-l", &label, "-o", "object",
-            ],
-            b"",
-        );
-        assert!(
-            written.status.success(),
-            "{name}: {}",
-            text(&written.stderr)
-        );
+        let mutate = format!("mutate -f {f} -n corpus -l {label}");
+        let patches = secure_defaults(&words(&mutate), b"");
+        assert!(patches.status.success(), "{name}: {}", stderr(&patches));
+        let written = secure_defaults(&words(&format!("{mutate} -o object")), b"");
+        assert!(written.status.success(), "{name}: {}", stderr(&written));
 
         let (before, before_err) = kubectl_reads(&env, &input);
         let (after, after_err) = kubectl_reads(&env, &written.stdout);
@@ -400,54 +358,30 @@ async fn kubectl_reads_the_preview_output_as_the_input_plus_the_reported_patches
 
 #[tokio::test]
 async fn helm_template_and_kustomize_output_preview_through_standard_input() {
-    let env = cluster_env();
-    let label = format!("{INJECT}=enabled");
-    let helm = helm_bin();
+    let env = cluster_env().await;
+    let mutate = format!("mutate -f - -n apps -l {INJECT}=enabled");
+    let check = format!("{mutate} --exit-code");
+    let check = words(&check);
     let chart = repo().join("manifests/chart/secure-defaults");
-    let rendered = Command::new(helm)
-        .args([
-            "template",
-            "sd",
-            chart.to_str().unwrap(),
-            "--namespace",
-            "secure-defaults",
-        ])
+    let rendered = Command::new(helm_bin())
+        .args(["template", "sd", chart.to_str().unwrap()])
+        .args(["--namespace", "secure-defaults"])
         .output()
         .unwrap();
-    assert!(rendered.status.success(), "{}", text(&rendered.stderr));
-    let overlay = kubectl(
-        &env.bin.join("kubectl"),
-        &env.kubeconfig,
-        &[
-            "kustomize",
-            repo().join("manifests/overlays/opt-in").to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(overlay.status.success(), "{}", text(&overlay.stderr));
+    assert!(rendered.status.success(), "{}", stderr(&rendered));
+    let overlay = repo().join("manifests/overlays/opt-in");
+    let overlay = env.kubectl_ok(&["kustomize", overlay.to_str().unwrap()], None);
     for (what, manifest) in [
         ("helm template", rendered.stdout),
-        ("kubectl kustomize", overlay.stdout),
+        ("kubectl kustomize", overlay.into_bytes()),
     ] {
         // The chart's Deployment states its own user but no fsGroup: that is what would change.
-        let out = secure_defaults(
-            &[
-                "mutate",
-                "-f",
-                "-",
-                "-n",
-                "apps",
-                "-l",
-                &label,
-                "--exit-code",
-            ],
-            &manifest,
-        );
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        let out = secure_defaults(&check, &manifest);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
         assert!(
-            stderr.contains("objects carry no pod and pass through unchanged"),
-            "{what}: {stderr}"
+            err.contains("objects carry no pod and pass through unchanged"),
+            "{what}: {err}"
         );
         let patch: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(
@@ -457,13 +391,8 @@ async fn helm_template_and_kustomize_output_preview_through_standard_input() {
             "{what}: {patch}"
         );
 
-        let out = secure_defaults(
-            &[
-                "mutate", "-f", "-", "-n", "apps", "-l", &label, "-o", "object",
-            ],
-            &manifest,
-        );
-        assert!(out.status.success(), "{what}: {}", text(&out.stderr));
+        let out = secure_defaults(&words(&format!("{mutate} -o object")), &manifest);
+        assert!(out.status.success(), "{what}: {}", stderr(&out));
         let (before, before_err) = kubectl_reads(&env, &manifest);
         let (after, after_err) = kubectl_reads(&env, &out.stdout);
         assert!(
@@ -488,144 +417,86 @@ async fn helm_template_and_kustomize_output_preview_through_standard_input() {
             }
         }
         // Applied, nothing is left to change: a CI gate passes.
-        let again = secure_defaults(
-            &[
-                "mutate",
-                "-f",
-                "-",
-                "-n",
-                "apps",
-                "-l",
-                &label,
-                "--exit-code",
-            ],
-            &out.stdout,
-        );
-        assert_eq!(
-            again.status.code(),
-            Some(0),
-            "{what}: {}",
-            text(&again.stderr)
-        );
+        let again = secure_defaults(&check, &out.stdout);
+        assert_eq!(again.status.code(), Some(0), "{what}: {}", stderr(&again));
     }
+}
+
+/// `kubectl create` of `pod` in `ns`: admitted, with warnings that say each of `words`; the pod as stored.
+fn created_with_warning(ns: &TestNamespace, pod: &Value, words: &[&str]) -> Value {
+    let out = ns.kubectl_create("-o json", pod);
+    let (name, err) = (&pod["metadata"]["name"], stderr(&out));
+    assert!(out.status.success(), "{name}: refused: {err}");
+    assert!(words.iter().all(|w| err.contains(w)), "{name}: {err}");
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test]
 async fn windows_pods_pinned_by_node_selection_are_left_alone() {
-    let Served {
-        ns, hook: _hook, ..
-    } = served(
-        "windows-pinned",
-        &policy_yaml("opt-in", "profile: restricted\n"),
-        FailurePolicy::Fail,
-    )
-    .await;
+    let policy = policy_yaml("opt-in", "profile: restricted\n");
+    let (_hook, ns) = served("windows-pinned", &policy, FailurePolicy::Fail).await;
     let container = json!([{"name": "iis", "image": "mcr.microsoft.com/windows/servercore/iis"}]);
     let cases = [
         (
-            "nodeSelector",
             json!({"nodeSelector": {"kubernetes.io/os": "windows"}, "containers": container}),
             "nodeSelector kubernetes.io/os is windows",
         ),
         (
-            "required node affinity",
             json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
                 "nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]}]}}},
                 "containers": container}),
             "required node affinity admits only Windows nodes",
         ),
     ];
-    for (i, (what, spec, words)) in cases.into_iter().enumerate() {
-        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("win-{i}")}, "spec": spec});
-        let out = ns.kubectl(
-            &["create", "-n", &ns.name, "-o", "json", "-f", "-"],
-            Some(&pod.to_string()),
-        );
-        let stderr = text(&out.stderr);
-        assert!(out.status.success(), "{what}: {stderr}");
+    for (i, (spec, words)) in cases.into_iter().enumerate() {
+        let pod = pod(&format!("win-{i}"), spec);
+        let stored = created_with_warning(&ns, &pod, &[words, "set spec.os.name: windows"]);
         assert!(
-            stderr.contains(words) && stderr.contains("set spec.os.name: windows"),
-            "{what}: {stderr}"
+            sc(&stored).as_object().is_none_or(|s| s.is_empty()),
+            "{stored}"
         );
-        let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(
-            stored["spec"]
-                .get("securityContext")
-                .is_none_or(|s| s == &json!({})),
-            "{what}: {stored}"
-        );
-        assert!(
-            stored["spec"]["containers"][0]
-                .get("securityContext")
-                .is_none(),
-            "{what}: {stored}"
+        assert_at(
+            words,
+            &stored,
+            &json!({"/spec/containers/0/securityContext": null}),
         );
     }
 }
 
 #[tokio::test]
 async fn pods_with_the_deprecated_seccomp_annotations_stay_admissible() {
-    let Served {
-        ns, hook: _hook, ..
-    } = served(
-        "seccomp-annotations",
-        &policy_yaml("opt-in", "profile: restricted\n"),
-        FailurePolicy::Fail,
-    )
-    .await;
-    let pod = |name: &str, annotations: Value| {
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "annotations": annotations},
-            "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}})
-    };
-    // (pod, the pod-level profile stored, words of the warning)
+    let policy = policy_yaml("opt-in", "profile: restricted\n");
+    let (_hook, ns) = served("seccomp-annotations", &policy, FailurePolicy::Fail).await;
+    // (pod, its annotation, the pod-level profile stored, words of the warning)
     let cases = [
         (
-            pod(
-                "pod-localhost",
-                json!({"seccomp.security.alpha.kubernetes.io/pod": "localhost/profiles/audit.json"}),
-            ),
-            None,
+            "pod-localhost",
+            json!({"seccomp.security.alpha.kubernetes.io/pod": "localhost/profiles/audit.json"}),
+            json!(null),
             "the pod states its profile \"localhost/profiles/audit.json\" in the deprecated annotation",
         ),
         (
-            pod(
-                "container-unconfined",
-                json!({"container.seccomp.security.alpha.kubernetes.io/app": "unconfined"}),
-            ),
-            None,
+            "container-unconfined",
+            json!({"container.seccomp.security.alpha.kubernetes.io/app": "unconfined"}),
+            json!(null),
             "container \"app\" states its profile \"unconfined\"",
         ),
         (
-            pod(
-                "pod-runtime-default",
-                json!({"seccomp.security.alpha.kubernetes.io/pod": "runtime/default"}),
-            ),
-            Some(json!({"type": "RuntimeDefault"})),
+            "pod-runtime-default",
+            json!({"seccomp.security.alpha.kubernetes.io/pod": "runtime/default"}),
+            json!({"type": "RuntimeDefault"}),
             "the field makes it take effect",
         ),
     ];
-    for (pod, profile, words) in cases {
-        let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
-        let out = ns.kubectl(
-            &["create", "-n", &ns.name, "-o", "json", "-f", "-"],
-            Some(&pod.to_string()),
-        );
-        let stderr = text(&out.stderr);
-        assert!(out.status.success(), "{name}: refused: {stderr}");
-        assert!(stderr.contains(words), "{name}: {stderr}");
-        let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(
-            stored
-                .pointer("/spec/securityContext/seccompProfile")
-                .cloned(),
-            profile,
-            "{name}: {stored}"
-        );
+    for (name, annotations, profile, words) in cases {
+        let mut pod = bare_pod(name);
+        pod["metadata"]["annotations"] = annotations;
+        let stored = created_with_warning(&ns, &pod, &[words]);
         // Everything else restricted needs is still set.
-        assert_eq!(
-            stored.pointer("/spec/securityContext/runAsNonRoot"),
-            Some(&json!(true)),
-            "{name}"
-        );
+        let expected = json!({
+            "/spec/securityContext/seccompProfile": profile,
+            "/spec/securityContext/runAsNonRoot": true
+        });
+        assert_at(name, &stored, &expected);
     }
 }

@@ -21,11 +21,8 @@ fn plain_deployment(name: &str) -> Deployment {
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
             "template": {"metadata": {"labels": {"app": name}},
                 "spec": {
-                    "initContainers": [{"name": "init-db", "image": "registry.k8s.io/pause:3.10"}],
-                    "containers": [
-                        {"name": "app", "image": "registry.k8s.io/pause:3.10"},
-                        {"name": "sidecar", "image": "registry.k8s.io/pause:3.10"}
-                    ]}}}
+                    "initContainers": [{"name": "init-db", "image": IMAGE}],
+                    "containers": [{"name": "app", "image": IMAGE}, {"name": "sidecar", "image": IMAGE}]}}}
     }))
     .unwrap()
 }
@@ -50,47 +47,49 @@ fn as_new_pod(pod: &Value, namespace: &str) -> Value {
     pod
 }
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// Labels `ns` to enforce "restricted" and waits until the API server's PodSecurity admission does (it reads
 /// namespaces from its own cache): a dry run of a privileged pod is refused.
 async fn enforce_restricted(ns: &TestNamespace) {
     ns.label(ENFORCE, "restricted").await;
-    let privileged = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "privileged"},
-        "spec": {"containers": [{"name": "p", "image": "registry.k8s.io/pause:3.10",
-            "securityContext": {"privileged": true}}]}})
-    .to_string();
+    let container = json!({"name": "p", "image": IMAGE, "securityContext": {"privileged": true}});
+    let privileged = pod("privileged", json!({"containers": [container]}));
     eventually("PodSecurity to enforce restricted", DEADLINE, || {
-        let out = ns.kubectl(
-            &["create", "--dry-run=server", "-n", &ns.name, "-f", "-"],
-            Some(&privileged),
-        );
+        let out = ns.kubectl_create("--dry-run=server", &privileged);
         let refused = !out.status.success() && stderr(&out).contains("violates PodSecurity");
         async move { refused.then_some(()) }
     })
     .await;
 }
 
+/// Runs `attempt` (a kubectl command that PodSecurity refuses) until secure-defaults' `warning` shows (the
+/// webhook learns of a namespace's label through its watch; each refused attempt leaves nothing behind), and
+/// checks that the warning comes before the refusal; returns what kubectl said.
+async fn refused_after_warning(
+    warning: &str,
+    attempt: impl Fn() -> std::process::Output,
+) -> String {
+    let err = eventually(warning, DEADLINE, || {
+        let out = attempt();
+        assert!(!out.status.success(), "admitted: {warning}");
+        let err = stderr(&out);
+        async move { err.contains(warning).then_some(err) }
+    })
+    .await;
+    let refusal = err
+        .find("violates PodSecurity")
+        .unwrap_or_else(|| panic!("not refused by PodSecurity: {err}"));
+    assert!(err.find(warning).unwrap_or_default() < refusal, "{err}");
+    err
+}
+
 #[tokio::test]
 async fn restricted_namespace_admits_the_pods_of_a_plain_deployment_once_defaulted() {
-    let Served {
-        env,
-        client,
-        hook: _hook,
-        ns,
-    } = served("restricted", &restricted_policy(""), FailurePolicy::Fail).await;
+    let (_hook, ns) = served("restricted", &restricted_policy(""), FailurePolicy::Fail).await;
+    let (env, client) = (&ns.env, &ns.env.client);
     enforce_restricted(&ns).await;
     // A restricted namespace this webhook does not serve (not opted in).
-    let plain = TestNamespace::create(
-        &client,
-        &env,
-        "restricted",
-        "e2e-restricted-plain",
-        &[(ENFORCE, "restricted")],
-    )
-    .await;
+    let restricted = [(ENFORCE, "restricted")];
+    let plain = TestNamespace::create(env, "restricted", "e2e-restricted-plain", &restricted).await;
 
     for namespace in [&ns.name, &plain.name] {
         Api::<Deployment>::namespaced(client.clone(), namespace)
@@ -98,51 +97,27 @@ async fn restricted_namespace_admits_the_pods_of_a_plain_deployment_once_default
             .await
             .unwrap();
     }
-    let pods = ns.pods();
-    let stored = eventually(
-        "the Deployment's pod in the served namespace",
-        DEADLINE,
-        || {
-            let pods = pods.clone();
-            async move {
-                let list = pods
-                    .list(&ListParams::default().labels("app=web"))
-                    .await
-                    .ok()?;
-                list.items.into_iter().next()
-            }
-        },
-    )
-    .await;
-    let pod = serde_json::to_value(stored).unwrap();
-    let sc = &pod["spec"]["securityContext"];
-    assert_eq!(sc["runAsNonRoot"], true, "{pod}");
-    assert_eq!(
-        sc["seccompProfile"],
-        json!({"type": "RuntimeDefault"}),
-        "{pod}"
-    );
+    // The Deployment's pod in the served namespace.
+    let pod = pods_labelled(&ns.pods(), "app=web", 1).await.remove(0);
+    let expected = json!({
+        "/spec/securityContext/runAsNonRoot": true,
+        "/spec/securityContext/seccompProfile": {"type": "RuntimeDefault"}
+    });
+    assert_at("the Deployment's pod", &pod, &expected);
     for list in ["containers", "initContainers"] {
         for c in pod["spec"][list].as_array().unwrap() {
-            assert_eq!(
-                c["securityContext"]["allowPrivilegeEscalation"], false,
-                "{c}"
-            );
-            assert_eq!(
-                c["securityContext"]["capabilities"]["drop"],
-                json!(["ALL"]),
-                "{c}"
-            );
+            let expected = json!({
+                "/securityContext/allowPrivilegeEscalation": false,
+                "/securityContext/capabilities/drop": ["ALL"]
+            });
+            assert_at(list, c, &expected);
         }
     }
 
     // The stored pod passes "restricted" on its own: a server-side dry run of it in the namespace the webhook
     // does not serve is admitted.
     let copy = as_new_pod(&pod, &plain.name);
-    let out = plain.kubectl(
-        &["create", "--dry-run=server", "-o", "json", "-f", "-"],
-        Some(&copy.to_string()),
-    );
+    let out = plain.kubectl_create("--dry-run=server -o json", &copy);
     assert!(out.status.success(), "dry run refused: {}", stderr(&out));
 
     // The control: the same Deployment in the unserved restricted namespace gets its pods refused.
@@ -183,36 +158,16 @@ async fn restricted_namespace_admits_the_pods_of_a_plain_deployment_once_default
 
 #[tokio::test]
 async fn kubectl_debug_works_in_a_restricted_namespace_with_the_baseline_profile() {
-    let Served {
-        env,
-        client,
-        hook: _hook,
-        ns,
-    } = served(
-        "debug-restricted",
-        &restricted_policy(""),
-        FailurePolicy::Fail,
-    )
-    .await;
+    let test = "debug-restricted";
+    let (_hook, ns) = served(test, &restricted_policy(""), FailurePolicy::Fail).await;
     enforce_restricted(&ns).await;
     ns.create_pod(bare_pod("target")).await;
 
     let debug = |ns: &TestNamespace, profile: &str, container: &str| {
-        ns.kubectl(
-            &[
-                "debug",
-                "target",
-                "-n",
-                &ns.name,
-                "--image",
-                "busybox:1.36",
-                "--container",
-                container,
-                "--profile",
-                profile,
-            ],
-            None,
-        )
+        let debug = format!(
+            "debug target --image busybox:1.36 --container {container} --profile {profile}"
+        );
+        ns.kubectl(&debug, None)
     };
     let out = debug(&ns, "baseline", "debugger");
     assert!(out.status.success(), "kubectl debug: {}", stderr(&out));
@@ -227,42 +182,20 @@ async fn kubectl_debug_works_in_a_restricted_namespace_with_the_baseline_profile
 
     // kubectl's default profile adds SYS_PTRACE, which "restricted" never allows: refused for that alone, and
     // secure-defaults' warning naming the container and the capability comes first.
-    // The webhook learns of the namespace's label through its watch: retry (each attempt is refused and
-    // leaves nothing behind) until its warning shows.
-    let warning_text = "secure-defaults: Pod Security \"restricted\" refuses this: container \"tracer\" adds capability SYS_PTRACE";
-    let err = eventually("the SYS_PTRACE warning", DEADLINE, || {
-        let out = debug(&ns, "general", "tracer");
-        assert!(!out.status.success(), "debug with SYS_PTRACE admitted");
-        let err = stderr(&out);
-        async move { err.contains(warning_text).then_some(err) }
-    })
-    .await;
-    let warning = err.find(warning_text).unwrap_or_default();
-    let refusal = err
-        .find("violates PodSecurity")
-        .unwrap_or_else(|| panic!("not refused by PodSecurity: {err}"));
-    assert!(warning < refusal, "{err}");
-    assert!(err.contains("SYS_PTRACE"), "{err}");
+    let warning = "secure-defaults: Pod Security \"restricted\" refuses this: container \"tracer\" adds capability SYS_PTRACE";
+    let err = refused_after_warning(warning, || debug(&ns, "general", "tracer")).await;
     assert!(!err.contains("allowPrivilegeEscalation != false"), "{err}");
 
     // Without the webhook, the same baseline debug container is refused: an explicitly compliant pod in a
     // restricted namespace that is not served.
-    let plain = TestNamespace::create(
-        &client,
-        &env,
-        "debug-restricted",
-        "e2e-debug-restricted-plain",
-        &[(ENFORCE, "restricted")],
-    )
-    .await;
-    plain
-        .create_pod(json!({
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "target"},
-            "spec": {"securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-                "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10",
-                    "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]}
-        }))
-        .await;
+    let name = "e2e-debug-restricted-plain";
+    let plain = TestNamespace::create(&ns.env, test, name, &[(ENFORCE, "restricted")]).await;
+    let compliant = json!({
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "app", "image": IMAGE,
+            "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]
+    });
+    plain.create_pod(pod("target", compliant)).await;
     let out = debug(&plain, "baseline", "debugger");
     assert!(!out.status.success(), "admitted without the webhook");
     assert!(
@@ -274,49 +207,22 @@ async fn kubectl_debug_works_in_a_restricted_namespace_with_the_baseline_profile
 
 #[tokio::test]
 async fn explicit_values_survive_in_a_restricted_namespace() {
-    let Served {
-        client: _client,
-        hook: _hook,
-        ns,
-        ..
-    } = served(
-        "explicit-restricted",
-        &restricted_policy(""),
-        FailurePolicy::Fail,
-    )
-    .await;
+    let test = "explicit-restricted";
+    let (_hook, ns) = served(test, &restricted_policy(""), FailurePolicy::Fail).await;
     enforce_restricted(&ns).await;
 
     // An explicit root user stays, so PodSecurity refuses the pod; the warning naming it comes first.
-    let root = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root"},
-        "spec": {"containers": [{"name": "db", "image": "registry.k8s.io/pause:3.10",
-            "securityContext": {"runAsUser": 0}}]}});
-    let err = eventually("the runAsUser 0 warning", DEADLINE, || {
-        let out = ns.kubectl(
-            &["create", "-n", &ns.name, "-f", "-"],
-            Some(&root.to_string()),
-        );
-        assert!(!out.status.success(), "root pod admitted");
-        let err = stderr(&out);
-        async move {
-            err.contains("container \"db\" sets runAsUser: 0")
-                .then_some(err)
-        }
-    })
-    .await;
-    let warning = err
-        .find("container \"db\" sets runAsUser: 0")
-        .unwrap_or_default();
-    let refusal = err
-        .find("violates PodSecurity")
-        .unwrap_or_else(|| panic!("{err}"));
-    assert!(warning < refusal, "{err}");
+    let root = json!({"name": "db", "image": IMAGE, "securityContext": {"runAsUser": 0}});
+    let root = pod("root", json!({"containers": [root]}));
+    let warning = "container \"db\" sets runAsUser: 0";
+    refused_after_warning(warning, || ns.kubectl_create("", &root)).await;
 
     // An added NET_BIND_SERVICE stays, and the drop list joins it.
-    let web = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
-        "spec": {"containers": [{"name": "web", "image": "registry.k8s.io/pause:3.10",
-            "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}]}});
-    let stored = ns.create_pod(web).await;
+    let web = json!({"name": "web", "image": IMAGE,
+        "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}});
+    let stored = ns
+        .create_pod(pod("web", json!({"containers": [web]})))
+        .await;
     assert_eq!(
         stored["spec"]["containers"][0]["securityContext"]["capabilities"],
         json!({"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]}),
@@ -328,12 +234,7 @@ async fn explicit_values_survive_in_a_restricted_namespace() {
 async fn a_namespace_relabelled_restricted_gets_the_restricted_fields_without_a_policy_change() {
     // The defaults list none of the restricted fields; the namespace's own label asks for them.
     let policy = "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\nfollowPodSecurityLabels: true\ndefaults:\n  runAsUser: 65532\n";
-    let Served {
-        client: _client,
-        hook: _hook,
-        ns,
-        ..
-    } = served("follow-label", policy, FailurePolicy::Fail).await;
+    let (_hook, ns) = served("follow-label", policy, FailurePolicy::Fail).await;
     ns.label(ENFORCE, "baseline").await;
     let before = ns.create_pod(bare_pod("before")).await;
     assert_eq!(

@@ -11,16 +11,6 @@ use serde_json::{Value, json};
 
 use super::support::*;
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn with_type(mut pod: Value) -> String {
-    pod["apiVersion"] = json!("v1");
-    pod["kind"] = json!("Pod");
-    pod.to_string()
-}
-
 /// The audit annotations the API server logged for the creation of pod `name` in `namespace`.
 fn audited(env: &ClusterEnv, namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
     let log = std::fs::read_to_string(env.dir.join("logs/audit.log")).ok()?;
@@ -33,25 +23,19 @@ fn audited(env: &ClusterEnv, namespace: &str, name: &str) -> Option<BTreeMap<Str
 
 #[tokio::test]
 async fn report_only_says_what_it_would_set_and_enforcing_then_sets_exactly_that() {
-    let Served { env, hook, ns, .. } =
-        served("report", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
+    let (hook, ns) = served("report", &policy_yaml("opt-in", ""), FailurePolicy::Fail).await;
+    let env = &ns.env;
     ns.label(INJECT, "report").await;
     // The webhook learns the new label from its watch: until then it still enforces. Dry runs change nothing.
-    let probe = with_type(bare_pod("probe"));
+    let probe = bare_pod("probe");
     eventually("report-only mode", DEADLINE, || {
-        let out = ns.kubectl(
-            &["create", "--dry-run=server", "-n", &ns.name, "-f", "-"],
-            Some(&probe),
-        );
+        let out = ns.kubectl_create("--dry-run=server", &probe);
         let reported = stderr(&out).contains("secure-defaults (report): would set");
         async move { reported.then_some(()) }
     })
     .await;
 
-    let out = ns.kubectl(
-        &["create", "-n", &ns.name, "-f", "-"],
-        Some(&with_type(bare_pod("watched"))),
-    );
+    let out = ns.kubectl_create("", &bare_pod("watched"));
     assert!(out.status.success(), "{}", stderr(&out));
     let warning = stderr(&out);
     assert!(
@@ -61,19 +45,15 @@ async fn report_only_says_what_it_would_set_and_enforcing_then_sets_exactly_that
         "{warning}"
     );
     let stored = serde_json::to_value(ns.pods().get("watched").await.unwrap()).unwrap();
-    assert_eq!(
-        stored["spec"]["securityContext"],
-        json!({}),
-        "stored unchanged: {stored}"
-    );
-    assert!(
-        stored["spec"]["containers"][0]["securityContext"].is_null(),
-        "{stored}"
-    );
-    assert!(stored["metadata"]["annotations"].is_null(), "{stored}");
+    let unchanged = json!({
+        "/spec/securityContext": {},
+        "/spec/containers/0/securityContext": null,
+        "/metadata/annotations": null
+    });
+    assert_at("stored unchanged", &stored, &unchanged);
 
     let annotations = eventually("the audit event of the reported pod", DEADLINE, || {
-        let found = audited(&env, &ns.name, "watched");
+        let found = audited(env, &ns.name, "watched");
         async move { found }
     })
     .await;
@@ -101,9 +81,7 @@ async fn report_only_says_what_it_would_set_and_enforcing_then_sets_exactly_that
         let ns = &ns;
         async move {
             let pod = ns.try_create_pod(bare_pod(&name)).await.ok()?;
-            pod.pointer("/metadata/annotations/secure-defaults.io~1defaulted")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
+            annotation(&pod).map(str::to_owned)
         }
     })
     .await;
@@ -113,9 +91,7 @@ async fn report_only_says_what_it_would_set_and_enforcing_then_sets_exactly_that
 #[tokio::test]
 async fn workloads_opt_out_of_the_fields_the_policy_allows() {
     // `hook` bound, so the server and its registration live until the end of the test.
-    let Served {
-        hook: _hook, ns, ..
-    } = served(
+    let (_hook, ns) = served(
         "exceptions",
         &policy_yaml("opt-in", "podExceptions: [fsGroup, fsGroupChangePolicy]\n"),
         FailurePolicy::Fail,
@@ -124,10 +100,7 @@ async fn workloads_opt_out_of_the_fields_the_policy_allows() {
     let mut pod = bare_pod("database");
     pod["metadata"]["annotations"] =
         json!({"secure-defaults.io/skip": "fsGroup, fsGroupChangePolicy, runAsUser"});
-    let out = ns.kubectl(
-        &["create", "-n", &ns.name, "-f", "-"],
-        Some(&with_type(pod)),
-    );
+    let out = ns.kubectl_create("", &pod);
     assert!(out.status.success(), "{}", stderr(&out));
     let warnings = stderr(&out);
     assert!(
@@ -140,23 +113,16 @@ async fn workloads_opt_out_of_the_fields_the_policy_allows() {
         "{warnings}"
     );
     let stored = serde_json::to_value(ns.pods().get("database").await.unwrap()).unwrap();
-    let sc = &stored["spec"]["securityContext"];
-    assert!(
-        sc["fsGroup"].is_null() && sc["fsGroupChangePolicy"].is_null(),
-        "{stored}"
-    );
-    assert_eq!(
-        sc["runAsUser"], 65532,
-        "a refused exception is ignored: {stored}"
-    );
-    assert_eq!(
-        stored["metadata"]["annotations"]["secure-defaults.io/exceptions"],
-        "fsGroup,fsGroupChangePolicy"
-    );
-    assert_eq!(
-        stored["metadata"]["annotations"]["secure-defaults.io/defaulted"],
-        "runAsUser=65532,runAsGroup=65532,allowPrivilegeEscalation=false(app)"
-    );
+    let expected = json!({
+        "/spec/securityContext/fsGroup": null,
+        "/spec/securityContext/fsGroupChangePolicy": null,
+        // A refused exception is ignored.
+        "/spec/securityContext/runAsUser": 65532,
+        "/metadata/annotations/secure-defaults.io~1exceptions": "fsGroup,fsGroupChangePolicy",
+        "/metadata/annotations/secure-defaults.io~1defaulted":
+            "runAsUser=65532,runAsGroup=65532,allowPrivilegeEscalation=false(app)"
+    });
+    assert_at("exceptions", &stored, &expected);
 }
 
 fn audit(env: &ClusterEnv, policy: &std::path::Path) -> Vec<Value> {
@@ -172,18 +138,17 @@ fn audit(env: &ClusterEnv, policy: &std::path::Path) -> Vec<Value> {
 
 #[tokio::test]
 async fn audit_lists_the_pods_created_before_the_webhook_until_they_are_replaced() {
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
+    let client = &env.client;
     // Opted in, but created (with its pods) before any webhook serves it.
-    let ns =
-        TestNamespace::create(&client, &env, "audit", "e2e-audit", &[(INJECT, "enabled")]).await;
+    let ns = TestNamespace::create(&env, "audit", "e2e-audit", &[(INJECT, "enabled")]).await;
     ns.create_pod(bare_pod("lonely")).await;
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "web"},
         // Recreate: with no kubelet new pods never become ready, so a rolling update would keep the old ones.
         "spec": {"replicas": 2, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "web", "image": "registry.k8s.io/pause:3.10"}]}}}
+                "spec": {"containers": [{"name": "web", "image": IMAGE}]}}}
     }))
     .unwrap();
     Api::<Deployment>::namespaced(client.clone(), &ns.name)
@@ -233,19 +198,10 @@ async fn audit_lists_the_pods_created_before_the_webhook_until_they_are_replaced
     );
 
     // With the webhook serving it, a rollout replaces the Deployment's pods with defaulted ones.
-    let hook = Webhook::start(
-        &client,
-        &env,
-        "audit",
-        &policy_yaml("opt-in", ""),
-        FailurePolicy::Fail,
-    )
-    .await;
+    let policy_text = policy_yaml("opt-in", "");
+    let hook = Webhook::start(&env, "audit", &policy_text, FailurePolicy::Fail).await;
     hook.wait_effective(&ns).await;
-    let out = ns.kubectl(
-        &["rollout", "restart", "deployment/web", "-n", &ns.name],
-        None,
-    );
+    let out = ns.kubectl("rollout restart deployment/web", None);
     assert!(out.status.success(), "{}", stderr(&out));
     let after = eventually("the audit to list only the bare pod", DEADLINE, || {
         let groups = ours(audit(&env, &policy));
@@ -259,8 +215,8 @@ async fn audit_lists_the_pods_created_before_the_webhook_until_they_are_replaced
 #[tokio::test]
 #[ignore = "creates 5,000 pods: e2e/run.sh runs it alone, after the other tests"]
 async fn audit_pages_through_five_thousand_pods_in_a_hundred_namespaces() {
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
+    let client = &env.client;
     let (namespaces, per) = (100, 50);
     let names: Vec<String> = (0..namespaces)
         .map(|i| format!("e2e-audit-scale-{i}"))
@@ -274,14 +230,18 @@ async fn audit_pages_through_five_thousand_pods_in_a_hundred_namespaces() {
             .await
             .expect("create namespace");
     }
-    let _cleanup = ScaleCleanup(&env);
+    // Deletes the namespaces whichever way the test ends.
+    let _cleanup = OnDrop(|| {
+        let delete = format!("delete namespace -l {TEST_LABEL}=audit-scale --wait=false");
+        let _ = env.kubectl(&words(&delete), None);
+    });
     // Pods are refused until the controller manager has made each namespace's `default` ServiceAccount, which
     // takes a while when a test before this one left thousands of namespaces for it to handle.
     eventually(
         "the namespaces' default ServiceAccounts",
         5 * DEADLINE,
         || {
-            let (client, names) = (&client, &names);
+            let (client, names) = (client, &names);
             async move {
                 for name in names {
                     let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
@@ -333,24 +293,4 @@ async fn audit_pages_through_five_thousand_pods_in_a_hundred_namespaces() {
         .sum();
     assert_eq!(listed, namespaces * per);
     eprintln!("audit of {listed} pods in {namespaces} namespaces took {took:?}");
-}
-
-/// Deletes the scale test's namespaces whatever way it ends.
-struct ScaleCleanup<'a>(&'a ClusterEnv);
-
-impl Drop for ScaleCleanup<'_> {
-    fn drop(&mut self) {
-        let _ = kubectl(
-            &self.0.bin.join("kubectl"),
-            &self.0.kubeconfig,
-            &[
-                "delete",
-                "namespace",
-                "-l",
-                &format!("{TEST_LABEL}=audit-scale"),
-                "--wait=false",
-            ],
-            None,
-        );
-    }
 }

@@ -2,63 +2,39 @@
 //! serving certificate into a Secret and injecting the caBundle, rotations of both while pods keep being admitted.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
 use crate::support::*;
 
-struct Replica {
-    child: Child,
-    admin_port: u16,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- {} ----\n{}",
-                self.log.display(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// A replica in self-managed mode, as `name` in `namespace`, injecting into the webhook configuration `config`.
 fn replica(
     env: &ClusterEnv,
-    dir: &std::path::Path,
+    dir: &Path,
     name: &str,
     namespace: &str,
     config: &str,
     port: u16,
-) -> Replica {
+) -> Server {
     let admin_port = free_port();
-    let log = dir.join(format!("{name}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
-        .args([
-            "serve",
-            "--self-managed-certs",
-            "--log-format",
-            "json",
-            "--drain-seconds",
-            "0",
-        ])
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{admin_port}"))
-        .arg("--policy")
+    let args = [
+        "serve",
+        "--self-managed-certs",
+        "--log-format",
+        "json",
+        "--drain-seconds",
+        "0",
+    ];
+    let mut cmd = serve(env, &args, port, admin_port);
+    cmd.arg("--policy")
         .arg(dir.join("policy.yaml"))
-        .env("KUBECONFIG", &env.kubeconfig)
         .env("POD_NAMESPACE", namespace)
         .env("POD_NAME", name)
         .env("SECURE_DEFAULTS_WEBHOOK_CONFIGURATION", config)
@@ -68,79 +44,30 @@ fn replica(
         .env("SECURE_DEFAULTS_CERT_VALIDITY_SECONDS", "24")
         .env("SECURE_DEFAULTS_CA_OVERLAP_SECONDS", "4")
         .env("SECURE_DEFAULTS_CERT_CHECK_SECONDS", "1")
-        .env("SECURE_DEFAULTS_LEASE_DURATION_SECONDS", "5")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Replica {
-        child,
-        admin_port,
-        log,
-    }
+        .env("SECURE_DEFAULTS_LEASE_DURATION_SECONDS", "5");
+    Server::spawn(cmd, admin_port, dir.join(format!("{name}.log")))
 }
 
 #[tokio::test]
 async fn self_managed_certificates_issue_inject_and_rotate_while_admitting() {
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
+    let client = &env.client;
     let test = "self-certs";
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("e2e")
-        .join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmp_dir(test);
     std::fs::write(dir.join("policy.yaml"), policy_yaml("opt-in", "")).unwrap();
 
-    let home = TestNamespace::create(&client, &env, test, "e2e-self-certs-home", &[]).await;
-    let served = TestNamespace::create(
-        &client,
-        &env,
-        test,
-        "e2e-self-certs",
-        &[(INJECT, "enabled")],
-    )
-    .await;
+    let home = TestNamespace::create(&env, test, "e2e-self-certs-home", &[]).await;
+    let served = TestNamespace::create(&env, test, "e2e-self-certs", &[(INJECT, "enabled")]).await;
     let config_name = "self-certs.e2e.secure-defaults.io";
     let port = free_port();
     // Registered without a caBundle: the Lease holder injects it.
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": config_name},
-        "webhooks": [{
-            "name": "pods.secure-defaults.io",
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
-            "namespaceSelector": {"matchExpressions": [
-                {"key": TEST_LABEL, "operator": "In", "values": [test]},
-                {"key": INJECT, "operator": "In", "values": ["enabled"]}]},
-            "sideEffects": "None", "admissionReviewVersions": ["v1"], "timeoutSeconds": 5,
-            "failurePolicy": "Fail", "reinvocationPolicy": "IfNeeded"
-        }]
-    }))
-    .unwrap();
-    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let _ = configs.delete(config_name, &Default::default()).await;
-    configs
-        .create(&PostParams::default(), &config)
-        .await
-        .unwrap();
-    struct Unregister(std::path::PathBuf, std::path::PathBuf, &'static str);
-    impl Drop for Unregister {
-        fn drop(&mut self) {
-            let _ = kubectl(
-                &self.0,
-                &self.1,
-                &[
-                    "delete",
-                    "mutatingwebhookconfiguration",
-                    self.2,
-                    "--ignore-not-found",
-                ],
-                None,
-            );
-        }
-    }
-    let _unregister = Unregister(env.bin.join("kubectl"), env.kubeconfig.clone(), config_name);
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    let config = webhook_configuration(config_name, test, &url, None, false, FailurePolicy::Fail);
+    register(client, &config).await;
+    let _unregister = OnDrop(|| {
+        let object = format!("mutatingwebhookconfiguration/{config_name}");
+        let _ = env.kubectl(&["delete", &object, "--ignore-not-found"], None);
+    });
 
     let a = replica(&env, &dir, "replica-a", &home.name, config_name, port);
     let b = replica(
@@ -152,20 +79,10 @@ async fn self_managed_certificates_issue_inject_and_rotate_while_admitting() {
         free_port(),
     );
     for r in [&a, &b] {
-        let addr = format!("127.0.0.1:{}", r.admin_port);
-        eventually(
-            "a replica to load the issued certificate and turn ready",
-            DEADLINE,
-            || {
-                let addr = addr.clone();
-                async move {
-                    http_get(&addr, "/readyz")
-                        .await
-                        .filter(|(code, _)| *code == 200)
-                        .map(|_| ())
-                }
-            },
-        )
+        let what = "a replica to load the issued certificate and turn ready";
+        eventually(what, DEADLINE, || async {
+            is_ready(r.admin_port).await.then_some(())
+        })
         .await;
     }
     let leases: Api<Lease> = Api::namespaced(client.clone(), &home.name);
@@ -173,6 +90,7 @@ async fn self_managed_certificates_issue_inject_and_rotate_while_admitting() {
     let holder = lease.spec.unwrap().holder_identity.unwrap();
     assert!(holder == "replica-a" || holder == "replica-b", "{holder}");
 
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let bundle_injected = configs.get(config_name).await.unwrap().webhooks.unwrap()[0]
         .client_config
         .ca_bundle
@@ -181,14 +99,10 @@ async fn self_managed_certificates_issue_inject_and_rotate_while_admitting() {
         bundle_injected
             .is_some_and(|b| String::from_utf8_lossy(&b.0).contains("BEGIN CERTIFICATE"))
     );
-    let pods = served.pods();
     eventually(
         "the API server to trust the injected bundle",
         DEADLINE,
-        || {
-            let pods = pods.clone();
-            async move { served_pod(&pods, "probe", true).await.ok() }
-        },
+        || async { served_pod(client, &served.name, "probe", true).await.ok() },
     )
     .await;
 
@@ -204,7 +118,7 @@ async fn self_managed_certificates_issue_inject_and_rotate_while_admitting() {
             leaves.extend(data.get("tls.crt").map(|v| v.0.clone()));
         }
         admitted += 1;
-        if let Err(e) = served_pod(&pods, &format!("pod-{admitted}"), false).await {
+        if let Err(e) = served_pod(client, &served.name, &format!("pod-{admitted}"), false).await {
             failures.push(e);
         }
         // Pacing the pod stream (not waiting for an event); the loop is bounded by its 80 s deadline.
@@ -229,30 +143,12 @@ async fn self_managed_certificates_issue_inject_and_rotate_while_admitting() {
     drop(b);
 }
 
-/// Creates a pod (or a dry run of one) and checks it was defaulted.
-async fn served_pod(
-    pods: &Api<k8s_openapi::api::core::v1::Pod>,
-    name: &str,
-    dry_run: bool,
-) -> Result<(), String> {
-    let pod = serde_json::from_value(bare_pod(name)).unwrap();
-    let params = PostParams {
-        dry_run,
-        ..Default::default()
-    };
-    let created = pods
-        .create(&params, &pod)
-        .await
-        .map_err(|e| e.to_string())?;
-    let defaulted = created
-        .metadata
-        .annotations
-        .is_some_and(|a| a.contains_key("secure-defaults.io/defaulted"));
-    if defaulted {
-        Ok(())
-    } else {
-        Err(format!("{name} not defaulted"))
-    }
+/// Creates a pod in `ns` (or a dry run of one) and checks it was defaulted.
+async fn served_pod(client: &Client, ns: &str, name: &str, dry_run: bool) -> Result<(), String> {
+    let created = create(client, ns, &bare_pod(name), dry_run).await?;
+    annotation(&created)
+        .map(drop)
+        .ok_or_else(|| format!("{name} not defaulted"))
 }
 
 /// The Lease is judged by when this replica saw it change, never by the holder's clock: a holder whose clock
@@ -263,16 +159,12 @@ async fn self_managed_lease_expiry_ignores_the_holders_clock() {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
     use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-    let env = cluster_env();
-    let client = client(&env).await;
+    let env = cluster_env().await;
+    let client = &env.client;
     let test = "self-certs-skew";
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("e2e")
-        .join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmp_dir(test);
     std::fs::write(dir.join("policy.yaml"), policy_yaml("opt-in", "")).unwrap();
-    let home = TestNamespace::create(&client, &env, test, "e2e-self-certs-skew", &[]).await;
+    let home = TestNamespace::create(&env, test, "e2e-self-certs-skew", &[]).await;
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), &home.name);
     let name = "secure-defaults-certificates";
@@ -295,7 +187,6 @@ async fn self_managed_lease_expiry_ignores_the_holders_clock() {
         "absent.e2e.secure-defaults.io",
         free_port(),
     );
-    let ready = format!("127.0.0.1:{}", replica.admin_port);
 
     // A live holder whose clock is an hour behind: renewing every 500 ms for three lease durations, it keeps
     // the Lease (a replica comparing renewTime with its own clock would take it at once).
@@ -320,10 +211,10 @@ async fn self_managed_lease_expiry_ignores_the_holders_clock() {
         // Pacing the holder's renewals; the loop is bounded by its 15 s.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // It answers, and not ready.
+    let ready = http_get(&format!("127.0.0.1:{}", replica.admin_port), "/readyz").await;
     assert!(
-        http_get(&ready, "/readyz")
-            .await
-            .is_some_and(|(code, _)| code != 200),
+        ready.is_some_and(|(code, _)| code != 200),
         "ready without a certificate"
     );
 
@@ -354,15 +245,7 @@ async fn self_managed_lease_expiry_ignores_the_holders_clock() {
     eventually(
         "the replica to issue its certificate and turn ready",
         DEADLINE,
-        || {
-            let ready = ready.clone();
-            async move {
-                http_get(&ready, "/readyz")
-                    .await
-                    .filter(|(code, _)| *code == 200)
-                    .map(|_| ())
-            }
-        },
+        || async { is_ready(replica.admin_port).await.then_some(()) },
     )
     .await;
     drop(replica);

@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, Config};
 use secure_defaults::fields::Field;
 use secure_defaults::policy::{NamespaceLabels, Policy};
@@ -23,6 +24,10 @@ use serde_json::{Value, json};
 pub const TEST_LABEL: &str = "e2e.secure-defaults.io/test";
 pub const INJECT: &str = "secure-defaults.io/inject";
 pub const DEADLINE: Duration = Duration::from_secs(60);
+/// The annotation the webhook lists what it set in.
+pub const DEFAULTED: &str = "secure-defaults.io/defaulted";
+/// The image of the tests' pods (no kubelet runs them).
+pub const IMAGE: &str = "registry.k8s.io/pause:3.10";
 
 /// Held by the tests that install objects with the manifests' fixed cluster-wide names (the chart's and the
 /// overlays' install tests), so that they never run at once.
@@ -50,38 +55,68 @@ pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The control plane e2e/run.sh started: its directory holds `kubeconfig` and `env`.
+/// The control plane e2e/run.sh started (its directory holds `kubeconfig` and `env`), and a client of it.
+#[derive(Clone)]
 pub struct ClusterEnv {
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub bin: PathBuf,
+    pub client: Client,
 }
 
-pub fn cluster_env() -> ClusterEnv {
+pub async fn cluster_env() -> ClusterEnv {
     let dir = std::env::var_os("E2E_CLUSTER_DIR").map(PathBuf::from).unwrap_or_else(|| {
         panic!("E2E_CLUSTER_DIR is not set: run the end-to-end suite with `make test-e2e`, which starts a control plane")
     });
-    let env = std::fs::read_to_string(dir.join("env")).expect("cluster env file");
-    let bin = env
-        .lines()
-        .filter_map(|l| l.trim_start_matches("export ").split_once('='))
-        .find(|(k, _)| *k == "BIN")
-        .map(|(_, v)| PathBuf::from(v.trim_matches('"').trim_matches('\'')))
-        .expect("BIN in cluster env");
-    ClusterEnv {
-        kubeconfig: dir.join("kubeconfig"),
-        dir,
-        bin,
-    }
-}
-
-pub async fn client(env: &ClusterEnv) -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("read kubeconfig");
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(dir.join("kubeconfig")).expect("read kubeconfig");
     let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .expect("kubeconfig");
-    Client::try_from(config).expect("client")
+    ClusterEnv {
+        kubeconfig: dir.join("kubeconfig"),
+        bin: PathBuf::from(env_value(&dir, "BIN")),
+        client: Client::try_from(config).expect("client"),
+        dir,
+    }
+}
+
+/// A value of the cluster's env file (e2e/cluster.sh lists them).
+fn env_value(dir: &Path, key: &str) -> String {
+    let text = std::fs::read_to_string(dir.join("env")).expect("cluster env file");
+    text.lines()
+        .filter_map(|l| l.trim_start_matches("export ").split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.trim_matches('"').trim_matches('\'').to_owned())
+        .unwrap_or_else(|| panic!("{key} not in the cluster's env file: restart the cluster"))
+}
+
+impl ClusterEnv {
+    /// A value of the cluster's env file.
+    pub fn var(&self, key: &str) -> String {
+        env_value(&self.dir, key)
+    }
+
+    /// kubectl as the cluster's admin.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(self.bin.join("kubectl"));
+        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
+        run(cmd, stdin.unwrap_or("").as_bytes())
+    }
+
+    /// Runs kubectl and panics with its output unless it succeeds; returns standard output.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` at the deadline.
@@ -120,22 +155,149 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Runs `f` when dropped: cleanup that happens whichever way a test ends.
+pub struct OnDrop<F: FnMut()>(pub F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// A directory of this test run's own (`name` unique to one test), emptied.
+pub fn tmp_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("e2e")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The words of a command line, for the commands whose arguments hold no spaces.
+pub fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A pod's securityContext.
+pub fn sc(pod: &Value) -> &Value {
+    &pod["spec"]["securityContext"]
+}
+
+/// The webhook's annotation on a stored pod: what it set.
+pub fn annotation(pod: &Value) -> Option<&str> {
+    pod.pointer("/metadata/annotations/secure-defaults.io~1defaulted")
+        .and_then(Value::as_str)
+}
+
+/// Asserts that `value` holds each of `expected`'s values at the JSON pointer that is its key (a value left out
+/// reads as null), naming `what` and the first pointer that differs.
+#[track_caller]
+pub fn assert_at(what: &str, value: &Value, expected: &Value) {
+    for (pointer, want) in expected.as_object().expect("pointers and values") {
+        let got = value.pointer(pointer).unwrap_or(&Value::Null);
+        assert_eq!(got, want, "{what}: {pointer} in {value}");
+    }
+}
+
+/// The series of namespace lookups the server answered from its namespace cache.
+pub const CACHE_HITS: &str = r#"secure_defaults_namespace_lookups_total{source="cache"}"#;
+
+/// The value of the counter or gauge `series` (its name and labels) in a metrics text, 0 where it is absent.
+pub fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A pod named `name` with `spec`.
+pub fn pod(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
+}
+
+/// A pod of one container that states nothing about its security.
+pub fn bare_pod(name: &str) -> Value {
+    pod(
+        name,
+        json!({"containers": [{"name": "app", "image": IMAGE}]}),
+    )
+}
+
+/// Creates `pod` in namespace `ns` (a server-side dry run if `dry_run`): what the API server stored, or its
+/// refusal.
+pub async fn create(
+    client: &Client,
+    ns: &str,
+    pod: &Value,
+    dry_run: bool,
+) -> Result<Value, String> {
+    let pod: Pod = serde_json::from_value(pod.clone()).expect("pod JSON");
+    let params = PostParams {
+        dry_run,
+        ..Default::default()
+    };
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.create(&params, &pod)
+        .await
+        .map(|p| serde_json::to_value(p).unwrap())
+        .map_err(|e| e.to_string())
+}
+
+/// Waits until `count` pods match the label `selector` (the controller manager made them); returns them.
+pub async fn pods_labelled(pods: &Api<Pod>, selector: &str, count: usize) -> Vec<Value> {
+    let list = eventually(&format!("{count} pods {selector}"), DEADLINE, || async {
+        let list = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .ok()?;
+        (list.items.len() == count).then_some(list)
+    })
+    .await;
+    list.items
+        .into_iter()
+        .map(|p| serde_json::to_value(p).unwrap())
+        .collect()
+}
+
+/// `kubectl kustomize` of a directory (relative to the repository, or absolute), one JSON value per document.
+pub fn render(env: &ClusterEnv, dir: impl AsRef<Path>) -> Vec<Value> {
+    let path = repo().join(dir);
+    let text = env.kubectl_ok(&["kustomize", path.to_str().unwrap()], None);
+    secure_defaults::preview::read::yaml_values(&text).expect("YAML documents")
+}
+
+/// `secure-defaults check` accepts the policy `text`, written to `file`.
+pub fn check_policy(file: &Path, text: &str) {
+    std::fs::write(file, text).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
+        .args(["check", "--policy"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "secure-defaults check refuses {}:\n{}",
+        file.display(),
+        stderr(&check)
+    );
+}
+
 /// A namespace of one test, deleted on drop. On a failing test it prints the pods the API server stored.
 pub struct TestNamespace {
     pub name: String,
-    client: Client,
-    env_kubeconfig: PathBuf,
-    kubectl: PathBuf,
+    pub env: ClusterEnv,
 }
 
 impl TestNamespace {
-    pub async fn create(
-        client: &Client,
-        env: &ClusterEnv,
-        test: &str,
-        name: &str,
-        labels: &[(&str, &str)],
-    ) -> Self {
+    /// The namespace `name` of the test `test`, with `labels`.
+    pub async fn create(env: &ClusterEnv, test: &str, name: &str, labels: &[(&str, &str)]) -> Self {
+        let client = &env.client;
         let mut all: BTreeMap<String, String> = labels
             .iter()
             .map(|(k, v)| ((*k).into(), (*v).into()))
@@ -155,18 +317,16 @@ impl TestNamespace {
         .await;
         Self {
             name: name.to_owned(),
-            client: client.clone(),
-            env_kubeconfig: env.kubeconfig.clone(),
-            kubectl: env.bin.join("kubectl"),
+            env: env.clone(),
         }
     }
 
     pub fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), &self.name)
+        Api::namespaced(self.env.client.clone(), &self.name)
     }
 
     pub async fn label(&self, key: &str, value: &str) {
-        let api: Api<Namespace> = Api::all(self.client.clone());
+        let api: Api<Namespace> = Api::all(self.env.client.clone());
         let patch = json!({"metadata": {"labels": {key: value}}});
         api.patch(
             &self.name,
@@ -182,33 +342,36 @@ impl TestNamespace {
         self.try_create_pod(pod).await.expect("create pod")
     }
 
-    pub async fn try_create_pod(&self, pod: Value) -> Result<Value, kube::Error> {
-        let pod: Pod = serde_json::from_value(pod).expect("pod json");
-        let created = self.pods().create(&PostParams::default(), &pod).await?;
-        Ok(serde_json::to_value(created).unwrap())
+    pub async fn try_create_pod(&self, pod: Value) -> Result<Value, String> {
+        create(&self.env.client, &self.name, &pod, false).await
     }
 
-    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        kubectl(&self.kubectl, &self.env_kubeconfig, args, stdin)
+    /// A server-side dry run of `pod` here: the pod the API server would store, or its refusal.
+    pub async fn dry_run(&self, pod: &Value) -> Result<Value, String> {
+        create(&self.env.client, &self.name, pod, true).await
+    }
+
+    /// kubectl with the words of `line`, in this namespace.
+    pub fn kubectl(&self, line: &str, stdin: Option<&str>) -> Output {
+        let mut args = words(line);
+        args.extend(["-n", &self.name]);
+        self.env.kubectl(&args, stdin)
+    }
+
+    /// `kubectl create` of `pod` here, with the words of `flags` added: what kubectl says, warnings included.
+    pub fn kubectl_create(&self, flags: &str, pod: &Value) -> Output {
+        self.kubectl(&format!("create -f - {flags}"), Some(&pod.to_string()))
     }
 }
 
-pub fn kubectl(
-    bin: &Path,
-    kubeconfig: &Path,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> std::process::Output {
-    let mut child = Command::new(bin)
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
+/// Runs `cmd` to the end with `stdin` as its standard input: its status and output.
+pub fn run(mut cmd: Command, stdin: &[u8]) -> Output {
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kubectl");
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    input.write_all(stdin).unwrap();
     drop(input);
     child.wait_with_output().unwrap()
 }
@@ -216,25 +379,16 @@ pub fn kubectl(
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let out = self.kubectl(
-                &[
-                    "get",
-                    "pods,deployments,replicasets",
-                    "-n",
-                    &self.name,
-                    "-o",
-                    "yaml",
-                ],
-                None,
-            );
+            let out = self.kubectl("get pods,deployments,replicasets -o yaml", None);
             eprintln!(
                 "---- what the API server stored in namespace {} ----\n{}{}",
                 self.name,
                 String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                stderr(&out)
             );
         }
-        let _ = self.kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+        let delete = ["delete", "namespace", &self.name, "--wait=false"];
+        let _ = self.env.kubectl(&delete, None);
     }
 }
 
@@ -271,19 +425,93 @@ pub fn certs(dir: &Path) -> Certs {
     }
 }
 
+/// `secure-defaults serve` with `args` first, listening on 127.0.0.1:`port` with its admin endpoints on
+/// 127.0.0.1:`admin_port`, calling the API server as the cluster's admin.
+pub fn serve(env: &ClusterEnv, args: &[&str], port: u16, admin_port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_secure-defaults"));
+    cmd.args(args)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .env("KUBECONFIG", &env.kubeconfig);
+    cmd
+}
+
+/// Whether the server with admin endpoints on 127.0.0.1:`admin_port` answers /readyz with 200.
+pub async fn is_ready(admin_port: u16) -> bool {
+    http_get(&format!("127.0.0.1:{admin_port}"), "/readyz")
+        .await
+        .is_some_and(|(code, _)| code == 200)
+}
+
+/// A server process a test started, killed on drop; its log is printed when the test fails.
+pub struct Server {
+    pub child: Child,
+    pub admin_port: u16,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Starts `cmd` (standard error to `log`) for admin endpoints on `admin_port`.
+    pub fn spawn(mut cmd: Command, admin_port: u16, log: PathBuf) -> Self {
+        let err = std::fs::File::create(&log).unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(err).spawn().unwrap();
+        Server {
+            child,
+            admin_port,
+            log,
+        }
+    }
+
+    /// [`Server::spawn`], then waits for /readyz; panics with the log if the server exits first or is not
+    /// ready in time (`what` says how it was started).
+    pub async fn ready(cmd: Command, admin_port: u16, log: PathBuf, what: &str) -> Self {
+        let mut server = Self::spawn(cmd, admin_port, log);
+        wait_ready(&mut server.child, admin_port, &server.log, what).await;
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- {} ----\n{}", self.log.display(), self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for /readyz on `admin_port`; panics with the server's log if `child` exits first or is not ready in
+/// time.
+async fn wait_ready(child: &mut Child, admin_port: u16, log: &Path, what: &str) {
+    let read_log = || std::fs::read_to_string(log).unwrap_or_default();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the server exited ({status}) {what}:\n{}", read_log());
+        }
+        if is_ready(admin_port).await {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "not ready {what}:\n{}",
+            read_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval, bounded by DEADLINE
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailurePolicy {
     Fail,
     Ignore,
-}
-
-impl FailurePolicy {
-    fn as_str(self) -> &'static str {
-        match self {
-            FailurePolicy::Fail => "Fail",
-            FailurePolicy::Ignore => "Ignore",
-        }
-    }
 }
 
 /// The real server process plus the MutatingWebhookConfiguration pointing at it, for one test.
@@ -295,12 +523,8 @@ pub struct Webhook {
     pub admin_port: u16,
     pub certs: Certs,
     child: Option<Child>,
-    /// Flags added to `serve`.
-    extra_args: Vec<String>,
-    client: Client,
     config_name: String,
-    env_kubeconfig: PathBuf,
-    kubectl: PathBuf,
+    env: ClusterEnv,
 }
 
 pub fn policy_yaml(mode: &str, rest: &str) -> String {
@@ -309,187 +533,120 @@ pub fn policy_yaml(mode: &str, rest: &str) -> String {
     )
 }
 
+/// The MutatingWebhookConfiguration `name` for the server at `url`: pods (and ephemeral containers) of the
+/// namespaces labelled with `test` and opted in, or (`cluster_wide`) not opted out; no system namespace.
+pub fn webhook_configuration(
+    name: &str,
+    test: &str,
+    url: &str,
+    ca_bundle: Option<&str>,
+    cluster_wide: bool,
+    failure: FailurePolicy,
+) -> MutatingWebhookConfiguration {
+    let mode_expression = match cluster_wide {
+        true => json!({"key": INJECT, "operator": "NotIn", "values": ["disabled"]}),
+        false => json!({"key": INJECT, "operator": "In", "values": ["enabled", "report"]}),
+    };
+    let config = json!({
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "pods.secure-defaults.io",
+            "clientConfig": {"url": url, "caBundle": ca_bundle},
+            "rules": [
+                {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"},
+                {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}
+            ],
+            "namespaceSelector": {"matchExpressions": [
+                {"key": TEST_LABEL, "operator": "In", "values": [test]},
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "kube-public", "kube-node-lease", "secure-defaults"]},
+                mode_expression
+            ]},
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 5,
+            "failurePolicy": format!("{failure:?}"),
+            "reinvocationPolicy": "IfNeeded"
+        }]
+    });
+    serde_json::from_value(config).unwrap()
+}
+
+/// Registers `config`, replacing one of the same name an earlier run left.
+pub async fn register(client: &Client, config: &MutatingWebhookConfiguration) {
+    let name = config.metadata.name.as_deref().unwrap();
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::default()).await;
+    api.create(&PostParams::default(), config)
+        .await
+        .expect("register webhook");
+}
+
 impl Webhook {
     /// Starts the server with `policy` and registers it for namespaces labelled with this test's name.
-    /// `mode` selects the namespaceSelector: opt-in (inject=enabled) or cluster-wide (inject!=disabled).
-    pub async fn start(
-        client: &Client,
-        env: &ClusterEnv,
-        test: &str,
-        policy: &str,
-        failure: FailurePolicy,
-    ) -> Self {
-        Self::start_with_args(client, env, test, policy, failure, &[]).await
+    /// The policy's mode selects the namespaceSelector: opt-in (inject=enabled) or cluster-wide (inject!=disabled).
+    pub async fn start(env: &ClusterEnv, test: &str, policy: &str, failure: FailurePolicy) -> Self {
+        Self::start_with_args(env, test, policy, failure, &[]).await
     }
 
     /// [`Webhook::start`], with `args` added to the server's flags.
     pub async fn start_with_args(
-        client: &Client,
         env: &ClusterEnv,
         test: &str,
         policy: &str,
         failure: FailurePolicy,
         args: &[&str],
     ) -> Self {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("e2e")
-            .join(test);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tmp_dir(test);
         let policy_path = dir.join("policy.yaml");
         std::fs::write(&policy_path, policy).unwrap();
         let certs = certs(&dir);
+        let (port, admin_port) = (free_port(), free_port());
+        let mut cmd = serve(env, &["serve"], port, admin_port);
+        cmd.args(["--log-format", "json", "--drain-seconds", "0"])
+            .args(["--shutdown-timeout-seconds", "2", "--tls-cert"])
+            .arg(&certs.cert)
+            .arg("--tls-key")
+            .arg(&certs.key)
+            .arg("--policy")
+            .arg(&policy_path)
+            .args(args)
+            .env("SECURE_DEFAULTS_RELOAD_INTERVAL_MS", "200");
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn();
         let mut webhook = Self {
             test: test.to_owned(),
             dir,
             policy: policy_path,
-            port: free_port(),
-            admin_port: free_port(),
+            port,
+            admin_port,
             certs,
-            child: None,
-            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
-            client: client.clone(),
+            child: Some(child.expect("start secure-defaults")),
             config_name: format!("{test}.e2e.secure-defaults.io"),
-            env_kubeconfig: env.kubeconfig.clone(),
-            kubectl: env.bin.join("kubectl"),
+            env: env.clone(),
         };
-        webhook.spawn();
-        webhook.wait_ready().await;
-        let mode = if policy.contains("mode: cluster-wide") {
-            "cluster-wide"
-        } else {
-            "opt-in"
-        };
-        webhook.register(mode, failure).await;
+        let log = webhook.dir.join("server.log");
+        wait_ready(webhook.child.as_mut().unwrap(), admin_port, &log, "").await;
+        let url = format!("https://127.0.0.1:{port}/mutate");
+        let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&webhook.certs.ca_pem);
+        let cluster_wide = policy.contains("mode: cluster-wide");
+        let config = webhook_configuration(
+            &webhook.config_name,
+            test,
+            &url,
+            Some(&ca_bundle),
+            cluster_wide,
+            failure,
+        );
+        register(&env.client, &config).await;
         webhook
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
-            .args([
-                "serve",
-                "--log-format",
-                "json",
-                "--drain-seconds",
-                "0",
-                "--shutdown-timeout-seconds",
-                "2",
-            ])
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--admin-listen")
-            .arg(format!("127.0.0.1:{}", self.admin_port))
-            .arg("--tls-cert")
-            .arg(&self.certs.cert)
-            .arg("--tls-key")
-            .arg(&self.certs.key)
-            .arg("--policy")
-            .arg(&self.policy)
-            .args(&self.extra_args)
-            .env("KUBECONFIG", &self.env_kubeconfig)
-            .env("SECURE_DEFAULTS_RELOAD_INTERVAL_MS", "200")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start secure-defaults");
-        self.child = Some(child);
-    }
-
-    async fn wait_ready(&mut self) {
-        let url = format!("127.0.0.1:{}", self.admin_port);
-        let log = self.dir.join("server.log");
-        let child = self.child.as_mut().unwrap();
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "secure-defaults exited with {status}:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if http_get(&url, "/readyz")
-                .await
-                .is_some_and(|(code, _)| code == 200)
-            {
-                return;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "secure-defaults not ready:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await; // poll interval, bounded by DEADLINE
-        }
-    }
-
-    async fn register(&self, mode: &str, failure: FailurePolicy) {
-        use base64::Engine as _;
-        let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&self.certs.ca_pem);
-        let mode_expression = match mode {
-            "cluster-wide" => json!({"key": INJECT, "operator": "NotIn", "values": ["disabled"]}),
-            _ => json!({"key": INJECT, "operator": "In", "values": ["enabled", "report"]}),
-        };
-        let config = json!({
-            "metadata": {"name": self.config_name},
-            "webhooks": [{
-                "name": "pods.secure-defaults.io",
-                "clientConfig": {"url": format!("https://127.0.0.1:{}/mutate", self.port), "caBundle": ca_bundle},
-                "rules": [
-                    {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"},
-                    {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}
-                ],
-                "namespaceSelector": {"matchExpressions": [
-                    {"key": TEST_LABEL, "operator": "In", "values": [self.test]},
-                    {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "kube-public", "kube-node-lease", "secure-defaults"]},
-                    mode_expression
-                ]},
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 5,
-                "failurePolicy": failure.as_str(),
-                "reinvocationPolicy": "IfNeeded"
-            }]
-        });
-        let config: MutatingWebhookConfiguration = serde_json::from_value(config).unwrap();
-        let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
-        let _ = api
-            .delete(&self.config_name, &DeleteParams::default())
-            .await;
-        api.create(&PostParams::default(), &config)
-            .await
-            .expect("register webhook");
     }
 
     /// Waits until the API server calls this webhook for pods in `ns` (it picks up new configurations
     /// asynchronously), by dry-run creating a probe pod until it comes back defaulted.
     pub async fn wait_effective(&self, ns: &TestNamespace) {
-        let probe: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "probe"},
-            "spec": {"containers": [{"name": "probe", "image": "registry.k8s.io/pause:3.10"}]}
-        }))
-        .unwrap();
-        let pods = ns.pods();
-        eventually("the webhook to be called", DEADLINE, || {
-            let (pods, probe) = (pods.clone(), probe.clone());
-            async move {
-                let created = pods
-                    .create(
-                        &PostParams {
-                            dry_run: true,
-                            ..Default::default()
-                        },
-                        &probe,
-                    )
-                    .await
-                    .ok()?;
-                created
-                    .metadata
-                    .annotations
-                    .as_ref()?
-                    .get("secure-defaults.io/defaulted")
-                    .map(|_| ())
-            }
+        eventually("the webhook to be called", DEADLINE, || async {
+            let probe = ns.dry_run(&bare_pod("probe")).await.ok()?;
+            annotation(&probe).map(drop)
         })
         .await;
     }
@@ -508,12 +665,12 @@ impl Webhook {
             .unwrap_or_default()
     }
 
-    /// Stops the server process (the webhook configuration stays registered).
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Stops the server process (the webhook configuration stays registered).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -536,17 +693,10 @@ impl Drop for Webhook {
             );
         }
         self.kill();
-        let _ = kubectl(
-            &self.kubectl,
-            &self.env_kubeconfig,
-            &[
-                "delete",
-                "mutatingwebhookconfiguration",
-                &self.config_name,
-                "--ignore-not-found",
-            ],
-            None,
-        );
+        let object = format!("mutatingwebhookconfiguration/{}", self.config_name);
+        let _ = self
+            .env
+            .kubectl(&["delete", &object, "--ignore-not-found"], None);
     }
 }
 
@@ -570,7 +720,6 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((code, body))
 }
-
 /// The shipped policy (config/policy.yaml), as text.
 pub fn shipped_policy() -> String {
     std::fs::read_to_string(repo().join("config/policy.yaml")).unwrap()
@@ -604,41 +753,13 @@ pub fn defaulting(pod: &Value, policy: &Policy) -> (Value, Vec<Field>) {
     (patched, response.outcome.applied.fields().collect())
 }
 
-pub fn bare_pod(name: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}
-    })
-}
-
 /// The common start of a test: the real server running `policy` and registered with `failure`, and one
 /// namespace `e2e-TEST` opted in by label for which the API server already calls the webhook.
-pub struct Served {
-    pub env: ClusterEnv,
-    pub client: Client,
-    pub hook: Webhook,
-    pub ns: TestNamespace,
-}
-
-pub async fn served(test: &str, policy: &str, failure: FailurePolicy) -> Served {
-    let env = cluster_env();
-    let client = client(&env).await;
-    let hook = Webhook::start(&client, &env, test, policy, failure).await;
-    let ns = TestNamespace::create(
-        &client,
-        &env,
-        test,
-        &format!("e2e-{test}"),
-        &[(INJECT, "enabled")],
-    )
-    .await;
+pub async fn served(test: &str, policy: &str, failure: FailurePolicy) -> (Webhook, TestNamespace) {
+    let env = cluster_env().await;
+    let hook = Webhook::start(&env, test, policy, failure).await;
+    let name = format!("e2e-{test}");
+    let ns = TestNamespace::create(&env, test, &name, &[(INJECT, "enabled")]).await;
     hook.wait_effective(&ns).await;
-    Served {
-        env,
-        client,
-        hook,
-        ns,
-    }
+    (hook, ns)
 }
