@@ -6,6 +6,7 @@
 mod backstop;
 mod clientauth;
 mod helm;
+mod images;
 mod manifests;
 mod memory;
 mod monitoring;

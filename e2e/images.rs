@@ -1,0 +1,233 @@
+//! Image-aware defaults against a real OCI registry (`e2e/registry`: distribution v3 as a host process, the test
+//! images built with podman and pushed to it): what each image's user reads as, the cache, credentials over TLS,
+//! and a registry that stops or hangs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use secure_defaults::images::lookup::Lookup;
+use secure_defaults::images::{ImageUser, Images, ImagesPolicy, Platform, Unknown};
+
+use crate::support::*;
+
+/// A registry started from `e2e/registry/run.sh` in its own directory, stopped when dropped.
+pub struct Registry {
+    dir: PathBuf,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Registry {
+    /// Starts a registry (`flags`: `--tls`, `--auth`) and pushes the test images to it.
+    pub fn start(name: &str, flags: &[&str]) -> Registry {
+        let dir = tmp_dir(name);
+        let script = |s: &str| repo().join("e2e/registry").join(s);
+        let mut start = Command::new(script("run.sh"));
+        start.arg("start").arg(&dir).args(flags);
+        let out = run(start, b"");
+        assert!(out.status.success(), "registry start: {}", stderr(&out));
+        let registry = Registry {
+            env: read_env(&dir.join("env")),
+            dir,
+        };
+        let mut push = Command::new(script("push-images.sh"));
+        push.arg(&registry.dir);
+        let out = run(push, b"");
+        assert!(out.status.success(), "push-images: {}", stderr(&out));
+        registry
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.env["REGISTRY_ADDR"]
+    }
+
+    /// `ADDR/NAME`.
+    pub fn image(&self, name: &str) -> String {
+        format!("{}/{name}", self.addr())
+    }
+
+    /// How many requests the registry's access log holds for `path` (`/v2/user-1001/manifests/latest`).
+    pub fn requests(&self, path: &str) -> usize {
+        let log = std::fs::read_to_string(&self.env["REGISTRY_ACCESS_LOG"]).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains(&format!("\"GET {path} ")))
+            .count()
+    }
+
+    /// Sends the registry's process `signal` (`STOP`, `CONT`).
+    pub fn signal(&self, signal: &str) {
+        let mut kill = Command::new("kill");
+        kill.args([&format!("-{signal}"), &self.env["REGISTRY_PID"]]);
+        let out = run(kill, b"");
+        assert!(out.status.success(), "kill -{signal}: {}", stderr(&out));
+    }
+
+    pub fn stop(&self) {
+        let _ = Command::new(repo().join("e2e/registry/run.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.signal_quietly("CONT");
+        self.stop();
+    }
+}
+
+impl Registry {
+    fn signal_quietly(&self, signal: &str) {
+        if let Some(pid) = self.env.get("REGISTRY_PID") {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), pid])
+                .output();
+        }
+    }
+}
+
+/// `DIR/env`: `KEY=value` lines, values shell-quoted with `printf %q` (the paths and ports here need none but
+/// `''` for empty).
+fn read_env(path: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.to_owned(),
+                if v == "''" {
+                    String::new()
+                } else {
+                    v.to_owned()
+                },
+            )
+        })
+        .collect()
+}
+
+/// The `images:` section of a policy, read as the server reads it.
+pub fn images_policy(section: &str) -> ImagesPolicy {
+    let text = format!("{}images:\n{section}", policy_yaml("cluster-wide", ""));
+    parse_policy(&text).images.expect("an images section")
+}
+
+fn user(images: &Images, image: &str) -> Result<ImageUser, Unknown> {
+    images
+        .users
+        .get(image)
+        .cloned()
+        .unwrap_or_else(|| panic!("{image} not looked up: {images:?}"))
+}
+
+#[tokio::test]
+async fn images_users_are_read_from_the_registry_and_cached() {
+    let registry = Registry::start("images-plain", &[]);
+    let addr = registry.addr().to_owned();
+    let policy = images_policy(&format!(
+        "  registries: [\"{addr}/*\"]\n  insecureRegistries: [\"{addr}\"]\n  timeoutMs: 3000\n"
+    ));
+    let lookup = Lookup::new(&policy).unwrap();
+    let id = |uid, gid| Ok(ImageUser::Id { uid, gid });
+    let cases = [
+        ("user-1001:latest", id(1001, Some(1001))),
+        ("user-root:latest", Ok(ImageUser::Root)),
+        ("user-unset:latest", Ok(ImageUser::Root)),
+        ("user-name:latest", Ok(ImageUser::Name("app".to_owned()))),
+        ("multi-arch:latest", id(1001, None)),
+        ("no-such-image:latest", Err(Unknown::NotFound)),
+        ("user-1001:no-such-tag", Err(Unknown::NotFound)),
+    ];
+    let names: Vec<String> = cases.iter().map(|(n, _)| registry.image(n)).collect();
+    let found = lookup.users(names.iter().map(String::as_str), None).await;
+    for ((name, want), image) in cases.iter().zip(&names) {
+        assert_eq!(&user(&found, image), want, "{name}");
+    }
+
+    // The other platform of the index.
+    let arm: Platform = images_policy(&format!(
+        "  registries: [\"{addr}/*\"]\n  platform: linux/arm64\n"
+    ))
+    .platform;
+    let multi = registry.image("multi-arch:latest");
+    let found = lookup.users([multi.as_str()], Some(&arm)).await;
+    assert_eq!(user(&found, &multi), id(2002, None), "multi-arch on arm64");
+
+    // A second pod's lookup is answered from the cache: no request reaches the registry.
+    let path = "/v2/user-1001/manifests/latest";
+    let before = registry.requests(path);
+    assert!(before >= 1, "the first lookup asked the registry");
+    let again = registry.image("user-1001:latest");
+    let found = lookup.users([again.as_str()], None).await;
+    assert_eq!(user(&found, &again), id(1001, Some(1001)));
+    assert_eq!(
+        registry.requests(path),
+        before,
+        "a cached image is not asked for again"
+    );
+
+    // An image outside images.registries is never asked for.
+    let elsewhere = "registry.example.com/team/app:1";
+    let found = lookup.users([elsewhere], None).await;
+    assert_eq!(user(&found, elsewhere), Err(Unknown::NotAllowed));
+
+    // A registry that hangs: the review gets Timeout within its budget, and the lookup fills the cache once
+    // the registry answers.
+    let short = images_policy(&format!(
+        "  registries: [\"{addr}/*\"]\n  insecureRegistries: [\"{addr}\"]\n  timeoutMs: 300\n"
+    ));
+    let lookup = Lookup::new(&short).unwrap();
+    let root = registry.image("user-root:latest");
+    registry.signal("STOP");
+    let found = lookup.users([root.as_str()], None).await;
+    registry.signal("CONT");
+    assert_eq!(user(&found, &root), Err(Unknown::Timeout));
+    let cached = eventually("the slow lookup to fill the cache", DEADLINE, || {
+        let lookup = lookup.clone();
+        let root = root.clone();
+        async move {
+            let found = lookup.users([root.as_str()], None).await;
+            (user(&found, &root) == Ok(ImageUser::Root)).then_some(())
+        }
+    });
+    cached.await;
+
+    // A registry that is gone: not known, and asked again next time (failures are not cached).
+    registry.stop();
+    let gone = registry.image("user-name:latest");
+    let found = lookup.users([gone.as_str()], None).await;
+    assert!(
+        matches!(user(&found, &gone), Err(Unknown::Failed | Unknown::Timeout)),
+        "{found:?}"
+    );
+}
+
+#[tokio::test]
+async fn images_behind_credentials_need_them() {
+    let registry = Registry::start("images-auth", &["--tls", "--auth"]);
+    let addr = registry.addr().to_owned();
+    let private = registry.image("private/user-1001:latest");
+    let section = |extra: &str| {
+        images_policy(&format!(
+            "  registries: [\"{addr}/*\"]\n  caFile: {}\n  timeoutMs: 3000\n{extra}",
+            registry.env["REGISTRY_CA"]
+        ))
+    };
+    let with = Lookup::new(&section(&format!(
+        "  credentials: {}\n",
+        registry.env["REGISTRY_AUTH_FILE"]
+    )))
+    .unwrap();
+    let found = with.users([private.as_str()], None).await;
+    assert_eq!(
+        user(&found, &private),
+        Ok(ImageUser::Id {
+            uid: 1001,
+            gid: Some(1001)
+        })
+    );
+    let without = Lookup::new(&section("")).unwrap();
+    let found = without.users([private.as_str()], None).await;
+    assert_eq!(user(&found, &private), Err(Unknown::Unauthorized));
+}
