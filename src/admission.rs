@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::engine::{self, Outcome};
-use crate::pod::Pod;
+use crate::fields;
+use crate::images::{Images, Platform};
+use crate::pod::{ContainerList, Pod};
 use crate::policy::{Decision, Exemption, NamespaceLabels, Policy};
 use crate::{exceptions, restricted};
 
@@ -299,7 +301,17 @@ pub fn respond(
     policy: &Policy,
     labels: NamespaceLabels<'_>,
 ) -> Result<Response, AdmissionError> {
-    let (verdict, outcome) = default_review(review, policy, labels);
+    respond_with(review, policy, labels, &Images::default())
+}
+
+/// [`respond`], with what the pod's images say of their users ([`images_to_look_up`] names them).
+pub fn respond_with(
+    review: &Review<'_>,
+    policy: &Policy,
+    labels: NamespaceLabels<'_>,
+    images: &Images,
+) -> Result<Response, AdmissionError> {
+    let (verdict, outcome) = default_review(review, policy, labels, images);
     let body = encode(review, verdict, &outcome)?;
     Ok(Response {
         body,
@@ -308,10 +320,63 @@ pub fn respond(
     })
 }
 
+/// The images whose users the engine would use for this review, and the platform to read them for (the pod's
+/// `kubernetes.io/arch` node selector, else none: the policy's): nothing where the policy has no `images:`
+/// section, the namespace is exempt or report-only, the pod is left alone or states its own `runAsUser`, or
+/// every container states one.
+pub fn images_to_look_up<'r>(
+    review: &'r Review<'_>,
+    policy: &Policy,
+    labels: NamespaceLabels<'_>,
+) -> (Vec<&'r str>, Option<Platform>) {
+    let none = (Vec::new(), None);
+    let (Some(section), Some(namespace)) = (&policy.images, review.namespace()) else {
+        return none;
+    };
+    let Decision::Apply(plan) = policy.for_namespace(namespace, labels) else {
+        return none;
+    };
+    let Objects::Pods { object, old_object } = &review.request.objects else {
+        return none;
+    };
+    let Some(spec) = &object.spec else {
+        return none;
+    };
+    if plan.report
+        || engine::left_alone_because(object).is_some()
+        || fields::stated(spec.security_context.as_ref(), &["runAsUser"])
+    {
+        return none;
+    }
+    let new = engine::new_ephemeral_names(object, old_object);
+    let images = spec
+        .all_containers()
+        .filter(|(list, _, c)| match review.route() {
+            Route::AddEphemeral => {
+                *list == ContainerList::EphemeralContainers && new.contains(&c.name())
+            }
+            _ => true,
+        })
+        .filter(|(_, _, c)| c.value(&["runAsUser"]).is_none())
+        .filter_map(|(_, _, c)| c.image.as_deref())
+        .collect();
+    let platform = spec
+        .node_selector
+        .as_ref()
+        .and_then(|s| s.arch.as_deref())
+        .map(|arch| Platform {
+            os: section.platform.os.clone(),
+            architecture: arch.to_owned(),
+            variant: None,
+        });
+    (images, platform)
+}
+
 fn default_review(
     review: &Review<'_>,
     policy: &Policy,
     labels: NamespaceLabels<'_>,
+    images: &Images,
 ) -> (Verdict, Outcome) {
     let route = review.route();
     let Some(namespace) = review.namespace() else {
@@ -333,8 +398,8 @@ fn default_review(
         defaults.to_mut().clear(*field);
     }
     let mut outcome = match route {
-        Route::CreatePod => engine::default_pod(pod, &defaults),
-        Route::AddEphemeral => engine::default_new_ephemeral(pod, old, &defaults),
+        Route::CreatePod => engine::default_pod_with(pod, &defaults, images),
+        Route::AddEphemeral => engine::default_new_ephemeral_with(pod, old, &defaults, images),
         Route::Ignore => Outcome::default(),
     };
     // A pod the engine leaves alone gets nothing else either: no record of its exceptions, no warnings about them.
@@ -830,5 +895,93 @@ mod tests {
         let (r, _) = respond_in(&create(object), &policy(EXCEPTIONS), "enabled");
         assert!(r.outcome.warnings.len() >= 2, "{:?}", r.outcome.warnings);
         assert_eq!(r.outcome.guard_warnings, 1, "{:?}", r.outcome.warnings);
+    }
+
+    #[test]
+    fn the_images_looked_up_are_those_whose_user_would_be_used() {
+        let images = "images: {registries: [\"reg/*\"]}";
+        let with = policy(&format!("{POLICY}\n{images}"));
+        let spec = json!({"nodeSelector": {"kubernetes.io/arch": "arm64"},
+            "initContainers": [{"name": "i", "image": "reg/init:1"}],
+            "containers": [{"name": "a", "image": "reg/a:1"}, {"name": "b", "image": "reg/b:1", "securityContext": {"runAsUser": 5}}]});
+        let mut object = pod();
+        object["spec"] = spec;
+        let wanted = |body: &Value, policy: &Policy, inject: &str| {
+            let bytes = serde_json::to_vec(body).unwrap();
+            let parsed = parse(&bytes).unwrap();
+            let labels = BTreeMap::from([(INJECT_LABEL.to_owned(), inject.to_owned())]);
+            let (images, platform) =
+                images_to_look_up(&parsed, policy, NamespaceLabels::Known(&labels));
+            let images: Vec<String> = images.into_iter().map(str::to_owned).collect();
+            (images, platform.map(|p| p.architecture))
+        };
+        let body = create(object.clone());
+        assert_eq!(
+            wanted(&body, &with, "enabled"),
+            (
+                vec!["reg/a:1".to_owned(), "reg/init:1".to_owned()],
+                Some("arm64".to_owned())
+            )
+        );
+        assert_eq!(
+            wanted(&body, &policy(POLICY), "enabled").0,
+            Vec::<String>::new(),
+            "no images: section"
+        );
+        assert_eq!(
+            wanted(&body, &with, "report").0,
+            Vec::<String>::new(),
+            "report-only"
+        );
+        assert_eq!(
+            wanted(&body, &with, "disabled").0,
+            Vec::<String>::new(),
+            "not opted in"
+        );
+        let mut own = object.clone();
+        own["spec"]["securityContext"] = json!({"runAsUser": 7});
+        assert_eq!(
+            wanted(&create(own), &with, "enabled").0,
+            Vec::<String>::new(),
+            "the pod states its user"
+        );
+        let old = json!({"spec": {"containers": [{"name": "a", "image": "reg/a:1"}]}});
+        let new = json!({"spec": {"containers": [{"name": "a", "image": "reg/a:1"}],
+            "ephemeralContainers": [{"name": "dbg", "image": "reg/debug:1"}]}});
+        let update = review("UPDATE", Some("ephemeralcontainers"), new, old);
+        assert_eq!(
+            wanted(&update, &with, "enabled").0,
+            vec!["reg/debug:1".to_owned()]
+        );
+
+        // What the lookups found reaches the patch.
+        let mut found = Images::default();
+        found.users.insert(
+            "reg/a:1".to_owned(),
+            Ok(crate::images::ImageUser::Id {
+                uid: 1001,
+                gid: None,
+            }),
+        );
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let parsed = parse(&bytes).unwrap();
+        let on = BTreeMap::from([(INJECT_LABEL.to_owned(), "enabled".to_owned())]);
+        let r = respond_with(&parsed, &with, NamespaceLabels::Known(&on), &found).unwrap();
+        let out: Value = serde_json::from_slice(&r.body).unwrap();
+        let patch = decoded_patch(&out).unwrap();
+        let op = patch
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|op| op["path"] == "/spec/containers/0/securityContext");
+        assert_eq!(
+            op.map(|op| &op["value"]),
+            Some(&json!({"runAsUser": 1001, "allowPrivilegeEscalation": false})),
+            "{patch}"
+        );
+        assert_eq!(
+            out["response"]["auditAnnotations"]["defaulted"],
+            "runAsUser=65532,allowPrivilegeEscalation=false(a,b,i),imageUser=1001(a)"
+        );
     }
 }

@@ -28,6 +28,8 @@ pub const SECCOMP_CONTAINER_ANNOTATION_PREFIX: &str =
     "container.seccomp.security.alpha.kubernetes.io/";
 /// The node labels that say a node's operating system.
 const OS_LABELS: [&str; 2] = ["kubernetes.io/os", "beta.kubernetes.io/os"];
+/// The node label of a node's architecture.
+const ARCH_LABEL: &str = "kubernetes.io/arch";
 
 /// A `securityContext`, as the pod states it.
 pub type SecurityContext = Map<String, Value>;
@@ -156,7 +158,7 @@ pub struct Spec<'a> {
     /// `volumes`.
     #[serde(borrow, default)]
     pub volumes: Option<Vec<Volume<'a>>>,
-    /// `nodeSelector`: only the operating system labels are kept.
+    /// `nodeSelector`: only the operating system and architecture labels are kept.
     #[serde(default)]
     pub node_selector: Option<NodeSelector>,
     /// `affinity`: only the required node affinity's terms on the operating system are read.
@@ -169,6 +171,8 @@ pub struct Spec<'a> {
 pub struct NodeSelector {
     /// `kubernetes.io/os` (or the older `beta.kubernetes.io/os`) is `windows`.
     pub windows: bool,
+    /// `kubernetes.io/arch`: the platform of a multi-arch image's configuration.
+    pub arch: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for NodeSelector {
@@ -185,6 +189,8 @@ impl<'de> Deserialize<'de> for NodeSelector {
                     if OS_LABELS.contains(&key.as_ref()) {
                         let value = map.next_value::<Value>()?;
                         seen.windows |= value.as_str() == Some("windows");
+                    } else if key == ARCH_LABEL {
+                        seen.arch = map.next_value::<Value>()?.as_str().map(str::to_owned);
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
