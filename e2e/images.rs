@@ -231,3 +231,130 @@ async fn images_behind_credentials_need_them() {
     let found = without.users([private.as_str()], None).await;
     assert_eq!(user(&found, &private), Err(Unknown::Unauthorized));
 }
+
+/// What the API server would store for a pod of `containers` (`(name, image)`, the test images of `registry`),
+/// and the warnings kubectl printed.
+fn dry_run(ns: &TestNamespace, name: &str, spec: serde_json::Value) -> (serde_json::Value, String) {
+    let out = ns.kubectl_create("--dry-run=server -o json", &pod(name, spec));
+    assert!(out.status.success(), "{name}: {}", stderr(&out));
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr(&out))
+}
+
+#[tokio::test]
+async fn images_users_reach_pods_through_the_api_server() {
+    let registry = Registry::start("images-api", &[]);
+    let addr = registry.addr().to_owned();
+    let policy = policy_yaml(
+        "opt-in",
+        &format!(
+            "images:\n  registries: [\"{addr}/*\"]\n  insecureRegistries: [\"{addr}\"]\n  timeoutMs: 1000\n"
+        ),
+    );
+    let (hook, ns) = served("images", &policy, FailurePolicy::Fail).await;
+    let container =
+        |name: &str, image: &str| serde_json::json!({"name": name, "image": registry.image(image)});
+
+    // Each image's user, as the API server stores the pod.
+    let spec = serde_json::json!({"containers": [
+        container("app", "user-1001:latest"),
+        container("root", "user-root:latest"),
+        container("named", "user-name:latest"),
+    ]});
+    let (stored, warnings) = dry_run(&ns, "mixed", spec);
+    assert_at(
+        "mixed",
+        &stored,
+        &serde_json::json!({
+            "/spec/securityContext/runAsUser": 65532,
+            "/spec/containers/0/securityContext/runAsUser": 1001,
+            "/spec/containers/0/securityContext/runAsGroup": 1001,
+            "/spec/containers/1/securityContext/runAsUser": null,
+            "/spec/containers/2/securityContext/runAsUser": null,
+        }),
+    );
+    let image = registry.image("user-1001:latest");
+    for words in [
+        format!("container \"app\" runs as its image's user 1001:1001, from {image}"),
+        "its image".to_owned() + &format!(" {} runs as root", registry.image("user-root:latest")),
+        "a name the kubelet cannot verify".to_owned(),
+    ] {
+        assert!(warnings.contains(&words), "no {words:?} in {warnings}");
+    }
+    let record = annotation(&stored).unwrap_or_default().to_owned();
+    assert!(record.ends_with(",imageUser=1001:1001(app)"), "{record}");
+
+    // A pod pinned to arm64 gets that platform's user of the multi-arch image.
+    let spec = serde_json::json!({"nodeSelector": {"kubernetes.io/arch": "arm64"},
+        "containers": [container("app", "multi-arch:latest")]});
+    let (stored, _) = dry_run(&ns, "arm", spec);
+    assert_at(
+        "arm",
+        &stored,
+        &serde_json::json!({"/spec/containers/0/securityContext/runAsUser": 2002}),
+    );
+
+    // A second pod of a cached image makes no request to the registry.
+    let manifests = "/v2/user-1001/manifests/latest";
+    let before = registry.requests(manifests);
+    let (stored, _) = dry_run(
+        &ns,
+        "again",
+        serde_json::json!({"containers": [container("app", "user-1001:latest")]}),
+    );
+    assert_at(
+        "again",
+        &stored,
+        &serde_json::json!({"/spec/containers/0/securityContext/runAsUser": 1001}),
+    );
+    assert_eq!(registry.requests(manifests), before, "the cache answered");
+
+    // A registry that hangs: the pod is admitted within the budget, with the default and a warning.
+    registry.signal("STOP");
+    let slow = dry_run(
+        &ns,
+        "slow",
+        serde_json::json!({"containers": [container("app", "user-unset:latest")]}),
+    );
+    registry.signal("CONT");
+    let (stored, warnings) = slow;
+    assert_at(
+        "slow",
+        &stored,
+        &serde_json::json!({"/spec/securityContext/runAsUser": 65532,
+        "/spec/containers/0/securityContext/runAsUser": null}),
+    );
+    assert!(
+        warnings.contains("is not known (the registry did not answer in time)"),
+        "{warnings}"
+    );
+
+    // A registry that is gone: the same, for an image not cached.
+    registry.stop();
+    let (stored, warnings) = dry_run(
+        &ns,
+        "gone",
+        serde_json::json!({"containers": [container("app", "user-1001:other")]}),
+    );
+    assert_at(
+        "gone",
+        &stored,
+        &serde_json::json!({"/spec/securityContext/runAsUser": 65532}),
+    );
+    assert!(warnings.contains("is not known"), "{warnings}");
+
+    let metrics = hook.metrics().await;
+    assert!(
+        counter(
+            &metrics,
+            r#"secure_defaults_image_lookups_total{result="known"}"#
+        ) >= 4,
+        "{metrics}"
+    );
+    assert!(
+        counter(
+            &metrics,
+            r#"secure_defaults_image_lookups_total{result="timeout"}"#
+        ) >= 1,
+        "{metrics}"
+    );
+}
