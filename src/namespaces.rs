@@ -34,11 +34,6 @@ static NO_LABELS: LabelMap = BTreeMap::new();
 /// Why a namespace's labels are not known.
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
-    /// No credentials to reach the API server.
-    #[error(
-        "no cluster credentials (in-cluster service account or KUBECONFIG); use --no-namespace-lookups for a local trial without a cluster"
-    )]
-    ConnectCluster(#[source] kube::Error),
     /// The direct lookup of a namespace the cache lacks timed out.
     #[error("namespace {0:?} is not in the cache and the API server did not answer within {1:?}")]
     LookupTimeout(String, Duration),

@@ -16,62 +16,27 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::watch::{FileSet, ReloadCounter, Reloadable};
 
-/// Why a certificate and key were not loaded.
+/// Why a certificate and key were not loaded. Each names the file (the certificate's, then the key's).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file could not be read.
-    #[error("cannot read {path}")]
-    ReadPem {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read {0}")]
+    ReadPem(PathBuf, #[source] std::io::Error),
     /// The file holds no certificate.
-    #[error("no PEM certificate in {path}")]
-    NoCertificate {
-        /// The file.
-        path: PathBuf,
-    },
+    #[error("no PEM certificate in {0}")]
+    NoCertificate(PathBuf),
     /// A certificate does not parse.
-    #[error("invalid PEM certificate in {path}")]
-    ParseCertificate {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
+    #[error("invalid PEM certificate in {0}")]
+    ParseCertificate(PathBuf, #[source] rustls_pki_types::pem::Error),
     /// The key does not parse.
-    #[error("no usable PEM private key in {path}")]
-    ParseKey {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
+    #[error("no usable PEM private key in {0}")]
+    ParseKey(PathBuf, #[source] rustls_pki_types::pem::Error),
     /// The key is of a kind rustls cannot use.
-    #[error("unsupported private key in {path}")]
-    LoadKey {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: rustls::Error,
-    },
+    #[error("unsupported private key in {0}")]
+    LoadKey(PathBuf, #[source] rustls::Error),
     /// The key is not the certificate's.
-    #[error("the key in {key} does not match the certificate in {cert}")]
-    KeyMismatch {
-        /// The certificate file.
-        cert: PathBuf,
-        /// The key file.
-        key: PathBuf,
-        /// The cause.
-        #[source]
-        source: rustls::Error,
-    },
+    #[error("the key in {1} does not match the certificate in {0}")]
+    KeyMismatch(PathBuf, PathBuf, #[source] rustls::Error),
 }
 
 /// The crypto provider the server and its checks use.
@@ -88,34 +53,20 @@ pub fn certified_key(
 ) -> Result<CertifiedKey, StoreError> {
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| StoreError::ParseCertificate {
-            path: cert.to_owned(),
-            source,
-        })?;
+        .map_err(|e| StoreError::ParseCertificate(cert.to_owned(), e))?;
     if chain.is_empty() {
-        return Err(StoreError::NoCertificate {
-            path: cert.to_owned(),
-        });
+        return Err(StoreError::NoCertificate(cert.to_owned()));
     }
-    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| StoreError::ParseKey {
-        path: key.to_owned(),
-        source,
-    })?;
+    let der = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| StoreError::ParseKey(key.to_owned(), e))?;
     let signing_key = provider()
         .key_provider
         .load_private_key(der)
-        .map_err(|source| StoreError::LoadKey {
-            path: key.to_owned(),
-            source,
-        })?;
+        .map_err(|e| StoreError::LoadKey(key.to_owned(), e))?;
     let certified = CertifiedKey::new(chain, signing_key);
     certified
         .keys_match()
-        .map_err(|source| StoreError::KeyMismatch {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-            source,
-        })?;
+        .map_err(|e| StoreError::KeyMismatch(cert.to_owned(), key.to_owned(), e))?;
     Ok(certified)
 }
 
@@ -146,12 +97,8 @@ impl CertStore {
         cert_path: &Path,
         key_path: &Path,
     ) -> Result<(Arc<Self>, Vec<Vec<u8>>), StoreError> {
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| StoreError::ReadPem {
-                path: path.to_owned(),
-                source,
-            })
-        };
+        let read =
+            |path: &Path| std::fs::read(path).map_err(|e| StoreError::ReadPem(path.to_owned(), e));
         let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
         let key = certified_key(cert_path, &cert_pem, key_path, &key_pem)?;
         let store = Arc::new(Self {

@@ -46,23 +46,11 @@ pub enum ServeError {
     /// No cluster credentials.
     ConnectCluster(#[source] kube::Error),
     /// The webhook address could not be bound.
-    #[error("cannot listen on {addr} (webhook)")]
-    BindWebhook {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {0} (webhook)")]
+    BindWebhook(SocketAddr, #[source] std::io::Error),
     /// The admin address could not be bound.
-    #[error("cannot listen on {addr} (admin)")]
-    BindAdmin {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {0} (admin)")]
+    BindAdmin(SocketAddr, #[source] std::io::Error),
 }
 
 /// A server whose listeners are bound and whose policy and certificate are loaded.
@@ -169,19 +157,12 @@ impl Server {
             );
             Namespaces::Disabled
         };
-        let webhook =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServeError::BindWebhook {
-                    addr: config.listen,
-                    source,
-                })?;
+        let webhook = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ServeError::BindWebhook(config.listen, e))?;
         let admin = TcpListener::bind(config.admin_listen)
             .await
-            .map_err(|source| ServeError::BindAdmin {
-                addr: config.admin_listen,
-                source,
-            })?;
+            .map_err(|e| ServeError::BindAdmin(config.admin_listen, e))?;
         let app = Arc::new(handle::App {
             policy: PolicyStore::new(policy),
             namespaces: namespaces.clone(),
