@@ -103,11 +103,7 @@ pub async fn hold(
                     ..Default::default()
                 }),
             };
-            return match api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            };
+            return won(api.create(&PostParams::default(), &lease).await);
         }
     };
     let record = Record::of(&lease);
@@ -125,12 +121,16 @@ pub async fn hold(
     spec.lease_duration_seconds = Some(duration);
     spec.renew_time = Some(MicroTime(now));
     // Carries the resourceVersion read above: if another replica renewed or took it meanwhile, this fails.
-    match api
+    won(api
         .replace(target.name, &PostParams::default(), &lease)
-        .await
-    {
+        .await)
+}
+
+/// Whether a write of the Lease went through; a conflict means another replica created, renewed or took it
+/// first.
+fn won(written: Result<k8s::Lease, kube::Error>) -> Result<bool, kube::Error> {
+    match written {
         Ok(_) => Ok(true),
-        // Someone else renewed or took it first.
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
         Err(e) => Err(e),
     }
