@@ -3,7 +3,7 @@
 //! handshake, and a bad new pair keeps the old one.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
@@ -120,21 +120,19 @@ impl CertStore {
 
     /// Serves `key` from the next handshake on.
     pub fn replace(&self, key: CertifiedKey) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(key));
+    }
+
+    /// The certificate in use.
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
         // A poisoned lock only means a writer panicked mid-assignment of an Arc; the value is still whole.
-        let mut current = self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *current = Some(Arc::new(key));
+        let current = self.current.read();
+        current.unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// notAfter (Unix seconds) of the serving certificate in use.
     pub fn expiry(&self) -> Option<i64> {
-        let current = self
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        current
+        self.current()
             .as_deref()
             .and_then(validity)
             .map(|(_, after)| after)
@@ -142,10 +140,7 @@ impl CertStore {
 
     /// Whether a certificate is loaded.
     pub fn is_loaded(&self) -> bool {
-        self.current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some()
+        self.current().is_some()
     }
 
     /// Polls the files and swaps in a changed pair once it loads; a pair that does not load is logged and counted,
@@ -197,11 +192,7 @@ impl Reloadable for ServingPair {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let current = self
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        current.clone()
+        self.current()
     }
 }
 

@@ -13,6 +13,7 @@ use super::policy_store::PolicyStore;
 use crate::admission::{self, Route, Verdict};
 use crate::metrics::{Metrics, Operation, RequestResult};
 use crate::namespaces::Namespaces;
+use crate::policy::NamespaceLabels;
 
 /// The API server's own limit on an object; a review holds the object (twice for an update) plus a little.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -186,7 +187,7 @@ async fn answer_review(app: &App, body: &[u8], started: Instant) -> Response<Bod
     async {
         let labels = match review.namespace() {
             Some(namespace) => match app.namespaces.labels(namespace).await {
-                Ok(labels) => Some(labels),
+                Ok(labels) => labels,
                 Err(e) => {
                     // Let the webhook's failurePolicy decide, rather than guess a policy without the labels.
                     let reason = crate::error_chain(&e);
@@ -206,10 +207,8 @@ async fn answer_review(app: &App, body: &[u8], started: Instant) -> Response<Bod
         };
         let current = app.policy.current();
         let input = labels
-            .as_ref()
-            .map_or(crate::policy::NamespaceLabels::Unknown, |l| {
-                l.as_policy_input()
-            });
+            .as_deref()
+            .map_or(NamespaceLabels::Unknown, NamespaceLabels::Known);
         let response = match admission::respond(&review, &current.policy, input) {
             Ok(response) => response,
             Err(e) => {
