@@ -4,17 +4,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::watch::{FileSet, ReloadCounter, Reloadable};
+use crate::watch::{ReloadCounter, Reloadable};
 
 /// Why a certificate and key were not loaded. Each names the file (the certificate's, then the key's).
 #[derive(Debug, thiserror::Error)]
@@ -142,47 +140,34 @@ impl CertStore {
     pub fn is_loaded(&self) -> bool {
         self.current().is_some()
     }
-
-    /// Polls the files and swaps in a changed pair once it loads; a pair that does not load is logged and counted,
-    /// and the certificate in use stays. A pair that fails to load is only reported once the same bytes are seen
-    /// on a second poll: the two files are read one after the other, and a volume update between the reads is not
-    /// a bad certificate.
-    pub async fn reload(
-        self: Arc<Self>,
-        loaded: Vec<Vec<u8>>,
-        metrics: Arc<Metrics>,
-        interval: Duration,
-        stop: CancellationToken,
-    ) {
-        let files = FileSet::new(vec![self.cert_path.clone(), self.key_path.clone()], loaded);
-        crate::watch::reload(ServingPair(self), files, metrics, interval, stop).await;
-    }
 }
 
 /// The serving certificate and key files, as [`crate::watch::reload`] reloads them.
-struct ServingPair(Arc<CertStore>);
-
-impl Reloadable for ServingPair {
+impl Reloadable for Arc<CertStore> {
     const WHAT: &'static str = "serving certificate";
+    // The two files are read one after the other, and a volume update between the reads is not a bad certificate.
     const CONFIRM_REFUSAL: bool = true;
     type Loaded = CertifiedKey;
     type Error = StoreError;
 
+    fn paths(&self) -> Vec<PathBuf> {
+        vec![self.cert_path.clone(), self.key_path.clone()]
+    }
+
     fn load(&self, contents: &[Vec<u8>]) -> Result<CertifiedKey, StoreError> {
-        let store = &self.0;
         let (cert_pem, key_pem) = match contents {
             [cert, key] => (cert.as_slice(), key.as_slice()),
             _ => (&[][..], &[][..]),
         };
-        certified_key(&store.cert_path, cert_pem, &store.key_path, key_pem)
+        certified_key(&self.cert_path, cert_pem, &self.key_path, key_pem)
     }
 
     fn swap(&self, key: CertifiedKey, metrics: &Metrics) {
         if let Some((_, expiry)) = validity(&key) {
             metrics.certificate_expiry.set(expiry);
         }
-        self.0.replace(key);
-        tracing::info!(cert = %self.0.cert_path.display(), "serving certificate reloaded");
+        self.replace(key);
+        tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
     }
 
     fn counter(metrics: &Metrics) -> &ReloadCounter {

@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -16,11 +15,10 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use tokio_util::sync::CancellationToken;
 
 use crate::certs::store::provider;
 use crate::metrics::Metrics;
-use crate::watch::{FileSet, ReloadCounter, Reloadable};
+use crate::watch::{ReloadCounter, Reloadable};
 
 /// Why a client CA file was not loaded. Each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -98,42 +96,28 @@ impl ClientCa {
     pub fn replace(&self, verifier: Arc<dyn ClientCertVerifier>) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = verifier;
     }
-
-    /// Polls the file and swaps in a changed CA once it loads; a file that does not load is logged and counted
-    /// (in `certificate_reloads`, with the serving certificate's), and the CA in use stays. A file that fails to
-    /// load is only reported once the same bytes are seen on a second poll: a file being written in place can be
-    /// read half-written.
-    pub async fn reload(
-        self: Arc<Self>,
-        loaded: Vec<u8>,
-        metrics: Arc<Metrics>,
-        interval: Duration,
-        stop: CancellationToken,
-    ) {
-        let files = FileSet::new(vec![self.path.clone()], vec![loaded]);
-        crate::watch::reload(ClientCaFile(self), files, metrics, interval, stop).await;
-    }
 }
 
-/// The client CA file, as [`crate::watch::reload`] reloads it.
-struct ClientCaFile(Arc<ClientCa>);
-
-impl Reloadable for ClientCaFile {
+/// The client CA file, as [`crate::watch::reload`] reloads it (counted in `certificate_reloads`, with the serving
+/// certificate's).
+impl Reloadable for Arc<ClientCa> {
     const WHAT: &'static str = "client CA";
+    // A file being written in place can be read half-written.
     const CONFIRM_REFUSAL: bool = true;
     type Loaded = Arc<dyn ClientCertVerifier>;
     type Error = ClientAuthError;
 
+    fn paths(&self) -> Vec<PathBuf> {
+        vec![self.path.clone()]
+    }
+
     fn load(&self, contents: &[Vec<u8>]) -> Result<Self::Loaded, ClientAuthError> {
-        verifier(
-            &self.0.path,
-            contents.first().map_or(&[][..], Vec::as_slice),
-        )
+        verifier(&self.path, contents.first().map_or(&[][..], Vec::as_slice))
     }
 
     fn swap(&self, verifier: Self::Loaded, _metrics: &Metrics) {
-        self.0.replace(verifier);
-        tracing::info!(path = %self.0.path.display(), "client CA reloaded");
+        self.replace(verifier);
+        tracing::info!(path = %self.path.display(), "client CA reloaded");
     }
 
     fn counter(metrics: &Metrics) -> &ReloadCounter {

@@ -10,7 +10,6 @@ pub mod serve;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -22,7 +21,9 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::policy::{self, PolicyError};
+use crate::watch::reload;
 use client_auth::{ClientAuthError, ClientCa};
+use policy_reload::PolicyFile;
 use policy_store::PolicyStore;
 
 /// Why the server did not start.
@@ -61,42 +62,14 @@ pub struct Server {
     acceptor: tokio_rustls::TlsAcceptor,
     app: Arc<handle::App>,
     health: Arc<admin::Health>,
-    background: Background,
-}
-
-/// What runs beside the listeners until shutdown and keeps the server current: the policy file's reload and
-/// the certificate source's work. (The namespace cache starts in `bind`, so that it syncs while the rest
-/// starts, under the same `stop`.)
-struct Background {
-    policy_file: PathBuf,
     /// The policy bytes loaded at start, so only later changes count as reloads.
     loaded_policy: Vec<u8>,
     certs: CertSource,
     /// The client CA, if set, and the bytes loaded at start.
     client_ca: Option<(Arc<ClientCa>, Vec<u8>)>,
+    /// Stops what runs beside the listeners, the namespace cache among it (started in `bind`, so that it syncs
+    /// while the rest starts).
     stop: CancellationToken,
-}
-
-impl Background {
-    fn start(self, app: &handle::App, interval: std::time::Duration) {
-        tokio::spawn(policy_reload::run(
-            self.policy_file,
-            self.loaded_policy,
-            app.policy.clone(),
-            app.metrics.clone(),
-            interval,
-            self.stop.clone(),
-        ));
-        if let Some((client_ca, loaded)) = self.client_ca {
-            tokio::spawn(client_ca.reload(
-                loaded,
-                app.metrics.clone(),
-                interval,
-                self.stop.clone(),
-            ));
-        }
-        self.certs.start(app.metrics.clone(), self.stop);
-    }
 }
 
 impl Server {
@@ -180,13 +153,10 @@ impl Server {
             acceptor,
             app,
             health,
-            background: Background {
-                policy_file: config.policy.clone(),
-                loaded_policy,
-                certs,
-                client_ca,
-                stop,
-            },
+            loaded_policy,
+            certs,
+            client_ca,
+            stop,
             config,
         })
     }
@@ -217,10 +187,35 @@ impl Server {
             acceptor,
             app,
             health,
-            background,
+            loaded_policy,
+            certs,
+            client_ca,
+            stop,
         } = self;
-        let stop = background.stop.clone();
-        background.start(&app, config.reload_interval);
+        // What keeps the server current until shutdown: the policy file's reload, the client CA's, and the
+        // certificate source's work.
+        let policy = PolicyFile {
+            path: config.policy.clone(),
+            store: app.policy.clone(),
+        };
+        let (metrics, interval) = (&app.metrics, config.reload_interval);
+        tokio::spawn(reload(
+            policy,
+            vec![loaded_policy],
+            metrics.clone(),
+            interval,
+            stop.clone(),
+        ));
+        if let Some((client_ca, loaded)) = client_ca {
+            tokio::spawn(reload(
+                client_ca,
+                vec![loaded],
+                metrics.clone(),
+                interval,
+                stop.clone(),
+            ));
+        }
+        certs.start(metrics.clone(), stop.clone());
         tokio::spawn(admin::serve(
             admin,
             health.clone(),
