@@ -1,7 +1,6 @@
 //! Prometheus metrics. Every label has a small, fixed set of values: no pod names, namespaces or error strings.
 //! `policy_info`'s `hash` is not a fixed set, but has one series at a time: the policy in force.
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -82,43 +81,9 @@ impl LookupSource {
     }
 }
 
-/// Labels of the admission counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    operation: &'static str,
-    result: &'static str,
-}
-
-/// Labels of the latency histogram.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OperationLabels {
-    operation: &'static str,
-}
-
-/// Labels of the per-field counters: a field's name in the table.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FieldLabels {
-    field: &'static str,
-}
-
-/// Labels of the reload counters.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    result: &'static str,
-}
-
-/// Labels of the policy info metric.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PolicyInfoLabels {
-    /// The first 16 hex digits of the SHA-256 of the policy file: one series at a time.
-    pub hash: String,
-}
-
-/// Labels of the namespace lookup counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LookupLabels {
-    source: &'static str,
-}
+/// A series' labels, by name: `operation` and `result` of a request, `operation` of a latency, `field` (a field's
+/// name in the table), `result` of a reload, `source` of a namespace lookup.
+pub type Labels<const N: usize> = [(&'static str, &'static str); N];
 
 /// Declares every metric once: its field, type, how it is made, its name (after the `secure_defaults_` prefix)
 /// and its help (also the field's doc). The struct and its registration are written from this one list.
@@ -147,29 +112,29 @@ macro_rules! metrics {
 }
 
 metrics! {
-    requests: Family<RequestLabels, Counter> = Family::default(),
+    requests: Family<Labels<2>, Counter> = Family::default(),
         "admission_requests", "Admission reviews answered, by operation and result";
-    duration: Family<OperationLabels, Histogram, fn() -> Histogram> = Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+    duration: Family<Labels<1>, Histogram, fn() -> Histogram> = Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
         "admission_duration_seconds", "Time from the request's first byte read to the response, by operation";
-    fields_defaulted: Family<FieldLabels, Counter> = Family::default(),
+    fields_defaulted: Family<Labels<1>, Counter> = Family::default(),
         "fields_defaulted", "Pods (or new ephemeral containers) that got a field defaulted, by field";
     warnings: Counter = Counter::default(),
         "guard_warnings", "Warnings of the field guards: a default skipped or set with a note (privileged, CAP_SYS_ADMIN, no runAsUser, a deprecated seccomp annotation) or a pod left alone (mirror, Windows); report-mode lines and exception warnings are not counted here";
-    policy_reloads: Family<ResultLabels, Counter> = Family::default(),
+    policy_reloads: Family<Labels<1>, Counter> = Family::default(),
         "policy_reloads", "Policy file reloads, ok or failed (a failed one keeps the last good policy)";
     policy_generation: Gauge = Gauge::default(),
         "policy_generation", "Generation of the policy in force: 1 at start, +1 per successful reload";
-    certificate_reloads: Family<ResultLabels, Counter> = Family::default(),
+    certificate_reloads: Family<Labels<1>, Counter> = Family::default(),
         "certificate_reloads", "Serving certificate reloads, ok or failed (a failed one keeps the certificate in use)";
-    namespace_lookups: Family<LookupLabels, Counter> = Family::default(),
+    namespace_lookups: Family<Labels<1>, Counter> = Family::default(),
         "namespace_lookups", "Namespace label lookups, by source: cache, direct (not yet cached) or failed";
     open_connections: Gauge = Gauge::default(),
         "open_connections", "Open webhook connections";
     tls_handshake_failures: Counter = Counter::default(),
         "tls_handshake_failures", "TLS handshakes that failed or timed out";
-    fields_would_default: Family<FieldLabels, Counter> = Family::default(),
+    fields_would_default: Family<Labels<1>, Counter> = Family::default(),
         "fields_would_default", "Pods in report-only namespaces that would have got a field, by field";
-    exceptions: Family<FieldLabels, Counter> = Family::default(),
+    exceptions: Family<Labels<1>, Counter> = Family::default(),
         "exceptions", "Fields left out because the pod opted out with secure-defaults.io/skip, as its policy allows, by field";
     certificate_expiry: Gauge = Gauge::default(),
         "certificate_expiry_timestamp_seconds", "Expiry (notAfter) of the serving certificate in use, as a Unix time";
@@ -179,7 +144,7 @@ metrics! {
         "certificate_last_rotation_timestamp_seconds", "When the self-managed serving certificate in use was issued or last rotated, as a Unix time (self-managed certificates only)";
     policy_last_reload: Gauge = Gauge::default(),
         "policy_last_reload_timestamp_seconds", "When the policy in force was loaded (at start, then at each successful reload), as a Unix time";
-    policy_info: Family<PolicyInfoLabels, Gauge> = Family::default(),
+    policy_info: Family<[(&'static str, String); 1], Gauge> = Family::default(),
         "policy_info", "The policy in force: 1 for the first 16 hex digits of the SHA-256 of its file; replicas that disagree serve different policies";
 }
 
@@ -195,7 +160,7 @@ impl Metrics {
     fn start_at_zero(&self) {
         for family in [&self.policy_reloads, &self.certificate_reloads] {
             for result in ["ok", "failed"] {
-                family.get_or_create(&ResultLabels { result }).inc_by(0);
+                family.get_or_create(&[("result", result)]).inc_by(0);
             }
         }
     }
@@ -209,9 +174,7 @@ impl Metrics {
     fn policy_loaded_at(&self, file: &[u8], unix: i64) {
         let hash = policy_hash(file);
         self.policy_info.clear();
-        self.policy_info
-            .get_or_create(&PolicyInfoLabels { hash })
-            .set(1);
+        self.policy_info.get_or_create(&[("hash", hash)]).set(1);
         self.policy_last_reload.set(unix);
     }
 
@@ -237,28 +200,24 @@ impl Metrics {
     /// Counts one answered (or refused) request.
     pub fn count_request(&self, operation: Operation, result: RequestResult) {
         self.requests
-            .get_or_create(&RequestLabels {
-                operation: operation.as_str(),
-                result: result.as_str(),
-            })
+            .get_or_create(&[
+                ("operation", operation.as_str()),
+                ("result", result.as_str()),
+            ])
             .inc();
     }
 
     /// Records one request's time.
     pub fn observe_duration(&self, operation: Operation, seconds: f64) {
         self.duration
-            .get_or_create(&OperationLabels {
-                operation: operation.as_str(),
-            })
+            .get_or_create(&[("operation", operation.as_str())])
             .observe(seconds);
     }
 
     /// Counts one namespace label lookup by where its answer came from.
     pub fn count_lookup(&self, source: LookupSource) {
         self.namespace_lookups
-            .get_or_create(&LookupLabels {
-                source: source.as_str(),
-            })
+            .get_or_create(&[("source", source.as_str())])
             .inc();
     }
 
@@ -268,9 +227,9 @@ impl Metrics {
     }
 
     /// Counts one reload, ok or failed.
-    pub fn count_reload(family: &Family<ResultLabels, Counter>, ok: bool) {
+    pub fn count_reload(family: &Family<Labels<1>, Counter>, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
-        family.get_or_create(&ResultLabels { result }).inc();
+        family.get_or_create(&[("result", result)]).inc();
     }
 
     /// The Prometheus text exposition.
@@ -282,12 +241,8 @@ impl Metrics {
     }
 }
 
-fn count_field(family: &Family<FieldLabels, Counter>, field: Field) {
-    family
-        .get_or_create(&FieldLabels {
-            field: field.name(),
-        })
-        .inc();
+fn count_field(family: &Family<Labels<1>, Counter>, field: Field) {
+    family.get_or_create(&[("field", field.name())]).inc();
 }
 
 /// The first 16 hex digits of the SHA-256 of a policy file's bytes.

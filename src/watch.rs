@@ -69,7 +69,7 @@ pub trait Reloadable {
 
 /// A reload counter: by result, ok or failed.
 pub type ReloadCounter = prometheus_client::metrics::family::Family<
-    crate::metrics::ResultLabels,
+    crate::metrics::Labels<1>,
     prometheus_client::metrics::counter::Counter,
 >;
 
