@@ -241,13 +241,7 @@ async fn round(
     settings: &Settings,
     seen: &mut Option<lease::Seen>,
 ) -> Result<(), ClusterCertError> {
-    let lease = lease::Lease {
-        namespace: &target.namespace,
-        name: &target.lease,
-        identity: &target.identity,
-        duration: target.lease_duration,
-    };
-    let held = lease::hold(client, &lease, seen)
+    let held = lease::hold(client, target, seen)
         .await
         .map_err(|e| ClusterCertError::Lease(target.lease.clone(), e))?;
     if !held {
