@@ -171,11 +171,6 @@ impl Server {
         self.admin.local_addr().ok()
     }
 
-    /// The server's metrics.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.app.metrics.clone()
-    }
-
     /// Serves until `shutdown` completes; then readiness turns false, the server keeps answering for the drain
     /// period (the API server keeps using open connections until the endpoint is gone), stops accepting, and
     /// finishes in-flight requests within the shutdown timeout.
