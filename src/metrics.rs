@@ -17,25 +17,6 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.5, 1.0,
 ];
 
-/// Which request a series counts: the route of an answered review, or `unknown` for one refused before its route
-/// was known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
-    /// An answered review's route.
-    Route(Route),
-    /// Refused before its route was known.
-    Unknown,
-}
-
-impl Operation {
-    fn as_str(self) -> &'static str {
-        match self {
-            Operation::Route(route) => route.as_str(),
-            Operation::Unknown => "unknown",
-        }
-    }
-}
-
 /// How a request ended: a review's verdict, or why it got no review answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestResult {
@@ -181,8 +162,8 @@ impl Metrics {
     /// Counts an answered review, its time, and the fields it set (or, in report-only mode, would have set) or
     /// left out at the pod's request.
     pub fn count_answer(&self, route: Route, verdict: Verdict, seconds: f64, outcome: &Outcome) {
-        self.count_request(Operation::Route(route), RequestResult::Answered(verdict));
-        self.observe_duration(Operation::Route(route), seconds);
+        self.count_request(Some(route), RequestResult::Answered(verdict));
+        self.observe_duration(route, seconds);
         let family = match verdict {
             Verdict::Reported => &self.fields_would_default,
             _ => &self.fields_defaulted,
@@ -197,20 +178,19 @@ impl Metrics {
         self.warnings.inc_by(outcome.guard_warnings as u64);
     }
 
-    /// Counts one answered (or refused) request.
-    pub fn count_request(&self, operation: Operation, result: RequestResult) {
+    /// Counts one answered (or refused) request: by its route, or as operation `unknown` if refused before its
+    /// route was known.
+    pub fn count_request(&self, route: Option<Route>, result: RequestResult) {
+        let operation = route.map_or("unknown", Route::as_str);
         self.requests
-            .get_or_create(&[
-                ("operation", operation.as_str()),
-                ("result", result.as_str()),
-            ])
+            .get_or_create(&[("operation", operation), ("result", result.as_str())])
             .inc();
     }
 
     /// Records one request's time.
-    pub fn observe_duration(&self, operation: Operation, seconds: f64) {
+    pub fn observe_duration(&self, route: Route, seconds: f64) {
         self.duration
-            .get_or_create(&[("operation", operation.as_str())])
+            .get_or_create(&[("operation", route.as_str())])
             .observe(seconds);
     }
 
@@ -270,10 +250,10 @@ mod tests {
     fn exposes_counters_and_sub_millisecond_buckets() {
         let m = Metrics::new();
         m.count_request(
-            Operation::Route(Route::CreatePod),
+            Some(Route::CreatePod),
             RequestResult::Answered(Verdict::Patched),
         );
-        m.observe_duration(Operation::Route(Route::CreatePod), 0.000_07);
+        m.observe_duration(Route::CreatePod, 0.000_07);
         let field = |name| Field::by_name(name).unwrap();
         m.count_fields([field("runAsUser")].into_iter());
         let none = Outcome::default();

@@ -11,7 +11,7 @@ use tracing::Instrument as _;
 
 use super::policy_store::PolicyStore;
 use crate::admission::{self, Route, Verdict};
-use crate::metrics::{Metrics, Operation, RequestResult};
+use crate::metrics::{Metrics, RequestResult};
 use crate::namespaces::Namespaces;
 use crate::policy::NamespaceLabels;
 
@@ -90,8 +90,7 @@ where
     let body = match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) => {
-            app.metrics
-                .count_request(Operation::Unknown, RequestResult::BadRequest);
+            app.metrics.count_request(None, RequestResult::BadRequest);
             let response = if e
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
@@ -111,7 +110,7 @@ where
         Err(_) => {
             // The client's fault, not the server's: counted and answered apart from the server's own failures.
             app.metrics
-                .count_request(Operation::Unknown, RequestResult::ClientTimeout);
+                .count_request(None, RequestResult::ClientTimeout);
             tracing::warn!(timeout = ?app.request_timeout, "request body not received within the request deadline");
             let response = error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -123,8 +122,7 @@ where
     match tokio::time::timeout_at(deadline, answer_review(app, &body, started)).await {
         Ok(response) => response,
         Err(_) => {
-            app.metrics
-                .count_request(Operation::Unknown, RequestResult::Error);
+            app.metrics.count_request(None, RequestResult::Error);
             tracing::error!(timeout = ?app.request_timeout, "admission request exceeded its deadline");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -167,8 +165,7 @@ async fn answer_review(app: &App, body: &[u8], started: Instant) -> Response<Bod
     let review = match admission::parse(body) {
         Ok(review) => review,
         Err(e) => {
-            app.metrics
-                .count_request(Operation::Unknown, RequestResult::BadRequest);
+            app.metrics.count_request(None, RequestResult::BadRequest);
             let reason = crate::error_chain(&e);
             tracing::warn!(%reason, "bad admission request");
             return error(StatusCode::BAD_REQUEST, reason);
@@ -191,8 +188,7 @@ async fn answer_review(app: &App, body: &[u8], started: Instant) -> Response<Bod
                 Err(e) => {
                     // Let the webhook's failurePolicy decide, rather than guess a policy without the labels.
                     let reason = crate::error_chain(&e);
-                    app.metrics
-                        .count_request(Operation::Route(route), RequestResult::Error);
+                    app.metrics.count_request(Some(route), RequestResult::Error);
                     tracing::error!(
                         uid = %request.uid,
                         namespace,
@@ -213,8 +209,7 @@ async fn answer_review(app: &App, body: &[u8], started: Instant) -> Response<Bod
             Ok(response) => response,
             Err(e) => {
                 let reason = crate::error_chain(&e);
-                app.metrics
-                    .count_request(Operation::Route(route), RequestResult::Error);
+                app.metrics.count_request(Some(route), RequestResult::Error);
                 tracing::error!(uid = &*request.uid, %reason, "cannot answer the review");
                 return error(StatusCode::INTERNAL_SERVER_ERROR, reason);
             }
