@@ -203,15 +203,13 @@ pub struct Config {
 impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
     fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
-        let positive = |name: &str, ms: u64| {
-            if ms == 0 {
-                Err(ConfigError::ValidateConfig(format!(
-                    "{name} must be greater than 0"
-                )))
-            } else {
-                Ok(Duration::from_millis(ms))
-            }
+        let positive = |name: &str, value: u64, unit: fn(u64) -> Duration| match value {
+            0 => Err(ConfigError::ValidateConfig(format!(
+                "{name} must be greater than 0"
+            ))),
+            _ => Ok(unit(value)),
         };
+        let ms = |name, value| positive(name, value, Duration::from_millis);
         let max_connections = NonZeroUsize::new(raw.max_connections).ok_or_else(|| {
             ConfigError::ValidateConfig("max_connections must be greater than 0".to_owned())
         })?;
@@ -228,15 +226,7 @@ impl TryFrom<RawConfig> for Config {
             )));
         }
         let self_managed = if raw.self_managed_certs {
-            let seconds = |name: &str, s: u64| {
-                if s == 0 {
-                    Err(ConfigError::ValidateConfig(format!(
-                        "{name} must be greater than 0"
-                    )))
-                } else {
-                    Ok(Duration::from_secs(s))
-                }
-            };
+            let seconds = |name, s| positive(name, s, Duration::from_secs);
             let managed = SelfManaged {
                 tls_secret: raw.tls_secret.clone(),
                 webhook_configuration: raw.webhook_configuration.clone(),
@@ -265,11 +255,11 @@ impl TryFrom<RawConfig> for Config {
         };
         Ok(Config {
             self_managed,
-            reload_interval: positive("reload_interval_ms", raw.reload_interval_ms)?,
-            request_timeout: positive("request_timeout_ms", raw.request_timeout_ms)?,
-            header_timeout: positive("header_timeout_ms", raw.header_timeout_ms)?,
-            idle_timeout: positive("idle_timeout_ms", raw.idle_timeout_ms)?,
-            namespace_lookup_timeout: positive(
+            reload_interval: ms("reload_interval_ms", raw.reload_interval_ms)?,
+            request_timeout: ms("request_timeout_ms", raw.request_timeout_ms)?,
+            header_timeout: ms("header_timeout_ms", raw.header_timeout_ms)?,
+            idle_timeout: ms("idle_timeout_ms", raw.idle_timeout_ms)?,
+            namespace_lookup_timeout: ms(
                 "namespace_lookup_timeout_ms",
                 raw.namespace_lookup_timeout_ms,
             )?,
@@ -329,6 +319,24 @@ mod tests {
         drain_seconds: Option<u64>,
     }
 
+    /// Loads `file` (which must exist when `required`) with no flags set.
+    fn load_file(file: &str, required: bool) -> Result<Config, ConfigError> {
+        load(Path::new(file), required, &Flags::default())
+    }
+
+    /// Loads `file` with no flags set; a failure fails the jail.
+    fn loaded(file: &str, required: bool) -> figment::error::Result<Config> {
+        load_file(file, required).map_err(|e| e.to_string().into())
+    }
+
+    /// The cause of a refusal: the message of the error under `ConfigError`.
+    fn cause(file: &str, required: bool) -> String {
+        let err = load_file(file, required).unwrap_err();
+        std::error::Error::source(&err)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
     #[test]
     fn layers_in_order() {
         figment::Jail::expect_with(|jail| {
@@ -337,21 +345,16 @@ mod tests {
                 "drain_seconds: 7\nmax_connections: 10\nlog_level: debug\n",
             )?;
             jail.set_env("SECURE_DEFAULTS_MAX_CONNECTIONS", "20");
-            let c =
-                load(Path::new("c.yaml"), true, &Flags::default()).map_err(|e| e.to_string())?;
+            let c = loaded("c.yaml", true)?;
             assert_eq!(c.drain, Duration::from_secs(7));
             assert_eq!(c.max_connections.get(), 20);
             assert_eq!(c.log_level, "debug");
             assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 8443)));
             assert_eq!(c.idle_timeout, Duration::from_secs(90));
-            let c = load(
-                Path::new("c.yaml"),
-                true,
-                &Flags {
-                    drain_seconds: Some(1),
-                },
-            )
-            .map_err(|e| e.to_string())?;
+            let flags = Flags {
+                drain_seconds: Some(1),
+            };
+            let c = load(Path::new("c.yaml"), true, &flags).map_err(|e| e.to_string())?;
             assert_eq!(c.drain, Duration::from_secs(1));
             Ok(())
         });
@@ -361,43 +364,38 @@ mod tests {
     fn rejects_unknown_keys_and_bad_values() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.yaml", "drain_secs: 7\n")?;
-            let err = load(Path::new("c.yaml"), true, &Flags::default()).unwrap_err();
-            let source = std::error::Error::source(&err)
-                .map(ToString::to_string)
-                .unwrap_or_default();
+            let source = cause("c.yaml", true);
             assert!(
                 source.contains("unknown field") && source.contains("drain_secs"),
                 "{source}"
             );
             assert!(source.contains("c.yaml"), "{source}");
 
-            jail.create_file("d.yaml", "max_connections: 0\n")?;
-            let err = load(Path::new("d.yaml"), true, &Flags::default()).unwrap_err();
-            assert!(
-                err.to_string()
-                    .contains("max_connections must be greater than 0"),
-                "{err}"
-            );
-
-            jail.create_file("e.yaml", "idle_timeout_ms: 0\n")?;
-            let err = load(Path::new("e.yaml"), true, &Flags::default()).unwrap_err();
-            assert!(
-                err.to_string()
-                    .contains("idle_timeout_ms must be greater than 0"),
-                "{err}"
-            );
+            for (file, content, message) in [
+                (
+                    "d.yaml",
+                    "max_connections: 0\n",
+                    "max_connections must be greater than 0",
+                ),
+                (
+                    "e.yaml",
+                    "idle_timeout_ms: 0\n",
+                    "idle_timeout_ms must be greater than 0",
+                ),
+            ] {
+                jail.create_file(file, content)?;
+                let err = load_file(file, true).unwrap_err();
+                assert!(err.to_string().contains(message), "{err}");
+            }
 
             jail.set_env("SECURE_DEFAULTS_LISTEN", "not-an-address");
-            let err = load(Path::new("absent.yaml"), false, &Flags::default()).unwrap_err();
-            let source = std::error::Error::source(&err)
-                .map(ToString::to_string)
-                .unwrap_or_default();
+            let source = cause("absent.yaml", false);
             assert!(
                 source.contains("LISTEN") && source.contains("SECURE_DEFAULTS_"),
                 "{source}"
             );
 
-            assert!(load(Path::new("absent.yaml"), true, &Flags::default()).is_err());
+            assert!(load_file("absent.yaml", true).is_err());
             Ok(())
         });
     }
@@ -405,12 +403,9 @@ mod tests {
     #[test]
     fn the_client_ca_is_off_unless_named() {
         figment::Jail::expect_with(|jail| {
-            let c = load(Path::new("absent.yaml"), false, &Flags::default())
-                .map_err(|e| e.to_string())?;
-            assert_eq!(c.tls_client_ca, None);
+            assert_eq!(loaded("absent.yaml", false)?.tls_client_ca, None);
             jail.set_env("SECURE_DEFAULTS_TLS_CLIENT_CA", "/etc/client-ca/ca.crt");
-            let c = load(Path::new("absent.yaml"), false, &Flags::default())
-                .map_err(|e| e.to_string())?;
+            let c = loaded("absent.yaml", false)?;
             assert_eq!(
                 c.tls_client_ca.as_deref(),
                 Some(Path::new("/etc/client-ca/ca.crt"))
@@ -432,12 +427,11 @@ mod tests {
             ] {
                 jail.set_env(k, v);
             }
-            let c = load(Path::new("absent.yaml"), false, &Flags::default())
-                .map_err(|e| e.to_string())?;
+            let c = loaded("absent.yaml", false)?;
             assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 8443)));
             jail.set_env("SECURE_DEFAULTS_SERVCE", "typo");
             assert!(
-                load(Path::new("absent.yaml"), false, &Flags::default()).is_err(),
+                load_file("absent.yaml", false).is_err(),
                 "typos are still refused"
             );
             Ok(())

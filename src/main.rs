@@ -40,19 +40,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = config::load(&file, required, &args)?;
     // Held until serve returns: dropping it flushes the log lines still queued.
     let _log_flush = init_tracing(&config)?;
-    // kube's client and the server both use rustls with ring; make it the process default.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    runtime(tokio::runtime::Builder::new_multi_thread())?.block_on(async {
         // Installed before anything listens, so a SIGTERM at any moment after start drains.
         let shutdown = shutdown_signal()?;
         let server = secure_defaults::server::Server::bind(config).await?;
         server.run(shutdown).await;
         Ok(())
     })
+}
+
+/// An async runtime for talking to the cluster. kube's client and the server both use rustls with ring; it is made
+/// the process default first.
+fn runtime(mut builder: tokio::runtime::Builder) -> anyhow::Result<tokio::runtime::Runtime> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
@@ -168,12 +172,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
 }
 
 fn audit(args: AuditArgs) -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let groups = runtime.block_on(async {
+    let groups = runtime(tokio::runtime::Builder::new_current_thread())?.block_on(async {
         let timeouts = secure_defaults::audit::Timeouts {
             connect: std::time::Duration::from_secs(args.connect_timeout),
             read: std::time::Duration::from_secs(args.request_timeout),

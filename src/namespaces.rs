@@ -21,7 +21,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{LookupSource, Metrics};
-use crate::policy::NamespaceLabels;
 use crate::watch::{Outage, Report};
 
 type Meta = PartialObjectMeta<Namespace>;
@@ -29,16 +28,9 @@ type Meta = PartialObjectMeta<Namespace>;
 /// about 3 KiB per namespace) is dropped as it arrives.
 type LabelMap = BTreeMap<String, String>;
 
-static NO_LABELS: LabelMap = BTreeMap::new();
-
 /// Why a namespace's labels are not known.
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
-    /// No credentials to reach the API server.
-    #[error(
-        "no cluster credentials (in-cluster service account or KUBECONFIG); use --no-namespace-lookups for a local trial without a cluster"
-    )]
-    ConnectCluster(#[source] kube::Error),
     /// The direct lookup of a namespace the cache lacks timed out.
     #[error("namespace {0:?} is not in the cache and the API server did not answer within {1:?}")]
     LookupTimeout(String, Duration),
@@ -48,29 +40,6 @@ pub enum NamespaceError {
     /// The namespace does not exist.
     #[error("namespace {0:?} does not exist")]
     NotFound(String),
-}
-
-/// Where a namespace's labels came from.
-pub enum Labels {
-    /// Lookups are off.
-    Unknown,
-    /// From the cache.
-    Cached(Arc<LabelMap>),
-    /// Looked up directly.
-    Fetched(Box<Meta>),
-}
-
-impl Labels {
-    /// The labels as the policy reads them.
-    pub fn as_policy_input(&self) -> NamespaceLabels<'_> {
-        match self {
-            Labels::Unknown => NamespaceLabels::Unknown,
-            Labels::Cached(labels) => NamespaceLabels::Known(labels),
-            Labels::Fetched(meta) => {
-                NamespaceLabels::Known(meta.metadata.labels.as_ref().unwrap_or(&NO_LABELS))
-            }
-        }
-    }
 }
 
 /// Where namespace labels come from.
@@ -126,27 +95,28 @@ impl Namespaces {
         }
     }
 
-    /// The labels of namespace `name`: from the cache, or looked up directly while the cache cannot answer.
-    pub async fn labels(&self, name: &str) -> Result<Labels, NamespaceError> {
+    /// The labels of namespace `name`: from the cache, or looked up directly while the cache cannot answer;
+    /// `None` when lookups are off.
+    pub async fn labels(&self, name: &str) -> Result<Option<Arc<LabelMap>>, NamespaceError> {
         let Namespaces::Cluster(c) = self else {
-            return Ok(Labels::Unknown);
+            return Ok(None);
         };
         let cached = c.cached(name);
         if let Some(labels) = &cached
             && c.healthy.load(Ordering::Acquire)
         {
-            c.count(LookupSource::Cache);
-            return Ok(Labels::Cached(labels.clone()));
+            c.metrics.count_lookup(LookupSource::Cache);
+            return Ok(Some(labels.clone()));
         }
         // Created a moment ago, the cache is still syncing, or the watch is not healthy: ask, briefly.
         let lookup = tokio::time::timeout(c.lookup_timeout, c.api.get_opt(name)).await;
         let failed = match lookup {
             Ok(Ok(Some(meta))) => {
-                c.count(LookupSource::Direct);
-                return Ok(Labels::Fetched(Box::new(meta)));
+                c.metrics.count_lookup(LookupSource::Direct);
+                return Ok(Some(Arc::new(meta.metadata.labels.unwrap_or_default())));
             }
             Ok(Ok(None)) => {
-                c.count(LookupSource::Failed);
+                c.metrics.count_lookup(LookupSource::Failed);
                 return Err(NamespaceError::NotFound(name.to_owned()));
             }
             Ok(Err(e)) => NamespaceError::Lookup(name.to_owned(), e),
@@ -154,11 +124,11 @@ impl Namespaces {
         };
         // The API server cannot be asked either: what the cache last knew beats failing the request.
         if let Some(labels) = cached {
-            c.count(LookupSource::Cache);
+            c.metrics.count_lookup(LookupSource::Cache);
             tracing::debug!(namespace = name, error = %crate::error_chain(&failed), "namespace lookup failed; using the labels last cached");
-            return Ok(Labels::Cached(labels));
+            return Ok(Some(labels));
         }
-        c.count(LookupSource::Failed);
+        c.metrics.count_lookup(LookupSource::Failed);
         Err(failed)
     }
 }
@@ -182,10 +152,6 @@ fn entry(meta: Meta) -> Option<(String, Arc<LabelMap>)> {
 }
 
 impl Cluster {
-    fn count(&self, source: LookupSource) {
-        self.metrics.count_lookup(source);
-    }
-
     fn cached(&self, name: &str) -> Option<Arc<LabelMap>> {
         self.cache
             .read()

@@ -39,10 +39,10 @@ impl Every {
     }
 }
 
-/// A set of files read together (a certificate and its key must change as a pair).
-pub struct FileSet {
+/// A set of files read together (a certificate and its key must change as a pair), and their contents last read.
+struct FileSet {
     paths: Vec<PathBuf>,
-    last: Option<Vec<Vec<u8>>>,
+    last: Vec<Vec<u8>>,
 }
 
 /// Something the server reloads from files: how new contents are checked, and how they are put in force. The
@@ -57,6 +57,8 @@ pub trait Reloadable {
     type Loaded;
     /// Why new contents were refused.
     type Error: std::error::Error;
+    /// The files, read together; `load` gets their contents in this order.
+    fn paths(&self) -> Vec<PathBuf>;
     /// Checks the files' new contents (one per file, in order).
     fn load(&self, contents: &[Vec<u8>]) -> Result<Self::Loaded, Self::Error>;
     /// Puts checked contents in force, and says so.
@@ -67,20 +69,24 @@ pub trait Reloadable {
 
 /// A reload counter: by result, ok or failed.
 pub type ReloadCounter = prometheus_client::metrics::family::Family<
-    crate::metrics::ResultLabels,
+    crate::metrics::Labels<1>,
     prometheus_client::metrics::counter::Counter,
 >;
 
-/// Polls `files` every `interval` until `stop`, putting each change that loads in force. A change that does not is
-/// refused, logged and counted, and the last good state stays; so does an unreadable file (reported once until
-/// it reads again).
+/// Polls the files of `thing` every `interval` until `stop`, putting each change that loads in force; `loaded` is
+/// their contents in force at start, so only later changes count. A change that does not load is refused, logged
+/// and counted, and the last good state stays; so does an unreadable file (reported once until it reads again).
 pub async fn reload<R: Reloadable>(
     thing: R,
-    mut files: FileSet,
+    loaded: Vec<Vec<u8>>,
     metrics: std::sync::Arc<Metrics>,
     interval: Duration,
     stop: CancellationToken,
 ) {
+    let mut files = FileSet {
+        paths: thing.paths(),
+        last: loaded,
+    };
     let mut every = Every::new(interval, stop);
     let mut refused: Option<R::Error> = None;
     let mut unreadable_reported = false;
@@ -121,7 +127,7 @@ pub async fn reload<R: Reloadable>(
 }
 
 /// What a poll found.
-pub enum Change {
+enum Change {
     /// The same bytes as last time.
     Unchanged,
     /// The files' contents differ from the last successful read (or the last reported error was for other content).
@@ -131,16 +137,8 @@ pub enum Change {
 }
 
 impl FileSet {
-    /// Starts watching; `current` is the content already in use, so only later changes are reported.
-    pub fn new(paths: Vec<PathBuf>, current: Vec<Vec<u8>>) -> Self {
-        Self {
-            paths,
-            last: Some(current),
-        }
-    }
-
     /// Reads the files and says what changed.
-    pub fn poll(&mut self) -> Change {
+    fn poll(&mut self) -> Change {
         let mut contents = Vec::with_capacity(self.paths.len());
         for path in &self.paths {
             match std::fs::read(path) {
@@ -148,11 +146,11 @@ impl FileSet {
                 Err(e) => return Change::Unreadable(path.clone(), e),
             }
         }
-        if self.last.as_ref() == Some(&contents) {
+        if self.last == contents {
             return Change::Unchanged;
         }
         // Remember what was seen even if it fails to load, so a bad file is reported once, not every interval.
-        self.last = Some(contents.clone());
+        self.last = contents.clone();
         Change::Changed(contents)
     }
 }

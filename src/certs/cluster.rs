@@ -241,13 +241,7 @@ async fn round(
     settings: &Settings,
     seen: &mut Option<lease::Seen>,
 ) -> Result<(), ClusterCertError> {
-    let lease = lease::Lease {
-        namespace: &target.namespace,
-        name: &target.lease,
-        identity: &target.identity,
-        duration: target.lease_duration,
-    };
-    let held = lease::hold(client, &lease, seen)
+    let held = lease::hold(client, target, seen)
         .await
         .map_err(|e| ClusterCertError::Lease(target.lease.clone(), e))?;
     if !held {
@@ -331,8 +325,8 @@ async fn inject(
 mod tests {
     use super::*;
 
-    #[test]
-    fn secret_round_trip() {
+    /// What the holder writes first, at `now`.
+    fn bootstrap(now: i64) -> Material {
         let settings = Settings {
             ca_validity: Duration::from_secs(3000),
             cert_validity: Duration::from_secs(900),
@@ -341,11 +335,16 @@ mod tests {
             ip_addresses: vec![],
         };
         let SecretAction::Write { material, .. } =
-            super::super::secret_action(1_800_000_000, None, &settings).unwrap()
+            super::super::secret_action(now, None, &settings).unwrap()
         else {
             panic!("bootstrap writes");
         };
-        let mut material = *material;
+        *material
+    }
+
+    #[test]
+    fn secret_round_trip() {
+        let mut material = bootstrap(1_800_000_000);
         material.next = Some((material.ca.clone(), 1_800_000_000));
         material.bundle = vec![material.ca.cert.clone(), material.ca.cert.clone()];
         let secret = Secret {
@@ -357,19 +356,8 @@ mod tests {
 
     #[test]
     fn times_recorded_from_the_secret() {
-        let settings = Settings {
-            ca_validity: Duration::from_secs(3000),
-            cert_validity: Duration::from_secs(900),
-            overlap: Duration::from_secs(60),
-            dns_names: vec!["a.b.svc".to_owned()],
-            ip_addresses: vec![],
-        };
         let now = 1_800_000_000;
-        let SecretAction::Write { material, .. } =
-            super::super::secret_action(now, None, &settings).unwrap()
-        else {
-            panic!("bootstrap writes");
-        };
+        let material = bootstrap(now);
         let data = secret_data(&material);
         let name = std::path::Path::new("secret");
         let certified = certified_key(

@@ -9,18 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use tokio::time::Instant;
 
-/// Which Lease, and who this replica is in it.
-#[derive(Clone, Copy, Debug)]
-pub struct Lease<'a> {
-    /// Its namespace.
-    pub namespace: &'a str,
-    /// Its name.
-    pub name: &'a str,
-    /// This replica's name in it.
-    pub identity: &'a str,
-    /// How long it lasts without renewal.
-    pub duration: Duration,
-}
+use super::cluster::Target;
 
 /// A Lease as another replica left it: what changes on every renewal. The times are opaque values written by
 /// that replica's clock; only whether they changed matters here.
@@ -77,60 +66,61 @@ pub fn takeable(seen: &mut Option<Seen>, record: Record, now: Instant, default: 
     free || now.saturating_duration_since(since) >= duration
 }
 
-/// Takes the Lease if it is free or expired, renews it if held; returns whether this replica holds it.
+/// Takes the Lease `target.lease` for `target.identity` if it is free or expired, renews it if held; returns whether
+/// this replica holds it.
 pub async fn hold(
     client: &kube::Client,
-    target: &Lease<'_>,
+    target: &Target,
     seen: &mut Option<Seen>,
 ) -> Result<bool, kube::Error> {
-    let api: Api<k8s::Lease> = Api::namespaced(client.clone(), target.namespace);
+    let api: Api<k8s::Lease> = Api::namespaced(client.clone(), &target.namespace);
     // Written for other readers (kubectl, client-go tools); this replica never compares them with its clock.
     let now = Timestamp::now();
-    let duration = i32::try_from(target.duration.as_secs()).unwrap_or(i32::MAX);
-    let mut lease = match api.get_opt(target.name).await? {
+    let duration = i32::try_from(target.lease_duration.as_secs()).unwrap_or(i32::MAX);
+    let mut lease = match api.get_opt(&target.lease).await? {
         Some(lease) => lease,
         None => {
             let lease = k8s::Lease {
                 metadata: ObjectMeta {
-                    name: Some(target.name.to_owned()),
+                    name: Some(target.lease.clone()),
                     ..ObjectMeta::default()
                 },
                 spec: Some(k8s::LeaseSpec {
-                    holder_identity: Some(target.identity.to_owned()),
+                    holder_identity: Some(target.identity.clone()),
                     lease_duration_seconds: Some(duration),
                     acquire_time: Some(MicroTime(now)),
                     renew_time: Some(MicroTime(now)),
                     ..Default::default()
                 }),
             };
-            return match api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            };
+            return won(api.create(&PostParams::default(), &lease).await);
         }
     };
     let record = Record::of(&lease);
-    let mine = record.holder.as_deref() == Some(target.identity);
-    let expired = takeable(seen, record, Instant::now(), target.duration);
+    let mine = record.holder.as_ref() == Some(&target.identity);
+    let expired = takeable(seen, record, Instant::now(), target.lease_duration);
     if !mine && !expired {
         return Ok(false);
     }
     let spec = lease.spec.get_or_insert_with(Default::default);
     if !mine {
-        spec.holder_identity = Some(target.identity.to_owned());
+        spec.holder_identity = Some(target.identity.clone());
         spec.acquire_time = Some(MicroTime(now));
         spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
     }
     spec.lease_duration_seconds = Some(duration);
     spec.renew_time = Some(MicroTime(now));
     // Carries the resourceVersion read above: if another replica renewed or took it meanwhile, this fails.
-    match api
-        .replace(target.name, &PostParams::default(), &lease)
-        .await
-    {
+    won(api
+        .replace(&target.lease, &PostParams::default(), &lease)
+        .await)
+}
+
+/// Whether a write of the Lease went through; a conflict means another replica created, renewed or took it
+/// first.
+fn won(written: Result<k8s::Lease, kube::Error>) -> Result<bool, kube::Error> {
+    match written {
         Ok(_) => Ok(true),
-        // Someone else renewed or took it first.
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
         Err(e) => Err(e),
     }

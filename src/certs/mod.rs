@@ -22,6 +22,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
 
 /// Keys of the Secret.
 pub const CA_CERT: &str = "ca.crt";
@@ -107,45 +111,37 @@ pub enum SecretAction {
     },
 }
 
+/// `f` of the certificate in `pem`; `None` if it holds none that parses.
+fn with_cert<T>(pem: &str, f: impl FnOnce(&X509Certificate<'_>) -> T) -> Option<T> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(f(&cert))
+}
+
 /// Expiry (Unix seconds) and whether it is a certificate at all.
 fn not_after(pem: &str) -> Option<i64> {
-    let der = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
-        .ok()
-        .map(|c: rustls_pki_types::CertificateDer<'static>| c)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    Some(cert.validity().not_after.timestamp())
+    with_cert(pem, |cert| cert.validity().not_after.timestamp())
 }
 
 fn sans_of(pem: &str) -> Option<Vec<String>> {
-    let der: rustls_pki_types::CertificateDer<'static> =
-        rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    let mut names: Vec<String> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|ext| {
-            ext.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
-                    x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
-                        4 => <[u8; 4]>::try_from(*ip)
-                            .ok()
-                            .map(|b| IpAddr::from(b).to_string()),
-                        16 => <[u8; 16]>::try_from(*ip)
-                            .ok()
-                            .map(|b| IpAddr::from(b).to_string()),
-                        _ => None,
-                    },
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    Some(names)
+    with_cert(pem, |cert| {
+        let sans = cert.subject_alternative_name().ok().flatten();
+        let mut names: Vec<String> = sans
+            .iter()
+            .flat_map(|ext| &ext.value.general_names)
+            .filter_map(|name| match name {
+                GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+                GeneralName::IPAddress(ip) => <[u8; 4]>::try_from(*ip)
+                    .map(IpAddr::from)
+                    .or_else(|_| <[u8; 16]>::try_from(*ip).map(IpAddr::from))
+                    .ok()
+                    .map(|ip| ip.to_string()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names
+    })
 }
 
 impl Settings {
@@ -155,12 +151,11 @@ impl Settings {
         names.sort();
         names
     }
+}
 
-    /// Renew when less than a third of the lifetime is left.
-    fn due(&self, expiry: i64, validity: Duration, now: i64) -> bool {
-        let third = i64::try_from(validity.as_secs() / 3).unwrap_or(i64::MAX);
-        expiry - now < third
-    }
+/// Renew when less than a third of the lifetime is left.
+fn due(expiry: i64, validity: Duration, now: i64) -> bool {
+    expiry - now < secs(validity / 3)
 }
 
 /// Decides what the Secret should hold at `now` (Unix seconds).
@@ -177,10 +172,8 @@ pub fn secret_action(
     else {
         return bootstrap(now, settings, "the stored certificates do not parse");
     };
-    let overlap = i64::try_from(settings.overlap.as_secs()).unwrap_or(i64::MAX);
-
     if let Some((next, since)) = &current.next {
-        if now - since < overlap {
+        if now - since < secs(settings.overlap) {
             return Ok(SecretAction::Keep);
         }
         // The bundle with both CAs has been out long enough: sign with the new one.
@@ -201,7 +194,7 @@ pub fn secret_action(
             "switched the serving certificate to the new CA",
         ));
     }
-    if settings.due(ca_expiry, settings.ca_validity, now) {
+    if due(ca_expiry, settings.ca_validity, now) {
         let next = authority(now, settings)?;
         let mut material = current.clone();
         material.bundle = vec![current.ca.cert.clone(), next.cert.clone()];
@@ -211,7 +204,7 @@ pub fn secret_action(
             "added a new CA to the bundle ahead of the old one's expiry",
         ));
     }
-    if settings.due(leaf_expiry, settings.cert_validity, now)
+    if due(leaf_expiry, settings.cert_validity, now)
         || sans_of(&current.tls_cert) != Some(settings.wanted_sans())
     {
         let (tls_cert, tls_key) = issue(now, &current.ca, settings)?;
@@ -356,15 +349,15 @@ mod tests {
 
     /// The serving certificate verifies against every CA an API server could hold at this point.
     fn verifies(material: &Material, bundle: &[String]) -> bool {
-        let leaf: rustls_pki_types::CertificateDer<'static> =
-            rustls_pki_types::pem::PemObject::from_pem_slice(material.tls_cert.as_bytes()).unwrap();
-        let (_, leaf) = x509_parser::parse_x509_certificate(&leaf).unwrap();
-        bundle.iter().any(|ca| {
-            let ca: rustls_pki_types::CertificateDer<'static> =
-                rustls_pki_types::pem::PemObject::from_pem_slice(ca.as_bytes()).unwrap();
-            let (_, ca) = x509_parser::parse_x509_certificate(&ca).unwrap();
-            leaf.verify_signature(Some(ca.public_key())).is_ok()
+        with_cert(&material.tls_cert, |leaf| {
+            bundle.iter().any(|ca| {
+                with_cert(ca, |ca| {
+                    leaf.verify_signature(Some(ca.public_key())).is_ok()
+                })
+                .unwrap()
+            })
         })
+        .unwrap()
     }
 
     #[test]
@@ -416,22 +409,14 @@ mod tests {
                 "CA expired at {now}"
             );
         }
-        assert!(
-            reasons.contains(&"renewed the serving certificate"),
-            "{reasons:?}"
-        );
-        assert!(
-            reasons.contains(&"added a new CA to the bundle ahead of the old one's expiry"),
-            "{reasons:?}"
-        );
-        assert!(
-            reasons.contains(&"switched the serving certificate to the new CA"),
-            "{reasons:?}"
-        );
-        assert!(
-            reasons.contains(&"dropped an expired CA from the bundle"),
-            "{reasons:?}"
-        );
+        for reason in [
+            "renewed the serving certificate",
+            "added a new CA to the bundle ahead of the old one's expiry",
+            "switched the serving certificate to the new CA",
+            "dropped an expired CA from the bundle",
+        ] {
+            assert!(reasons.contains(&reason), "{reason}: {reasons:?}");
+        }
     }
 
     #[test]

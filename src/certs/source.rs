@@ -92,7 +92,7 @@ impl CertSource {
                 if let Some(expiry) = store.expiry() {
                     metrics.certificate_expiry.set(expiry);
                 }
-                tokio::spawn(store.reload(loaded, metrics, interval, stop));
+                tokio::spawn(crate::watch::reload(store, loaded, metrics, interval, stop));
             }
             Self::SelfManaged(cluster) => {
                 let InCluster {

@@ -3,75 +3,38 @@
 //! handshake, and a bad new pair keeps the old one.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::watch::{FileSet, ReloadCounter, Reloadable};
+use crate::watch::{ReloadCounter, Reloadable};
 
-/// Why a certificate and key were not loaded.
+/// Why a certificate and key were not loaded. Each names the file (the certificate's, then the key's).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file could not be read.
-    #[error("cannot read {path}")]
-    ReadPem {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read {0}")]
+    ReadPem(PathBuf, #[source] std::io::Error),
     /// The file holds no certificate.
-    #[error("no PEM certificate in {path}")]
-    NoCertificate {
-        /// The file.
-        path: PathBuf,
-    },
+    #[error("no PEM certificate in {0}")]
+    NoCertificate(PathBuf),
     /// A certificate does not parse.
-    #[error("invalid PEM certificate in {path}")]
-    ParseCertificate {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
+    #[error("invalid PEM certificate in {0}")]
+    ParseCertificate(PathBuf, #[source] rustls_pki_types::pem::Error),
     /// The key does not parse.
-    #[error("no usable PEM private key in {path}")]
-    ParseKey {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
+    #[error("no usable PEM private key in {0}")]
+    ParseKey(PathBuf, #[source] rustls_pki_types::pem::Error),
     /// The key is of a kind rustls cannot use.
-    #[error("unsupported private key in {path}")]
-    LoadKey {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: rustls::Error,
-    },
+    #[error("unsupported private key in {0}")]
+    LoadKey(PathBuf, #[source] rustls::Error),
     /// The key is not the certificate's.
-    #[error("the key in {key} does not match the certificate in {cert}")]
-    KeyMismatch {
-        /// The certificate file.
-        cert: PathBuf,
-        /// The key file.
-        key: PathBuf,
-        /// The cause.
-        #[source]
-        source: rustls::Error,
-    },
+    #[error("the key in {1} does not match the certificate in {0}")]
+    KeyMismatch(PathBuf, PathBuf, #[source] rustls::Error),
 }
 
 /// The crypto provider the server and its checks use.
@@ -88,34 +51,20 @@ pub fn certified_key(
 ) -> Result<CertifiedKey, StoreError> {
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| StoreError::ParseCertificate {
-            path: cert.to_owned(),
-            source,
-        })?;
+        .map_err(|e| StoreError::ParseCertificate(cert.to_owned(), e))?;
     if chain.is_empty() {
-        return Err(StoreError::NoCertificate {
-            path: cert.to_owned(),
-        });
+        return Err(StoreError::NoCertificate(cert.to_owned()));
     }
-    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| StoreError::ParseKey {
-        path: key.to_owned(),
-        source,
-    })?;
+    let der = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| StoreError::ParseKey(key.to_owned(), e))?;
     let signing_key = provider()
         .key_provider
         .load_private_key(der)
-        .map_err(|source| StoreError::LoadKey {
-            path: key.to_owned(),
-            source,
-        })?;
+        .map_err(|e| StoreError::LoadKey(key.to_owned(), e))?;
     let certified = CertifiedKey::new(chain, signing_key);
     certified
         .keys_match()
-        .map_err(|source| StoreError::KeyMismatch {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-            source,
-        })?;
+        .map_err(|e| StoreError::KeyMismatch(cert.to_owned(), key.to_owned(), e))?;
     Ok(certified)
 }
 
@@ -146,12 +95,8 @@ impl CertStore {
         cert_path: &Path,
         key_path: &Path,
     ) -> Result<(Arc<Self>, Vec<Vec<u8>>), StoreError> {
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| StoreError::ReadPem {
-                path: path.to_owned(),
-                source,
-            })
-        };
+        let read =
+            |path: &Path| std::fs::read(path).map_err(|e| StoreError::ReadPem(path.to_owned(), e));
         let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
         let key = certified_key(cert_path, &cert_pem, key_path, &key_pem)?;
         let store = Arc::new(Self {
@@ -173,21 +118,19 @@ impl CertStore {
 
     /// Serves `key` from the next handshake on.
     pub fn replace(&self, key: CertifiedKey) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(key));
+    }
+
+    /// The certificate in use.
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
         // A poisoned lock only means a writer panicked mid-assignment of an Arc; the value is still whole.
-        let mut current = self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *current = Some(Arc::new(key));
+        let current = self.current.read();
+        current.unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// notAfter (Unix seconds) of the serving certificate in use.
     pub fn expiry(&self) -> Option<i64> {
-        let current = self
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        current
+        self.current()
             .as_deref()
             .and_then(validity)
             .map(|(_, after)| after)
@@ -195,52 +138,36 @@ impl CertStore {
 
     /// Whether a certificate is loaded.
     pub fn is_loaded(&self) -> bool {
-        self.current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some()
-    }
-
-    /// Polls the files and swaps in a changed pair once it loads; a pair that does not load is logged and counted,
-    /// and the certificate in use stays. A pair that fails to load is only reported once the same bytes are seen
-    /// on a second poll: the two files are read one after the other, and a volume update between the reads is not
-    /// a bad certificate.
-    pub async fn reload(
-        self: Arc<Self>,
-        loaded: Vec<Vec<u8>>,
-        metrics: Arc<Metrics>,
-        interval: Duration,
-        stop: CancellationToken,
-    ) {
-        let files = FileSet::new(vec![self.cert_path.clone(), self.key_path.clone()], loaded);
-        crate::watch::reload(ServingPair(self), files, metrics, interval, stop).await;
+        self.current().is_some()
     }
 }
 
 /// The serving certificate and key files, as [`crate::watch::reload`] reloads them.
-struct ServingPair(Arc<CertStore>);
-
-impl Reloadable for ServingPair {
+impl Reloadable for Arc<CertStore> {
     const WHAT: &'static str = "serving certificate";
+    // The two files are read one after the other, and a volume update between the reads is not a bad certificate.
     const CONFIRM_REFUSAL: bool = true;
     type Loaded = CertifiedKey;
     type Error = StoreError;
 
+    fn paths(&self) -> Vec<PathBuf> {
+        vec![self.cert_path.clone(), self.key_path.clone()]
+    }
+
     fn load(&self, contents: &[Vec<u8>]) -> Result<CertifiedKey, StoreError> {
-        let store = &self.0;
         let (cert_pem, key_pem) = match contents {
             [cert, key] => (cert.as_slice(), key.as_slice()),
             _ => (&[][..], &[][..]),
         };
-        certified_key(&store.cert_path, cert_pem, &store.key_path, key_pem)
+        certified_key(&self.cert_path, cert_pem, &self.key_path, key_pem)
     }
 
     fn swap(&self, key: CertifiedKey, metrics: &Metrics) {
         if let Some((_, expiry)) = validity(&key) {
             metrics.certificate_expiry.set(expiry);
         }
-        self.0.replace(key);
-        tracing::info!(cert = %self.0.cert_path.display(), "serving certificate reloaded");
+        self.replace(key);
+        tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
     }
 
     fn counter(metrics: &Metrics) -> &ReloadCounter {
@@ -250,11 +177,7 @@ impl Reloadable for ServingPair {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let current = self
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        current.clone()
+        self.current()
     }
 }
 

@@ -69,12 +69,11 @@ fn handle(
         },
         "/metrics" => {
             let mut response = text(StatusCode::OK, metrics.encode());
-            if let Ok(value) = "application/openmetrics-text; version=1.0.0; charset=utf-8".parse()
-            {
-                response
-                    .headers_mut()
-                    .insert(hyper::header::CONTENT_TYPE, value);
-            }
+            let openmetrics = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+            let value = hyper::header::HeaderValue::from_static(openmetrics);
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, value);
             response
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

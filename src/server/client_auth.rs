@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -16,57 +15,29 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use tokio_util::sync::CancellationToken;
 
 use crate::certs::store::provider;
 use crate::metrics::Metrics;
-use crate::watch::{FileSet, ReloadCounter, Reloadable};
+use crate::watch::{ReloadCounter, Reloadable};
 
-/// Why a client CA file was not loaded.
+/// Why a client CA file was not loaded. Each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientAuthError {
     /// The file could not be read.
-    #[error("cannot read the client CA file {path}")]
-    ReadClientCa {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read the client CA file {0}")]
+    ReadClientCa(PathBuf, #[source] std::io::Error),
     /// A certificate in it does not parse.
-    #[error("invalid PEM certificate in the client CA file {path}")]
-    ParseClientCa {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
+    #[error("invalid PEM certificate in the client CA file {0}")]
+    ParseClientCa(PathBuf, #[source] rustls_pki_types::pem::Error),
     /// It holds no certificate.
-    #[error("no PEM certificate in the client CA file {path}")]
-    NoCertificate {
-        /// The file.
-        path: PathBuf,
-    },
+    #[error("no PEM certificate in the client CA file {0}")]
+    NoCertificate(PathBuf),
     /// A certificate is not usable as a trust anchor.
-    #[error("unusable CA certificate in the client CA file {path}")]
-    AddCertificate {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: rustls::Error,
-    },
+    #[error("unusable CA certificate in the client CA file {0}")]
+    AddCertificate(PathBuf, #[source] rustls::Error),
     /// No verifier could be built from it.
-    #[error("cannot build a client certificate verifier from {path}")]
-    BuildVerifier {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: rustls::server::VerifierBuilderError,
-    },
+    #[error("cannot build a client certificate verifier from {0}")]
+    BuildVerifier(PathBuf, #[source] rustls::server::VerifierBuilderError),
 }
 
 /// A verifier that requires a client certificate issued by one of the CAs in `pem` (`path` names the file in
@@ -74,33 +45,22 @@ pub enum ClientAuthError {
 pub fn verifier(path: &Path, pem: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, ClientAuthError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| ClientAuthError::ParseClientCa {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|e| ClientAuthError::ParseClientCa(path.to_owned(), e))?;
     if certs.is_empty() {
-        return Err(ClientAuthError::NoCertificate {
-            path: path.to_owned(),
-        });
+        return Err(ClientAuthError::NoCertificate(path.to_owned()));
     }
     let mut roots = RootCertStore::empty();
     for cert in certs {
         roots
             .add(cert)
-            .map_err(|source| ClientAuthError::AddCertificate {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(|e| ClientAuthError::AddCertificate(path.to_owned(), e))?;
     }
     // No CA names are hinted: a swap could not change the hints of a verifier borrowed by rustls, and a client
     // told nothing presents the certificate it has (RFC 8446 4.3.2), which is what the API server does anyway.
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .clear_root_hint_subjects()
         .build()
-        .map_err(|source| ClientAuthError::BuildVerifier {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(|e| ClientAuthError::BuildVerifier(path.to_owned(), e))
 }
 
 /// The client CA in use, shared with the TLS configuration; every handshake asks the verifier current at its
@@ -114,10 +74,8 @@ pub struct ClientCa {
 impl ClientCa {
     /// Loads the file; returns the holder and the bytes read, for change detection.
     pub fn load(path: &Path) -> Result<(Arc<Self>, Vec<u8>), ClientAuthError> {
-        let pem = std::fs::read(path).map_err(|source| ClientAuthError::ReadClientCa {
-            path: path.to_owned(),
-            source,
-        })?;
+        let pem =
+            std::fs::read(path).map_err(|e| ClientAuthError::ReadClientCa(path.to_owned(), e))?;
         let verifier = verifier(path, &pem)?;
         let ca = Arc::new(Self {
             current: RwLock::new(verifier),
@@ -138,42 +96,28 @@ impl ClientCa {
     pub fn replace(&self, verifier: Arc<dyn ClientCertVerifier>) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = verifier;
     }
-
-    /// Polls the file and swaps in a changed CA once it loads; a file that does not load is logged and counted
-    /// (in `certificate_reloads`, with the serving certificate's), and the CA in use stays. A file that fails to
-    /// load is only reported once the same bytes are seen on a second poll: a file being written in place can be
-    /// read half-written.
-    pub async fn reload(
-        self: Arc<Self>,
-        loaded: Vec<u8>,
-        metrics: Arc<Metrics>,
-        interval: Duration,
-        stop: CancellationToken,
-    ) {
-        let files = FileSet::new(vec![self.path.clone()], vec![loaded]);
-        crate::watch::reload(ClientCaFile(self), files, metrics, interval, stop).await;
-    }
 }
 
-/// The client CA file, as [`crate::watch::reload`] reloads it.
-struct ClientCaFile(Arc<ClientCa>);
-
-impl Reloadable for ClientCaFile {
+/// The client CA file, as [`crate::watch::reload`] reloads it (counted in `certificate_reloads`, with the serving
+/// certificate's).
+impl Reloadable for Arc<ClientCa> {
     const WHAT: &'static str = "client CA";
+    // A file being written in place can be read half-written.
     const CONFIRM_REFUSAL: bool = true;
     type Loaded = Arc<dyn ClientCertVerifier>;
     type Error = ClientAuthError;
 
+    fn paths(&self) -> Vec<PathBuf> {
+        vec![self.path.clone()]
+    }
+
     fn load(&self, contents: &[Vec<u8>]) -> Result<Self::Loaded, ClientAuthError> {
-        verifier(
-            &self.0.path,
-            contents.first().map_or(&[][..], Vec::as_slice),
-        )
+        verifier(&self.path, contents.first().map_or(&[][..], Vec::as_slice))
     }
 
     fn swap(&self, verifier: Self::Loaded, _metrics: &Metrics) {
-        self.0.replace(verifier);
-        tracing::info!(path = %self.0.path.display(), "client CA reloaded");
+        self.replace(verifier);
+        tracing::info!(path = %self.path.display(), "client CA reloaded");
     }
 
     fn counter(metrics: &Metrics) -> &ReloadCounter {
@@ -236,12 +180,12 @@ mod tests {
         let path = Path::new("client-ca.pem");
         assert!(matches!(
             verifier(path, b""),
-            Err(ClientAuthError::NoCertificate { .. })
+            Err(ClientAuthError::NoCertificate(_))
         ));
         let garbage = b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n";
         assert!(matches!(
             verifier(path, garbage),
-            Err(ClientAuthError::ParseClientCa { .. })
+            Err(ClientAuthError::ParseClientCa(..))
         ));
     }
 }

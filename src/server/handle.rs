@@ -11,8 +11,9 @@ use tracing::Instrument as _;
 
 use super::policy_store::PolicyStore;
 use crate::admission::{self, Route, Verdict};
-use crate::metrics::{Metrics, Operation, RequestResult};
+use crate::metrics::{Metrics, RequestResult};
 use crate::namespaces::Namespaces;
+use crate::policy::NamespaceLabels;
 
 /// The API server's own limit on an object; a review holds the object (twice for an update) plus a little.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -89,8 +90,7 @@ where
     let body = match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) => {
-            app.metrics
-                .count_request(Operation::Unknown, RequestResult::BadRequest);
+            app.metrics.count_request(None, RequestResult::BadRequest);
             let response = if e
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
@@ -110,7 +110,7 @@ where
         Err(_) => {
             // The client's fault, not the server's: counted and answered apart from the server's own failures.
             app.metrics
-                .count_request(Operation::Unknown, RequestResult::ClientTimeout);
+                .count_request(None, RequestResult::ClientTimeout);
             tracing::warn!(timeout = ?app.request_timeout, "request body not received within the request deadline");
             let response = error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -122,8 +122,7 @@ where
     match tokio::time::timeout_at(deadline, answer_review(app, &body, started)).await {
         Ok(response) => response,
         Err(_) => {
-            app.metrics
-                .count_request(Operation::Unknown, RequestResult::Error);
+            app.metrics.count_request(None, RequestResult::Error);
             tracing::error!(timeout = ?app.request_timeout, "admission request exceeded its deadline");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -166,8 +165,7 @@ async fn answer_review(app: &App, body: &[u8], started: Instant) -> Response<Bod
     let review = match admission::parse(body) {
         Ok(review) => review,
         Err(e) => {
-            app.metrics
-                .count_request(Operation::Unknown, RequestResult::BadRequest);
+            app.metrics.count_request(None, RequestResult::BadRequest);
             let reason = crate::error_chain(&e);
             tracing::warn!(%reason, "bad admission request");
             return error(StatusCode::BAD_REQUEST, reason);
@@ -186,12 +184,11 @@ async fn answer_review(app: &App, body: &[u8], started: Instant) -> Response<Bod
     async {
         let labels = match review.namespace() {
             Some(namespace) => match app.namespaces.labels(namespace).await {
-                Ok(labels) => Some(labels),
+                Ok(labels) => labels,
                 Err(e) => {
                     // Let the webhook's failurePolicy decide, rather than guess a policy without the labels.
                     let reason = crate::error_chain(&e);
-                    app.metrics
-                        .count_request(Operation::Route(route), RequestResult::Error);
+                    app.metrics.count_request(Some(route), RequestResult::Error);
                     tracing::error!(
                         uid = %request.uid,
                         namespace,
@@ -206,16 +203,13 @@ async fn answer_review(app: &App, body: &[u8], started: Instant) -> Response<Bod
         };
         let current = app.policy.current();
         let input = labels
-            .as_ref()
-            .map_or(crate::policy::NamespaceLabels::Unknown, |l| {
-                l.as_policy_input()
-            });
+            .as_deref()
+            .map_or(NamespaceLabels::Unknown, NamespaceLabels::Known);
         let response = match admission::respond(&review, &current.policy, input) {
             Ok(response) => response,
             Err(e) => {
                 let reason = crate::error_chain(&e);
-                app.metrics
-                    .count_request(Operation::Route(route), RequestResult::Error);
+                app.metrics.count_request(Some(route), RequestResult::Error);
                 tracing::error!(uid = &*request.uid, %reason, "cannot answer the review");
                 return error(StatusCode::INTERNAL_SERVER_ERROR, reason);
             }

@@ -10,7 +10,6 @@ pub mod serve;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -22,7 +21,9 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::policy::{self, PolicyError};
+use crate::watch::reload;
 use client_auth::{ClientAuthError, ClientCa};
+use policy_reload::PolicyFile;
 use policy_store::PolicyStore;
 
 /// Why the server did not start.
@@ -46,23 +47,11 @@ pub enum ServeError {
     /// No cluster credentials.
     ConnectCluster(#[source] kube::Error),
     /// The webhook address could not be bound.
-    #[error("cannot listen on {addr} (webhook)")]
-    BindWebhook {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {0} (webhook)")]
+    BindWebhook(SocketAddr, #[source] std::io::Error),
     /// The admin address could not be bound.
-    #[error("cannot listen on {addr} (admin)")]
-    BindAdmin {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {0} (admin)")]
+    BindAdmin(SocketAddr, #[source] std::io::Error),
 }
 
 /// A server whose listeners are bound and whose policy and certificate are loaded.
@@ -73,42 +62,14 @@ pub struct Server {
     acceptor: tokio_rustls::TlsAcceptor,
     app: Arc<handle::App>,
     health: Arc<admin::Health>,
-    background: Background,
-}
-
-/// What runs beside the listeners until shutdown and keeps the server current: the policy file's reload and
-/// the certificate source's work. (The namespace cache starts in `bind`, so that it syncs while the rest
-/// starts, under the same `stop`.)
-struct Background {
-    policy_file: PathBuf,
     /// The policy bytes loaded at start, so only later changes count as reloads.
     loaded_policy: Vec<u8>,
     certs: CertSource,
     /// The client CA, if set, and the bytes loaded at start.
     client_ca: Option<(Arc<ClientCa>, Vec<u8>)>,
+    /// Stops what runs beside the listeners, the namespace cache among it (started in `bind`, so that it syncs
+    /// while the rest starts).
     stop: CancellationToken,
-}
-
-impl Background {
-    fn start(self, app: &handle::App, interval: std::time::Duration) {
-        tokio::spawn(policy_reload::run(
-            self.policy_file,
-            self.loaded_policy,
-            app.policy.clone(),
-            app.metrics.clone(),
-            interval,
-            self.stop.clone(),
-        ));
-        if let Some((client_ca, loaded)) = self.client_ca {
-            tokio::spawn(client_ca.reload(
-                loaded,
-                app.metrics.clone(),
-                interval,
-                self.stop.clone(),
-            ));
-        }
-        self.certs.start(app.metrics.clone(), self.stop);
-    }
 }
 
 impl Server {
@@ -169,19 +130,12 @@ impl Server {
             );
             Namespaces::Disabled
         };
-        let webhook =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServeError::BindWebhook {
-                    addr: config.listen,
-                    source,
-                })?;
+        let webhook = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ServeError::BindWebhook(config.listen, e))?;
         let admin = TcpListener::bind(config.admin_listen)
             .await
-            .map_err(|source| ServeError::BindAdmin {
-                addr: config.admin_listen,
-                source,
-            })?;
+            .map_err(|e| ServeError::BindAdmin(config.admin_listen, e))?;
         let app = Arc::new(handle::App {
             policy: PolicyStore::new(policy),
             namespaces: namespaces.clone(),
@@ -199,13 +153,10 @@ impl Server {
             acceptor,
             app,
             health,
-            background: Background {
-                policy_file: config.policy.clone(),
-                loaded_policy,
-                certs,
-                client_ca,
-                stop,
-            },
+            loaded_policy,
+            certs,
+            client_ca,
+            stop,
             config,
         })
     }
@@ -220,11 +171,6 @@ impl Server {
         self.admin.local_addr().ok()
     }
 
-    /// The server's metrics.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.app.metrics.clone()
-    }
-
     /// Serves until `shutdown` completes; then readiness turns false, the server keeps answering for the drain
     /// period (the API server keeps using open connections until the endpoint is gone), stops accepting, and
     /// finishes in-flight requests within the shutdown timeout.
@@ -236,10 +182,35 @@ impl Server {
             acceptor,
             app,
             health,
-            background,
+            loaded_policy,
+            certs,
+            client_ca,
+            stop,
         } = self;
-        let stop = background.stop.clone();
-        background.start(&app, config.reload_interval);
+        // What keeps the server current until shutdown: the policy file's reload, the client CA's, and the
+        // certificate source's work.
+        let policy = PolicyFile {
+            path: config.policy.clone(),
+            store: app.policy.clone(),
+        };
+        let (metrics, interval) = (&app.metrics, config.reload_interval);
+        tokio::spawn(reload(
+            policy,
+            vec![loaded_policy],
+            metrics.clone(),
+            interval,
+            stop.clone(),
+        ));
+        if let Some((client_ca, loaded)) = client_ca {
+            tokio::spawn(reload(
+                client_ca,
+                vec![loaded],
+                metrics.clone(),
+                interval,
+                stop.clone(),
+            ));
+        }
+        certs.start(metrics.clone(), stop.clone());
         tokio::spawn(admin::serve(
             admin,
             health.clone(),

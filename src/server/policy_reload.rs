@@ -3,18 +3,18 @@
 //! its line and counted.
 
 use std::path::PathBuf;
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use super::policy_store::PolicyStore;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
-use crate::watch::{FileSet, ReloadCounter, Reloadable};
+use crate::watch::{ReloadCounter, Reloadable};
 
-struct PolicyFile {
-    path: PathBuf,
-    store: PolicyStore,
+/// The policy file, and the store it is put in force in.
+pub struct PolicyFile {
+    /// The file.
+    pub path: PathBuf,
+    /// The store requests read.
+    pub store: PolicyStore,
 }
 
 impl Reloadable for PolicyFile {
@@ -23,6 +23,10 @@ impl Reloadable for PolicyFile {
     const CONFIRM_REFUSAL: bool = false;
     type Loaded = (Policy, Vec<u8>);
     type Error = PolicyError;
+
+    fn paths(&self) -> Vec<PathBuf> {
+        vec![self.path.clone()]
+    }
 
     fn load(&self, contents: &[Vec<u8>]) -> Result<Self::Loaded, PolicyError> {
         let text = contents.first().cloned().unwrap_or_default();
@@ -42,17 +46,4 @@ impl Reloadable for PolicyFile {
     fn counter(metrics: &Metrics) -> &ReloadCounter {
         &metrics.policy_reloads
     }
-}
-
-/// Polls the policy file every `interval` until `stop`, putting each valid change in force.
-pub async fn run(
-    path: PathBuf,
-    loaded: Vec<u8>,
-    store: PolicyStore,
-    metrics: std::sync::Arc<Metrics>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let files = FileSet::new(vec![path.clone()], vec![loaded]);
-    crate::watch::reload(PolicyFile { path, store }, files, metrics, interval, stop).await;
 }

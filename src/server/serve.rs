@@ -145,14 +145,12 @@ async fn serve_connection(
     let _permit = permit;
     let stream = match tokio::time::timeout(limits.header_timeout, tls.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
+        failed => {
             app.metrics.tls_handshake_failures.inc();
-            tracing::debug!(%peer, %error, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            app.metrics.tls_handshake_failures.inc();
-            tracing::debug!(%peer, "TLS handshake timed out");
+            match failed {
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                _ => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
             return;
         }
     };
