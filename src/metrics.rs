@@ -10,6 +10,7 @@ use prometheus_client::registry::Registry;
 use crate::admission::{Route, Verdict};
 use crate::engine::Outcome;
 use crate::fields::Field;
+use crate::images::Images;
 
 /// Latency buckets in seconds, fine below a millisecond where this webhook should live.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -125,6 +126,10 @@ metrics! {
         "certificate_last_rotation_timestamp_seconds", "When the self-managed serving certificate in use was issued or last rotated, as a Unix time (self-managed certificates only)";
     policy_last_reload: Gauge = Gauge::default(),
         "policy_last_reload_timestamp_seconds", "When the policy in force was loaded (at start, then at each successful reload), as a Unix time";
+    image_lookups: Family<Labels<1>, Counter> = Family::default(),
+        "image_lookups", "Images whose user a review asked for (policy images: section), by result: known, or why not (timeout, unauthorized, not_found, not_allowed, too_large, bad_reference, failed)";
+    image_lookup_duration: Histogram = Histogram::new(LATENCY_BUCKETS),
+        "image_lookup_duration_seconds", "Time a review waited for its images' users (at most the policy's images.timeoutMs)";
     policy_info: Family<[(&'static str, String); 1], Gauge> = Family::default(),
         "policy_info", "The policy in force: 1 for the first 16 hex digits of the SHA-256 of its file; replicas that disagree serve different policies";
 }
@@ -192,6 +197,20 @@ impl Metrics {
         self.duration
             .get_or_create(&[("operation", route.as_str())])
             .observe(seconds);
+    }
+
+    /// Counts a review's image lookups by result, and its wait.
+    pub fn count_images(&self, images: &Images, seconds: f64) {
+        for found in images.users.values() {
+            let result = match found {
+                Ok(_) => "known",
+                Err(why) => why.as_str(),
+            };
+            self.image_lookups
+                .get_or_create(&[("result", result)])
+                .inc();
+        }
+        self.image_lookup_duration.observe(seconds);
     }
 
     /// Counts one namespace label lookup by where its answer came from.

@@ -70,6 +70,15 @@ pub struct Lookup {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lookup")
+            .field("policy", &self.inner.policy)
+            .field("cached", &self.inner.cache.entry_count())
+            .finish()
+    }
+}
+
 struct Inner {
     policy: ImagesPolicy,
     client: Client,
@@ -130,6 +139,21 @@ impl Lookup {
                 cache,
             }),
         })
+    }
+
+    /// The service for `policy`'s `images:` section: `previous` where the section is the same (so a policy reload
+    /// keeps the cache), a new one where it changed, none without a section.
+    pub fn for_policy(
+        policy: Option<&ImagesPolicy>,
+        previous: Option<&Lookup>,
+    ) -> Result<Option<Lookup>, LookupError> {
+        match (policy, previous) {
+            (None, _) => Ok(None),
+            (Some(section), Some(previous)) if previous.policy() == section => {
+                Ok(Some(previous.clone()))
+            }
+            (Some(section), _) => Lookup::new(section).map(Some),
+        }
     }
 
     /// The policy this service was built from.

@@ -11,6 +11,7 @@ use tracing::Instrument as _;
 
 use super::policy_store::PolicyStore;
 use crate::admission::{self, Route, Verdict};
+use crate::images::Images;
 use crate::metrics::{Metrics, RequestResult};
 use crate::namespaces::Namespaces;
 use crate::policy::NamespaceLabels;
@@ -205,7 +206,23 @@ async fn answer_review(app: &App, body: &[u8], started: Instant) -> Response<Bod
         let input = labels
             .as_deref()
             .map_or(NamespaceLabels::Unknown, NamespaceLabels::Known);
-        let response = match admission::respond(&review, &current.policy, input) {
+        let images = match &current.images {
+            Some(lookup) => {
+                let (wanted, platform) =
+                    admission::images_to_look_up(&review, &current.policy, input);
+                if wanted.is_empty() {
+                    Images::default()
+                } else {
+                    let asked = Instant::now();
+                    let found = lookup.users(wanted, platform.as_ref()).await;
+                    app.metrics
+                        .count_images(&found, asked.elapsed().as_secs_f64());
+                    found
+                }
+            }
+            None => Images::default(),
+        };
+        let response = match admission::respond_with(&review, &current.policy, input, &images) {
             Ok(response) => response,
             Err(e) => {
                 let reason = crate::error_chain(&e);

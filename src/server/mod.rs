@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::certs::source::{CertSource, SourceError};
 use crate::config::Config;
+use crate::images::lookup::{Lookup, LookupError};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::policy::{self, PolicyError};
@@ -32,6 +33,9 @@ pub enum ServeError {
     /// The policy did not load.
     #[error("cannot start without a valid policy")]
     LoadPolicy(#[source] PolicyError),
+    /// The policy's `images:` section names a credentials or CA file that cannot be read.
+    #[error("cannot start: the policy's images section")]
+    SetUpImages(#[source] LookupError),
     /// The serving certificate did not load.
     #[error("cannot start without a valid serving certificate")]
     LoadCertificate(#[source] SourceError),
@@ -116,6 +120,8 @@ impl Server {
         let acceptor = tls::acceptor(certs.store(), client_ca.as_ref().map(|(ca, _)| ca))
             .map_err(ServeError::SetUpTls)?;
 
+        let images =
+            Lookup::for_policy(policy.images.as_ref(), None).map_err(ServeError::SetUpImages)?;
         let stop = CancellationToken::new();
         let namespaces = if let (true, Some(client)) = (config.namespace_lookups, &client) {
             Namespaces::start(
@@ -137,7 +143,7 @@ impl Server {
             .await
             .map_err(|e| ServeError::BindAdmin(config.admin_listen, e))?;
         let app = Arc::new(handle::App {
-            policy: PolicyStore::new(policy),
+            policy: PolicyStore::new(policy, images),
             namespaces: namespaces.clone(),
             metrics,
             request_timeout: config.request_timeout,

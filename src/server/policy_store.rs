@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::images::lookup::Lookup;
 use crate::policy::Policy;
 
 /// The policy in force, with its generation.
@@ -14,6 +15,8 @@ pub struct Current {
     pub policy: Policy,
     /// 1 for the policy loaded at start, +1 per successful reload.
     pub generation: u64,
+    /// Where the policy has an `images:` section: the lookups of its images' users.
+    pub images: Option<Lookup>,
 }
 
 /// Where requests read the policy and the reload writes it.
@@ -23,11 +26,12 @@ pub struct PolicyStore {
 }
 
 impl PolicyStore {
-    /// A store holding `policy` as generation 1.
-    pub fn new(policy: Policy) -> Self {
+    /// A store holding `policy` (with its image lookups) as generation 1.
+    pub fn new(policy: Policy, images: Option<Lookup>) -> Self {
         let (tx, _) = watch::channel(Arc::new(Current {
             policy,
             generation: 1,
+            images,
         }));
         Self { tx: Arc::new(tx) }
     }
@@ -37,12 +41,16 @@ impl PolicyStore {
         self.tx.borrow().clone()
     }
 
-    /// Puts a new policy in force and returns its generation.
-    pub fn replace(&self, policy: Policy) -> u64 {
+    /// Puts a new policy (with its image lookups) in force and returns its generation.
+    pub fn replace(&self, policy: Policy, images: Option<Lookup>) -> u64 {
         let mut generation = 0;
         self.tx.send_modify(|current| {
             generation = current.generation + 1;
-            *current = Arc::new(Current { policy, generation });
+            *current = Arc::new(Current {
+                policy,
+                generation,
+                images,
+            });
         });
         generation
     }
