@@ -358,3 +358,114 @@ async fn images_users_reach_pods_through_the_api_server() {
         "{metrics}"
     );
 }
+
+#[test]
+fn images_mutate_shows_which_images_run_as_whom() {
+    let registry = Registry::start("images-mutate", &[]);
+    let addr = registry.addr().to_owned();
+    let dir = tmp_dir("images-mutate-files");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        policy_yaml(
+            "opt-in",
+            &format!("images:\n  registries: [\"{addr}/*\"]\n  insecureRegistries: [\"{addr}\"]\n  timeoutMs: 3000\n"),
+        ),
+    )
+    .unwrap();
+    let deployment = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [
+                {"name": "app", "image": registry.image("user-1001:latest")},
+                {"name": "db", "image": registry.image("user-root:latest")}]}}}});
+    let manifest = dir.join("web.json");
+    std::fs::write(&manifest, deployment.to_string()).unwrap();
+    let mutate = |images: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_secure-defaults"));
+        cmd.args([
+            "mutate",
+            "-o",
+            "object",
+            "-l",
+            &format!("{INJECT}=enabled"),
+            "--policy",
+        ])
+        .arg(&policy)
+        .arg("-f")
+        .arg(&manifest);
+        if images {
+            cmd.arg("--images");
+        }
+        let out = run(cmd, b"");
+        assert!(out.status.success(), "mutate: {}", stderr(&out));
+        let object: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (object, stderr(&out))
+    };
+    let (with, said) = mutate(true);
+    let at = "/spec/template/spec/containers";
+    assert_at(
+        "mutate --images",
+        &with,
+        &serde_json::json!({
+            format!("{at}/0/securityContext/runAsUser"): 1001,
+            format!("{at}/0/securityContext/runAsGroup"): 1001,
+            format!("{at}/1/securityContext/runAsUser"): null,
+            "/spec/template/spec/securityContext/runAsUser": 65532,
+        }),
+    );
+    assert!(
+        said.contains("runs as its image's user 1001:1001"),
+        "{said}"
+    );
+    assert!(said.contains("runs as root"), "{said}");
+    // Without the flag, nothing is asked of the registry.
+    let asked = registry.requests("/v2/user-1001/manifests/latest");
+    let (without, _) = mutate(false);
+    assert_at(
+        "mutate",
+        &without,
+        &serde_json::json!({format!("{at}/0/securityContext/runAsUser"): null}),
+    );
+    assert_eq!(registry.requests("/v2/user-1001/manifests/latest"), asked);
+}
+
+#[tokio::test]
+async fn images_audit_says_which_running_pods_would_run_as_their_images_user() {
+    let env = cluster_env().await;
+    let registry = Registry::start("images-audit", &[]);
+    let addr = registry.addr().to_owned();
+    // No webhook serves this namespace: its pods are stored as written, as pods created before the webhook are.
+    let ns = TestNamespace::create(
+        &env,
+        "images-audit",
+        "e2e-images-audit",
+        &[(INJECT, "enabled")],
+    )
+    .await;
+    let spec = serde_json::json!({"containers": [{"name": "app", "image": registry.image("user-1001:latest")}]});
+    ns.create_pod(pod("app", spec)).await;
+    let policy = tmp_dir("images-audit-files").join("policy.yaml");
+    std::fs::write(
+        &policy,
+        policy_yaml(
+            "opt-in",
+            &format!("images:\n  registries: [\"{addr}/*\"]\n  insecureRegistries: [\"{addr}\"]\n  timeoutMs: 3000\n"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_secure-defaults"))
+        .env("KUBECONFIG", &env.kubeconfig)
+        .args(["audit", "-o", "json", "--images", "--policy"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "audit: {}", stderr(&out));
+    let groups: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<&serde_json::Value> = groups
+        .iter()
+        .filter(|g| g["namespace"] == ns.name)
+        .collect();
+    assert_eq!(ours.len(), 1, "{groups:?}");
+    let would = ours[0]["wouldSet"].as_str().unwrap_or_default();
+    assert!(would.ends_with("imageUser=1001:1001 (app)"), "{would}");
+}

@@ -17,6 +17,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::admission::{self, Verdict};
+use crate::images::Images;
+use crate::images::lookup::Lookup;
 use crate::policy::{self, NamespaceLabels, Policy};
 
 /// Why an audit failed.
@@ -90,8 +92,27 @@ pub struct Owner {
 /// What the policy would set on `pod` (a stored Pod) if it were created now in a namespace with `labels`; `None`
 /// when nothing, or the namespace is not served.
 pub fn judge(pod: &Value, labels: &BTreeMap<String, String>, policy: &Policy) -> Option<String> {
+    judge_with(pod, labels, policy, None)
+}
+
+/// [`judge`], reading the pod's images' users through `lookup` as the server would.
+pub async fn judge_with_images(
+    pod: &Value,
+    labels: &BTreeMap<String, String>,
+    policy: &Policy,
+    lookup: &Lookup,
+) -> Option<String> {
+    let body = serde_json::to_vec(&review_of(pod)?).ok()?;
+    let parsed = admission::parse(&body).ok()?;
+    let (wanted, platform) =
+        admission::images_to_look_up(&parsed, policy, NamespaceLabels::Known(labels));
+    let images = lookup.users(wanted, platform.as_ref()).await;
+    judge_with(pod, labels, policy, Some(&images))
+}
+
+fn review_of(pod: &Value) -> Option<Value> {
     let namespace = pod.pointer("/metadata/namespace")?.as_str()?;
-    let review = json!({
+    Some(json!({
         "apiVersion": admission::API_VERSION,
         "kind": "AdmissionReview",
         "request": {
@@ -101,10 +122,21 @@ pub fn judge(pod: &Value, labels: &BTreeMap<String, String>, policy: &Policy) ->
             "operation": "CREATE",
             "object": pod,
         }
-    });
-    let body = serde_json::to_vec(&review).ok()?;
+    }))
+}
+
+fn judge_with(
+    pod: &Value,
+    labels: &BTreeMap<String, String>,
+    policy: &Policy,
+    images: Option<&Images>,
+) -> Option<String> {
+    let body = serde_json::to_vec(&review_of(pod)?).ok()?;
     let parsed = admission::parse(&body).ok()?;
-    let response = admission::respond(&parsed, policy, NamespaceLabels::Known(labels)).ok()?;
+    let none = Images::default();
+    let labels = NamespaceLabels::Known(labels);
+    let response =
+        admission::respond_with(&parsed, policy, labels, images.unwrap_or(&none)).ok()?;
     match response.verdict {
         Verdict::Patched | Verdict::Reported if !response.outcome.applied.is_empty() => {
             Some(response.outcome.applied.readable())
@@ -171,6 +203,7 @@ pub async fn run(
     client: &kube::Client,
     policy: &Policy,
     page: u32,
+    images: Option<&Lookup>,
 ) -> Result<Vec<Group>, AuditError> {
     let started = Instant::now();
     let mut last_said = Instant::now();
@@ -219,7 +252,11 @@ pub async fn run(
         let value = serde_json::to_value(&pod).unwrap_or(Value::Null);
         let no_labels = BTreeMap::new();
         let ns_labels = labels.get(&namespace).unwrap_or(&no_labels);
-        if let Some(would) = judge(&value, ns_labels, policy) {
+        let would = match images {
+            Some(lookup) => judge_with_images(&value, ns_labels, policy, lookup).await,
+            None => judge(&value, ns_labels, policy),
+        };
+        if let Some(would) = would {
             findings.push((pod, would));
         }
     }

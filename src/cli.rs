@@ -58,6 +58,9 @@ pub struct AuditArgs {
         default_value = "secure-defaults/secure-defaults-policy"
     )]
     pub policy_configmap: String,
+    /// Read each image's user from its registry, as the server does (the policy's `images:` section).
+    #[arg(long)]
+    pub images: bool,
     /// The ConfigMap's key holding the policy.
     #[arg(long, value_name = "KEY", default_value = "policy.yaml")]
     pub policy_key: String,
@@ -108,6 +111,10 @@ pub struct MutateArgs {
     /// What to print.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Patch)]
     pub output: Output,
+    /// Read each image's user from its registry, as the server does (the policy's `images:` section says which
+    /// registries, with which credentials), so the preview shows which images run as whom.
+    #[arg(long)]
+    pub images: bool,
 }
 
 /// Flags of `check`.

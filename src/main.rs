@@ -10,6 +10,7 @@ use secure_defaults::cli::{
     AuditArgs, CheckArgs, Cli, Command, GenerateArgs, MutateArgs, Output, ServeArgs,
 };
 use secure_defaults::config::{self, Config, LogFormat};
+use secure_defaults::images::{Images, Platform};
 use secure_defaults::policy::{self, NamespaceLabels};
 use secure_defaults::{admission, preview};
 
@@ -124,9 +125,22 @@ fn mutate(args: MutateArgs) -> anyhow::Result<ExitCode> {
         preview::read_path(&args.file)?
     };
     let labels: BTreeMap<String, String> = args.namespace_labels.into_iter().collect();
+    let lookup = images_lookup(args.images, &policy)?;
+    let runtime = match &lookup {
+        Some(_) => Some(runtime(tokio::runtime::Builder::new_current_thread())?),
+        None => None,
+    };
+    let look_up: &dyn Fn(Vec<&str>, Option<Platform>) -> Images =
+        &|wanted, platform| match (&lookup, &runtime) {
+            (Some(lookup), Some(runtime)) => {
+                runtime.block_on(lookup.users(wanted, platform.as_ref()))
+            }
+            _ => Images::default(),
+        };
     let options = preview::Options {
         namespace: args.namespace.as_deref(),
         labels: &labels,
+        images: lookup.as_ref().map(|_| look_up),
     };
     let run = preview::run(sources, &policy, &options);
     for note in preview::notes(&run) {
@@ -154,6 +168,22 @@ fn mutate(args: MutateArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The image lookups of `--images`: the policy's `images:` section must say which registries to ask.
+fn images_lookup(
+    wanted: bool,
+    policy: &policy::Policy,
+) -> anyhow::Result<Option<secure_defaults::images::lookup::Lookup>> {
+    if !wanted {
+        return Ok(None);
+    }
+    let Some(section) = &policy.images else {
+        anyhow::bail!(
+            "--images needs the policy's images: section (which registries to ask, with which credentials)"
+        );
+    };
+    Ok(Some(secure_defaults::images::lookup::Lookup::new(section)?))
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
@@ -189,7 +219,10 @@ fn audit(args: AuditArgs) -> anyhow::Result<()> {
                 .await?
             }
         };
-        anyhow::Ok(secure_defaults::audit::run(&client, &policy, args.page_size).await?)
+        let lookup = images_lookup(args.images, &policy)?;
+        anyhow::Ok(
+            secure_defaults::audit::run(&client, &policy, args.page_size, lookup.as_ref()).await?,
+        )
     })?;
     print!("{}", secure_defaults::audit::render(&groups, args.output));
     Ok(())

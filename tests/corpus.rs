@@ -63,6 +63,7 @@ fn preview_all(sources: Vec<Source>, policy: &Policy) -> Run {
     let options = Options {
         namespace: Some("corpus"),
         labels: &labels,
+        images: None,
     };
     preview::run(sources, policy, &options)
 }

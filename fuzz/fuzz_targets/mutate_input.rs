@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let options = Options {
         namespace: None,
         labels: &labels,
+        images: None,
     };
     for format in [Some(Format::Yaml), Some(Format::Json), None] {
         let mut source = Source::new("fuzz", data.to_vec());

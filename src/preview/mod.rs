@@ -22,6 +22,7 @@ pub use output::{notes, render};
 pub use read::{DocumentError, Format, ReadError, Source, read_path};
 
 use crate::admission::{self, Verdict};
+use crate::images::{Images, Platform};
 use crate::policy::{NamespaceLabels, Policy};
 
 /// Where an object is in the input: its source, its document (from 1), its item in a `kind: List` (from 1).
@@ -174,6 +175,9 @@ pub struct Options<'a> {
     pub namespace: Option<&'a str>,
     /// That namespace's labels.
     pub labels: &'a BTreeMap<String, String>,
+    /// Where images' users are read (`mutate --images`): the images a pod's review would look up, and the
+    /// platform, to what the registries say. `None`: no image is looked up.
+    pub images: Option<&'a dyn Fn(Vec<&str>, Option<Platform>) -> Images>,
 }
 
 /// One document after the preview: its bytes in the source, and its objects as they come out.
@@ -296,14 +300,25 @@ fn preview(
         source,
     });
     let parsed = parsed.map_err(Box::new)?;
-    let response = admission::respond(&parsed, policy, NamespaceLabels::Known(options.labels))
-        .map_err(|source| {
-            Box::new(PreviewError::Respond {
-                place: place.clone(),
-                object: named.clone(),
-                source,
-            })
-        })?;
+    let labels = NamespaceLabels::Known(options.labels);
+    let images = match options.images {
+        Some(look_up) => {
+            let (wanted, platform) = admission::images_to_look_up(&parsed, policy, labels);
+            if wanted.is_empty() {
+                Images::default()
+            } else {
+                look_up(wanted, platform)
+            }
+        }
+        None => Images::default(),
+    };
+    let response = admission::respond_with(&parsed, policy, labels, &images).map_err(|source| {
+        Box::new(PreviewError::Respond {
+            place: place.clone(),
+            object: named.clone(),
+            source,
+        })
+    })?;
     let namespace = parsed.request.namespace.as_deref().unwrap_or("").to_owned();
     let ops = response.outcome.patch;
     // Against the object itself: through the template's path for a workload; a review's patch is its pod's.

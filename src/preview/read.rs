@@ -427,6 +427,7 @@ mod tests {
         let options = super::super::Options {
             namespace: None,
             labels: &labels,
+            images: None,
         };
         let run = super::super::run(vec![source], &policy, &options);
         assert_eq!(
