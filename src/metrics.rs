@@ -130,6 +130,8 @@ metrics! {
         "image_lookups", "Images whose user a review asked for (policy images: section), by result: known, or why not (timeout, unauthorized, not_found, not_allowed, too_large, bad_reference, failed)";
     image_lookup_duration: Histogram = Histogram::new(LATENCY_BUCKETS),
         "image_lookup_duration_seconds", "Time a review waited for its images' users (at most the policy's images.timeoutMs)";
+    image_cache_entries: Gauge = Gauge::default(),
+        "image_cache_entries", "Images' users held in the cache (at most the policy's images.cacheEntries; read after each review that asked for images)";
     policy_info: Family<[(&'static str, String); 1], Gauge> = Family::default(),
         "policy_info", "The policy in force: 1 for the first 16 hex digits of the SHA-256 of its file; replicas that disagree serve different policies";
 }
@@ -199,8 +201,10 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Counts a review's image lookups by result, and its wait.
-    pub fn count_images(&self, images: &Images, seconds: f64) {
+    /// Counts a review's image lookups by result, and its wait; `cached` is the cache's size after them.
+    pub fn count_images(&self, images: &Images, seconds: f64, cached: u64) {
+        self.image_cache_entries
+            .set(i64::try_from(cached).unwrap_or(i64::MAX));
         for found in images.users.values() {
             let result = match found {
                 Ok(_) => "known",

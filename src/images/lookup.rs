@@ -50,6 +50,13 @@ pub enum LookupError {
         #[source]
         source: serde_json::Error,
     },
+    /// The registry client could not be built (a CA file that is not PEM certificates).
+    #[error("cannot set up the registry client")]
+    SetUpClient {
+        /// The cause.
+        #[source]
+        source: OciDistributionError,
+    },
     /// The CA file could not be read.
     #[error("cannot read the registry CA file {path}")]
     ReadCa {
@@ -81,10 +88,24 @@ impl std::fmt::Debug for Lookup {
 
 struct Inner {
     policy: ImagesPolicy,
-    client: Client,
+    /// The PEM of `images.caFile`, read once.
+    ca: Option<Vec<u8>>,
+    client: std::sync::Mutex<Renewed>,
     auths: Vec<(String, RegistryAuth)>,
     cache: moka::future::Cache<String, Answer>,
 }
+
+/// oci-client keeps the token (or basic credentials) of every repository it has read, keyed by repository, and
+/// never drops one; the image cache is bounded but that map is not, so a server that reads thousands of distinct
+/// repositories over its life would hold them all. The client is therefore replaced after `RENEW_AFTER` registry
+/// reads, which bounds the map and costs one token request per repository afterwards (the image cache spares
+/// most reads anyway).
+struct Renewed {
+    client: Client,
+    reads: u32,
+}
+
+const RENEW_AFTER: u32 = 1024;
 
 /// A tag's answer expires after the policy's TTL; a digest's stays until evicted.
 struct Expiry(Duration);
@@ -104,41 +125,49 @@ impl Lookup {
             Some(path) => read_credentials(path)?,
             None => Vec::new(),
         };
-        let mut extra_root_certificates = Vec::new();
-        if let Some(path) = &policy.ca_file {
-            let data = std::fs::read(path).map_err(|source| LookupError::ReadCa {
+        let ca = match &policy.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| LookupError::ReadCa {
                 path: path.clone(),
                 source,
-            })?;
-            extra_root_certificates.push(oci_client::client::Certificate {
-                encoding: oci_client::client::CertificateEncoding::Pem,
-                data,
-            });
-        }
-        let budget = Duration::from_millis(policy.timeout_ms.0);
-        let config = oci_client::client::ClientConfig {
-            protocol: oci_client::client::ClientProtocol::HttpsExcept(
-                policy.insecure_registries.clone(),
-            ),
-            extra_root_certificates,
-            // A lookup may outlive its review (it fills the cache), but not by much.
-            connect_timeout: Some(budget.max(Duration::from_secs(2))),
-            read_timeout: Some(Duration::from_secs(10)),
-            platform_resolver: None,
-            ..Default::default()
+            })?),
+            None => None,
         };
         let cache = moka::future::Cache::builder()
             .max_capacity(policy.cache_entries.0)
             .expire_after(Expiry(Duration::from_secs(policy.tag_ttl_seconds.0)))
             .build();
+        let client = Client::try_from(client_config(policy, ca.as_deref()))
+            .map_err(|source| LookupError::SetUpClient { source })?;
+        let client = std::sync::Mutex::new(Renewed { client, reads: 0 });
         Ok(Lookup {
             inner: Arc::new(Inner {
                 policy: policy.clone(),
-                client: Client::new(config),
+                ca,
+                client,
                 auths,
                 cache,
             }),
         })
+    }
+
+    /// The registry client for one lookup: a new one every `RENEW_AFTER` lookups (see `Renewed`).
+    fn client(&self) -> Client {
+        let mut renewed = self
+            .inner
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        renewed.reads += 1;
+        if renewed.reads > RENEW_AFTER {
+            // The same settings built the first client, so this does not fail; if it did, the old one stays.
+            if let Ok(client) =
+                Client::try_from(client_config(&self.inner.policy, self.inner.ca.as_deref()))
+            {
+                renewed.client = client;
+            }
+            renewed.reads = 1;
+        }
+        renewed.client.clone()
     }
 
     /// The service for `policy`'s `images:` section: `previous` where the section is the same (so a policy reload
@@ -154,6 +183,11 @@ impl Lookup {
             }
             (Some(section), _) => Lookup::new(section).map(Some),
         }
+    }
+
+    /// How many images' users the cache holds (moka's count, which trails inserts and evictions slightly).
+    pub fn cached(&self) -> u64 {
+        self.inner.cache.entry_count()
     }
 
     /// The policy this service was built from.
@@ -226,7 +260,7 @@ impl Lookup {
         reference: &Reference,
         platform: &Platform,
     ) -> Result<ImageUser, Unknown> {
-        let client = &self.inner.client;
+        let client = &self.client();
         let auth = self.auth(reference.resolve_registry());
         let (manifest, _) = client
             .pull_manifest(reference, &auth)
@@ -281,6 +315,28 @@ impl Lookup {
             .iter()
             .find(|(host, _)| host == registry)
             .map_or(RegistryAuth::Anonymous, |(_, auth)| auth.clone())
+    }
+}
+
+/// The registry client's settings: plain HTTP only for the listed registries, the policy's CA besides the
+/// system's roots, and timeouts that let a lookup outlive its review (it fills the cache), but not by much.
+fn client_config(policy: &ImagesPolicy, ca: Option<&[u8]>) -> oci_client::client::ClientConfig {
+    let budget = Duration::from_millis(policy.timeout_ms.0);
+    oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::HttpsExcept(
+            policy.insecure_registries.clone(),
+        ),
+        extra_root_certificates: ca
+            .map(|data| oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: data.to_vec(),
+            })
+            .into_iter()
+            .collect(),
+        connect_timeout: Some(budget.max(Duration::from_secs(2))),
+        read_timeout: Some(Duration::from_secs(10)),
+        platform_resolver: None,
+        ..Default::default()
     }
 }
 

@@ -215,8 +215,11 @@ async fn answer_review(app: &App, body: &[u8], started: Instant) -> Response<Bod
                 } else {
                     let asked = Instant::now();
                     let found = lookup.users(wanted, platform.as_ref()).await;
-                    app.metrics
-                        .count_images(&found, asked.elapsed().as_secs_f64());
+                    app.metrics.count_images(
+                        &found,
+                        asked.elapsed().as_secs_f64(),
+                        lookup.cached(),
+                    );
                     found
                 }
             }
