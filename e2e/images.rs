@@ -469,3 +469,104 @@ async fn images_audit_says_which_running_pods_would_run_as_their_images_user() {
     let would = ours[0]["wouldSet"].as_str().unwrap_or_default();
     assert!(would.ends_with("imageUser=1001:1001 (app)"), "{would}");
 }
+
+/// The image cache holds its cap over thousands of distinct images: 4,000 tags of user-1001, 50 containers to a
+/// pod, each looked up by the server as the API server admits the pod, twice over with a cap of 1,000; the
+/// server's memory once the cache is full stays level after that.
+#[tokio::test]
+#[ignore = "looks up 8,000 images: e2e/run.sh runs it alone, after the other tests"]
+async fn images_cache_holds_its_cap_over_thousands_of_images() {
+    let registry = Registry::start("images-soak-registry", &[]);
+    let (tags, cap, per_pod) = (4000usize, 1000u64, 50usize);
+    let mut tag = Command::new(repo().join("e2e/registry/tag.py"));
+    tag.arg(&registry.dir)
+        .args(["user-1001", &tags.to_string()]);
+    let out = run(tag, b"");
+    assert!(out.status.success(), "tag.py: {}", stderr(&out));
+    let addr = registry.addr().to_owned();
+    let policy = policy_yaml(
+        "opt-in",
+        &format!(
+            "images:\n  registries: [\"{addr}/*\"]\n  insecureRegistries: [\"{addr}\"]\n  timeoutMs: 5000\n  cacheEntries: {cap}\n"
+        ),
+    );
+    let (hook, ns) = served("images-soak", &policy, FailurePolicy::Fail).await;
+    let pid = hook.pid().expect("server running");
+    let tagged = || {
+        let log = std::fs::read_to_string(&registry.env["REGISTRY_ACCESS_LOG"]).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("\"GET /v2/user-1001/manifests/t"))
+            .count()
+    };
+    // Admits pods of tags `from..to`, 50 containers each, and checks that every container got its image's user.
+    let admit = |from: usize, to: usize| {
+        let (ns, registry) = (&ns, &registry);
+        async move {
+            for first in (from..to).step_by(per_pod) {
+                let containers: Vec<_> = (first..(first + per_pod).min(to))
+                    .map(|i| serde_json::json!({"name": format!("c{i}"), "image": registry.image(&format!("user-1001:t{i}"))}))
+                    .collect();
+                let name = format!("soak-{first}");
+                let out = ns.kubectl_create(
+                    "--dry-run=server -o json",
+                    &pod(&name, serde_json::json!({"containers": containers})),
+                );
+                assert!(out.status.success(), "{name}: {}", stderr(&out));
+                let stored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                let users: Vec<&serde_json::Value> = stored["spec"]["containers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| &c["securityContext"]["runAsUser"])
+                    .collect();
+                assert!(
+                    users.iter().all(|u| **u == 1001),
+                    "pod of tags {first}..: not every container runs as its image's user: {users:?}; {}",
+                    stderr(&out)
+                );
+            }
+        }
+    };
+
+    admit(0, cap as usize).await;
+    let full = rss_kib(pid);
+    admit(cap as usize, tags).await;
+    let first_pass = tagged();
+    assert!(
+        first_pass >= tags,
+        "{first_pass} manifest requests for {tags} new tags"
+    );
+    // The cache holds at most its cap (moka evicts as it goes: poll a little for its count to settle).
+    let entries = eventually(
+        "the image cache at or under its cap",
+        std::time::Duration::from_secs(30),
+        || async {
+            admit(0, 1).await;
+            let n = counter(&hook.metrics().await, "secure_defaults_image_cache_entries");
+            (n <= cap).then_some(n)
+        },
+    )
+    .await;
+    // All of them again: at most `cap` can be answered from the cache, so the registry is asked for the rest.
+    admit(0, tags).await;
+    let again = tagged() - first_pass;
+    assert!(
+        again >= tags - cap as usize,
+        "a second pass over {tags} tags asked the registry {again} times: more than {cap} were cached"
+    );
+    let end = rss_kib(pid);
+    let lookups = counter(
+        &hook.metrics().await,
+        "secure_defaults_image_lookups_total{result=\"known\"}",
+    );
+    eprintln!(
+        "image cache soak: {lookups} lookups of {tags} distinct images, cap {cap}: {entries} cached; RSS {} MiB with the cache full, {} MiB after {} more lookups; registry asked {first_pass} then {again} times",
+        full / 1024,
+        end / 1024,
+        lookups.saturating_sub(cap)
+    );
+    assert!(
+        end < full + 16 * 1024,
+        "the server's memory grew from {full} KiB with the cache full to {end} KiB"
+    );
+}

@@ -9,16 +9,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
-}
-
 #[tokio::test]
 #[ignore = "creates 3,000 namespaces: e2e/run.sh runs it alone, after the other tests"]
 async fn namespace_cache_memory_does_not_grow_with_annotations() {

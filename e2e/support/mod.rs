@@ -763,3 +763,13 @@ pub async fn served(test: &str, policy: &str, failure: FailurePolicy) -> (Webhoo
     hook.wait_effective(&ns).await;
     (hook, ns)
 }
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
