@@ -57,6 +57,21 @@ pub enum LookupError {
         #[source]
         source: OciDistributionError,
     },
+    /// The CA file is not PEM.
+    #[error("{path} is not a PEM file of CA certificates")]
+    ParseCa {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The CA file holds no certificate.
+    #[error("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    NoCaCertificate {
+        /// The file.
+        path: PathBuf,
+    },
     /// The CA file could not be read.
     #[error("cannot read the registry CA file {path}")]
     ReadCa {
@@ -126,10 +141,7 @@ impl Lookup {
             None => Vec::new(),
         };
         let ca = match &policy.ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|source| LookupError::ReadCa {
-                path: path.clone(),
-                source,
-            })?),
+            Some(path) => Some(read_ca(path)?),
             None => None,
         };
         let cache = moka::future::Cache::builder()
@@ -340,6 +352,27 @@ fn client_config(policy: &ImagesPolicy, ca: Option<&[u8]>) -> oci_client::client
     }
 }
 
+/// The CA file's PEM, refused unless it holds at least one certificate (reqwest would take a file with none).
+fn read_ca(path: &Path) -> Result<Vec<u8>, LookupError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let data = std::fs::read(path).map_err(|source| LookupError::ReadCa {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| LookupError::ParseCa {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certificates.is_empty() {
+        return Err(LookupError::NoCaCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(data)
+}
+
 fn tag_or_digest(reference: &Reference) -> String {
     match (reference.digest(), reference.tag()) {
         (Some(digest), _) => format!("@{digest}"),
@@ -440,4 +473,57 @@ fn read_credentials(path: &Path) -> Result<Vec<(String, RegistryAuth)>, LookupEr
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The files an `images:` section names are read when the section is taken on, and a bad one says which
+    /// file and what is wrong with it.
+    #[test]
+    fn a_bad_credentials_or_ca_file_is_refused_naming_it() {
+        let dir = std::env::temp_dir().join(format!("sd-lookup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases = [
+            ("credentials", None, "cannot read the registry credentials"),
+            (
+                "credentials",
+                Some("{\"auths\": 1}"),
+                "is not a docker config file",
+            ),
+            ("caFile", None, "cannot read the registry CA file"),
+            (
+                "caFile",
+                Some("not a certificate\n"),
+                "holds no PEM certificate",
+            ),
+            (
+                "caFile",
+                Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+                "cannot set up the registry client",
+            ),
+        ];
+        for (i, (key, content, error)) in cases.into_iter().enumerate() {
+            let file = dir.join(format!("file-{i}"));
+            if let Some(content) = content {
+                std::fs::write(&file, content).unwrap();
+            }
+            let text = format!(
+                "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: cluster-wide\nimages:\n  registries: [\"*\"]\n  {key}: {}\n",
+                file.display()
+            );
+            let policy = crate::policy::file::parse(text.as_bytes(), Path::new("policy.yaml"))
+                .unwrap()
+                .images
+                .unwrap();
+            let refused = Lookup::new(&policy).unwrap_err().to_string();
+            assert!(refused.contains(error), "{key} {content:?}: {refused}");
+            assert!(
+                error.starts_with("cannot set up") || refused.contains(&file.display().to_string()),
+                "{key} {content:?}: the error does not name the file: {refused}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
