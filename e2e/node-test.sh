@@ -11,14 +11,17 @@
 #   5. under continuous pod creation with failurePolicy Fail (real creations of pods no node can take): a
 #      rollout restart and the graceful deletion of one replica's pod fail no creation; a SIGKILL of one
 #      replica's container is reported (how many creations failed, how long until it was back);
-#   6. `down` leaves no mounts, interfaces, network namespaces, iptables rules, cgroups, host directories or
+#   6. image-aware defaults: a pod of an image built to run as uid 1001 (pulled by containerd from a local
+#      registry) crash-loops as the pod-level default and runs Ready as 1001 once the policy has an images:
+#      section (the control, then a live reload);
+#   7. `down` leaves no mounts, interfaces, network namespaces, iptables rules, cgroups, host directories or
 #      processes behind, and the host's kernel settings as they were.
 # Every wait polls up to NODE_TEST_TIMEOUT seconds (default 180). NODE_STEPS (e.g. "1 2") limits the steps.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TIMEOUT="${NODE_TEST_TIMEOUT:-180}"
-STEPS=" ${NODE_STEPS:-1 2 3 4 5 6} "
+STEPS=" ${NODE_STEPS:-1 2 3 4 5 6 7} "
 IMAGE="${IMAGE:-localhost/secure-defaults:$(awk -F'"' '/^version *=/ { print $2; exit }' "$ROOT/Cargo.toml")}"
 DIR="$(mktemp -d "${TMPDIR:-/tmp}/sd-node.XXXXXX")"
 WEBHOOK_PID=""
@@ -37,6 +40,7 @@ cleanup() {
   # shellcheck disable=SC2086
   [[ -z "$CLIENT_PID" ]] || kill $CLIENT_PID 2>/dev/null || true
   [[ -z "$WEBHOOK_PID" ]] || { kill "$WEBHOOK_PID" 2>/dev/null; wait "$WEBHOOK_PID" 2>/dev/null; } || true
+  [[ ! -f "$DIR/registry/pid" ]] || "$ROOT/e2e/registry/run.sh" stop "$DIR/registry" 2>/dev/null || true
   if ((status != 0)); then
     for f in "$DIR"/node/logs/kubelet.log "$DIR"/node/logs/containerd.log "$DIR"/webhook.log; do
       [[ -f "$f" ]] || continue
@@ -144,7 +148,9 @@ opted_in_namespace() { # <name>
 # Host paths the node may create (see e2e/node.sh): those absent now must be absent after `down`.
 absent_before=""
 for p in /var/lib/kubelet /var/log/containers /run/containerd /var/lib/cni; do [[ -e "$p" ]] || absent_before+=" $p"; done
-netns_before="$(ls /var/run/netns 2>/dev/null | sort)"
+# The network namespaces (none at all on a host where nothing has made one yet).
+network_namespaces() { ls /var/run/netns 2>/dev/null | sort || true; }
+netns_before="$(network_namespaces)"
 # The kernel settings the kubelet would otherwise rewrite (protectKernelDefaults keeps it from doing so).
 kernel_settings() { sysctl -n vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops \
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes | tr '\n' ' '; }
@@ -166,18 +172,21 @@ if step 1; then
   pass "1: node $NODE_NAME Ready ($("$K" get node "$NODE_NAME" -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}')), a pod ran on it"
 fi
 
-if step 2; then
+# secure-defaults as a host process (release build, a serving certificate from the cluster's CA) with <policy>,
+# registered for the namespaces labelled node-e2e=host and opted in; stopped by stop_host_webhook.
+start_host_webhook() { # <policy file>
   cargo build --locked --release --manifest-path "$ROOT/Cargo.toml" -q
-  openssl ecparam -name prime256v1 -genkey -noout -out "$DIR/webhook.key" 2>/dev/null
-  openssl req -new -key "$DIR/webhook.key" -subj "/CN=secure-defaults-host" -out "$DIR/webhook.csr" 2>/dev/null
-  printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n' >"$DIR/webhook.ext"
-  openssl x509 -req -in "$DIR/webhook.csr" -CA "$CA_CERT" -CAkey "$CA_KEY" -set_serial "0x$(openssl rand -hex 16)" \
-    -days 1 -sha256 -extfile "$DIR/webhook.ext" -out "$DIR/webhook.crt" 2>/dev/null
-  port=$((20000 + RANDOM % 6000)); admin=$((26000 + RANDOM % 6000))
-  cp "$ROOT/config/policy.yaml" "$DIR/policy.yaml"
+  if [[ ! -f "$DIR/webhook.crt" ]]; then
+    openssl ecparam -name prime256v1 -genkey -noout -out "$DIR/webhook.key" 2>/dev/null
+    openssl req -new -key "$DIR/webhook.key" -subj "/CN=secure-defaults-host" -out "$DIR/webhook.csr" 2>/dev/null
+    printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n' >"$DIR/webhook.ext"
+    openssl x509 -req -in "$DIR/webhook.csr" -CA "$CA_CERT" -CAkey "$CA_KEY" -set_serial "0x$(openssl rand -hex 16)" \
+      -days 1 -sha256 -extfile "$DIR/webhook.ext" -out "$DIR/webhook.crt" 2>/dev/null
+  fi
+  local port=$((20000 + RANDOM % 6000)) admin=$((26000 + RANDOM % 6000))
   "$ROOT/target/release/secure-defaults" serve --log-format json --listen "127.0.0.1:$port" \
     --admin-listen "127.0.0.1:$admin" --tls-cert "$DIR/webhook.crt" --tls-key "$DIR/webhook.key" \
-    --policy "$DIR/policy.yaml" >/dev/null 2>"$DIR/webhook.log" &
+    --policy "$1" >/dev/null 2>>"$DIR/webhook.log" &
   WEBHOOK_PID=$!
   eventually "host webhook /readyz" curl -fsS "http://127.0.0.1:$admin/readyz"
   "$K" apply -f - >/dev/null <<YAML
@@ -196,6 +205,15 @@ webhooks:
   failurePolicy: Fail
   reinvocationPolicy: IfNeeded
 YAML
+}
+stop_host_webhook() {
+  "$K" delete mutatingwebhookconfiguration host.node-e2e.secure-defaults.io >/dev/null
+  kill "$WEBHOOK_PID"; wait "$WEBHOOK_PID" || true; WEBHOOK_PID=""
+}
+
+if step 2; then
+  cp "$ROOT/config/policy.yaml" "$DIR/policy.yaml"
+  start_host_webhook "$DIR/policy.yaml"
   opted_in_namespace host-webhook
   "$K" label namespace host-webhook node-e2e=host >/dev/null
   eventually "the host webhook to default pods" uid_is host-webhook 65532
@@ -203,8 +221,7 @@ YAML
   check_ids "$out" 65532 65532 65532 "defaulted pod"
   out="$(run_pod host-webhook explicit '{"runAsUser": 1000}')"
   check_ids "$out" 1000 65532 65532 "pod with runAsUser 1000"
-  "$K" delete mutatingwebhookconfiguration host.node-e2e.secure-defaults.io >/dev/null
-  kill "$WEBHOOK_PID"; wait "$WEBHOOK_PID" || true; WEBHOOK_PID=""
+  stop_host_webhook
   pass "2: pods in an opted-in namespace run as the defaults (host-process webhook); runAsUser 1000 is kept"
 fi
 
@@ -309,6 +326,72 @@ if step 5; then
 fi
 
 if step 6; then
+  # The user-1001 image (its files 1001:1001, mode 0700; it exits 1 as any other user) pushed to a local
+  # registry that containerd pulls from over plain HTTP (certs.d/<addr>/hosts.toml, see e2e/node.sh).
+  REG="$DIR/registry"
+  e2e_registry_env="$("$ROOT/e2e/registry/run.sh" start "$REG" | tail -n 1)"
+  # shellcheck disable=SC1090
+  source "$e2e_registry_env"
+  "$ROOT/e2e/registry/push-images.sh" "$REG" user-1001 >/dev/null
+  mkdir -p "$NODE_DIR/containerd/certs.d/$REGISTRY_ADDR"
+  printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
+    "$REGISTRY_ADDR" "$REGISTRY_ADDR" >"$NODE_DIR/containerd/certs.d/$REGISTRY_ADDR/hosts.toml"
+  image="$REGISTRY_ADDR/user-1001:latest"
+  image_pod() { # <name>: the image's pod, restarted on exit (a Deployment's pods are)
+    "$K" -n images create -f - >/dev/null <<JSON
+{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "$1"},
+ "spec": {"containers": [{"name": "app", "image": "$image"}]}}
+JSON
+  }
+  restarts() { "$K" -n images get pod "$1" -o jsonpath='{.status.containerStatuses[0].restartCount}'; }
+  crash_looping() { [[ "$(restarts "$1")" -ge 1 ]]; }
+  # What a server-side dry run of the image's pod gets as the container's runAsUser.
+  container_uid_is() {
+    [[ "$("$K" -n images create --dry-run=server -o jsonpath='{.spec.containers[0].securityContext.runAsUser}' -f - <<JSON
+{"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "probe-"},
+ "spec": {"containers": [{"name": "app", "image": "$image"}]}}
+JSON
+)" == "$1" ]]
+  }
+
+  cp "$ROOT/config/policy.yaml" "$DIR/policy.yaml"
+  start_host_webhook "$DIR/policy.yaml"
+  opted_in_namespace images
+  "$K" label namespace images node-e2e=host >/dev/null
+  eventually "the host webhook to default pods" uid_is images 65532
+
+  # The control: without an images: section the pod-level default (65532) breaks the image.
+  image_pod without-images
+  eventually "the pod without image-aware defaults to crash-loop" crash_looping without-images
+  out="$("$K" -n images logs without-images --previous 2>/dev/null || "$K" -n images logs without-images)"
+  grep -q 'running as uid=65532' <<<"$out" && grep -q 'user-1001: FAIL' <<<"$out" \
+    || fail "6: the control pod did not fail as uid 65532; its log:"$'\n'"$out"
+  log "6: without images: $(restarts without-images) restart(s): $(grep -m1 'FAIL' <<<"$out")"
+  "$K" -n images delete pod without-images --wait=false >/dev/null
+
+  # The same policy with an images: section, reloaded live.
+  printf 'images:\n  registries: ["%s/*"]\n  insecureRegistries: ["%s"]\n' "$REGISTRY_ADDR" "$REGISTRY_ADDR" >>"$DIR/policy.yaml"
+  eventually "the reloaded policy to give the container its image's user" container_uid_is 1001
+  image_pod with-images
+  eventually "the pod with image-aware defaults Ready" "$K" -n images wait --for=condition=Ready pod/with-images --timeout=2s
+  out="$("$K" -n images logs with-images)"
+  grep -q 'running as uid=1001 gid=1001' <<<"$out" && grep -q 'user-1001: OK' <<<"$out" \
+    || fail "6: the pod with image-aware defaults does not run as 1001:1001; its log:"$'\n'"$out"
+  [[ "$(restarts with-images)" == 0 ]] || fail "6: the pod with image-aware defaults restarted $(restarts with-images) time(s)"
+  # The process itself, as the node sees it.
+  pid="$(ctr --address "$NODE_DIR/run/containerd.sock" -n k8s.io tasks ls | awk -v id="$("$K" -n images get pod with-images \
+    -o jsonpath='{.status.containerStatuses[0].containerID}' | sed 's|containerd://||')" '$1 == id { print $2 }')"
+  [[ "$pid" =~ ^[0-9]+$ ]] || fail "6: no task for the pod's container in containerd"
+  uid="$(status_field Uid </proc/"$pid"/status | awk '{print $1}')"
+  [[ "$uid" == 1001 ]] || fail "6: the container's process $pid runs as uid $uid, not 1001"
+  log "6: with images: $(grep -m1 'running as' <<<"$out"); process $pid on the node has uid $uid"
+  "$K" -n images delete pod with-images --wait=false >/dev/null
+  stop_host_webhook
+  "$ROOT/e2e/registry/run.sh" stop "$REG" 2>/dev/null
+  pass "6: the user-1001 image crash-loops as the pod-level default and runs Ready as uid 1001 with image-aware defaults"
+fi
+
+if step 7; then
   "$ROOT/e2e/cluster.sh" down "$DIR"
   leftovers=""
   grep -q " $DIR" /proc/self/mountinfo && leftovers+=" mounts:$(awk -v d="$DIR" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | tr '\n' ' ')"
@@ -318,8 +401,8 @@ if step 6; then
   compgen -G "/sys/fs/cgroup/*/sd-node-e2e" >/dev/null && leftovers+=" cgroups"
   pgrep -f "$DIR" >/dev/null && leftovers+=" processes: $(pgrep -af "$DIR" | tr '\n' ';')"
   for p in $absent_before; do [[ -e "$p" ]] && leftovers+=" $p"; done
-  [[ "$(ls /var/run/netns 2>/dev/null | sort)" == "$netns_before" ]] || leftovers+=" network namespaces"
+  [[ "$(network_namespaces)" == "$netns_before" ]] || leftovers+=" network namespaces"
   [[ "$(kernel_settings)" == "$sysctls_before" ]] || leftovers+=" kernel settings changed: $sysctls_before -> $(kernel_settings)"
-  [[ -z "$leftovers" ]] || fail "6: left behind:$leftovers"
-  pass "6: down left no mounts, interfaces, network namespaces, iptables rules, cgroups, host directories or processes, and the host's kernel settings unchanged"
+  [[ -z "$leftovers" ]] || fail "7: left behind:$leftovers"
+  pass "7: down left no mounts, interfaces, network namespaces, iptables rules, cgroups, host directories or processes, and the host's kernel settings unchanged"
 fi

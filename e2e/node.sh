@@ -302,6 +302,9 @@ disabled_plugins = ["io.containerd.grpc.v1.introspection-service-unused", "io.co
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$NODE/cni/net.d"
+  # Per-registry hosts.toml files (the node suite's local plain-HTTP registry writes one), read on each pull.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$NODE/containerd/certs.d"
 TOML
   start containerd "$(command -v containerd)" --config "$NODE/containerd/config.toml" --log-level warn
   wait_for containerd "containerd socket" ctr_node version
