@@ -10,7 +10,9 @@
 #              throughput, latency at fixed rates, CPU per request, peak RSS with 512 connections, time to ready;
 #              then the closed loop again over HTTP/2 (32 streams on one connection, as kube-apiserver calls).
 #   3. e2e     a local control plane (e2e/cluster.sh): pod creations through kube-apiserver with no mutation, with
-#              the webhook, and with a MutatingAdmissionPolicy doing the same defaulting; then time to ready with
+#              the webhook, with a MutatingAdmissionPolicy doing the same defaulting, and with the webhook's
+#              image-aware defaults (a local registry, e2e/registry: the image's user cached, and a new tag per pod
+#              for the cost of a cold miss; BENCH_IMAGE_TAGS tags, default 4000); then time to ready with
 #              10,000 namespaces. Torn down at the end. The pod-creation latencies are drawn in
 #              target/bench/e2e-latency.svg (loadgen chart).
 #
@@ -54,6 +56,7 @@ cleanup() {
     wait "$pid" 2>/dev/null || true
   done
   if [[ -d "$CLUSTER" ]]; then "$ROOT/e2e/cluster.sh" down "$CLUSTER" || true; fi
+  if [[ -f "$WORK/registry/pid" ]]; then "$ROOT/e2e/registry/run.sh" stop "$WORK/registry" 2>/dev/null || true; fi
   if [[ $status -ne 0 ]]; then
     for f in "$WORK"/*.log; do
       [[ -f "$f" ]] || continue
@@ -110,7 +113,7 @@ mkdir -p "$OUT"
 rm -f "$OUT"/results.json "$OUT"/results.md
 has_phase engine && rm -f "$OUT"/callgrind-*.out
 has_phase server && rm -f "$OUT"/server-*.json
-has_phase e2e && rm -f "$OUT"/e2e-*.json "$OUT"/e2e-latency.svg "$OUT"/ready-*.json "$OUT"/webhook-*
+has_phase e2e && rm -f "$OUT"/e2e-*.json "$OUT"/e2e-latency.svg "$OUT"/ready-*.json "$OUT"/webhook-* "$OUT"/image-*
 
 log "building (release): secure-defaults, the engine benchmark, the load generator"
 cargo build --locked --release --bin secure-defaults
@@ -213,8 +216,12 @@ metadata: {name: bench-map, labels: {bench.secure-defaults.io/map: enabled}}
 apiVersion: v1
 kind: Namespace
 metadata: {name: bench-null, labels: {bench.secure-defaults.io/null: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench-images, labels: {secure-defaults.io/inject: enabled, bench.secure-defaults.io/images: enabled}}
 EOF
-  for ns in bench-none bench-webhook bench-map bench-null; do
+  for ns in bench-none bench-webhook bench-map bench-null bench-images; do
     until kc -n "$ns" get serviceaccount default >/dev/null 2>&1; do sleep 0.2; done
   done
   if [[ -n "${BENCH_COMPARE_SERVER:-}" ]]; then
@@ -228,6 +235,26 @@ EOF
       --drain-seconds 0 --shutdown-timeout-seconds 1 --log-format json >"$WORK/compare.log" 2>&1 &
     PIDS+=($!)
   fi
+
+  # Image-aware defaults: a local registry (e2e/registry) holding the user-1001 image (USER 1001:1001) as `latest`
+  # and as BENCH_IMAGE_TAGS more tags t0, t1, ... (the same manifest), and a second server whose policy is the same
+  # plus an images: section. Pods of `latest` find its user cached; a pod of a new tag is a cold miss.
+  IMAGE_TAGS="${BENCH_IMAGE_TAGS:-4000}"
+  log "3/3 e2e: a local registry with the user-1001 image, and $IMAGE_TAGS more tags of it"
+  # shellcheck disable=SC1090
+  source "$("$ROOT/e2e/registry/run.sh" start "$WORK/registry" | tail -n 1)"
+  "$ROOT/e2e/registry/push-images.sh" "$WORK/registry" user-1001 >/dev/null
+  "$ROOT/e2e/registry/tag.py" "$WORK/registry" user-1001 "$IMAGE_TAGS" >/dev/null
+  { cat "$WORK/policy-e2e.yaml"
+    printf 'images:\n  registries: ["%s/*"]\n  insecureRegistries: ["%s"]\n' "$REGISTRY_ADDR" "$REGISTRY_ADDR"
+  } >"$WORK/policy-images.yaml"
+  free_port IMG_PORT
+  free_port IMG_ADMIN
+  "$SERVER" serve --listen "127.0.0.1:$IMG_PORT" --admin-listen "127.0.0.1:$IMG_ADMIN" \
+    --tls-cert "$WORK/certs/tls.crt" --tls-key "$WORK/certs/tls.key" --policy "$WORK/policy-images.yaml" \
+    --drain-seconds 0 --shutdown-timeout-seconds 1 --log-format json >"$WORK/images.log" 2>&1 &
+  IMG_PID=$!
+  PIDS+=("$IMG_PID")
 
   free_port WH_PORT
   free_port WH_ADMIN
@@ -256,6 +283,20 @@ webhooks:
     matchExpressions:
     - {key: secure-defaults.io/inject, operator: In, values: [enabled]}
     - {key: bench.secure-defaults.io/compare, operator: DoesNotExist}
+    - {key: bench.secure-defaults.io/images, operator: DoesNotExist}
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  timeoutSeconds: 5
+  failurePolicy: Fail
+  reinvocationPolicy: IfNeeded
+# The server with image-aware defaults.
+- name: images.secure-defaults.io
+  clientConfig: {url: "https://127.0.0.1:$IMG_PORT/mutate", caBundle: "$CA_BUNDLE"}
+  rules:
+  - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods], scope: Namespaced}
+  namespaceSelector:
+    matchExpressions:
+    - {key: bench.secure-defaults.io/images, operator: In, values: [enabled]}
   sideEffects: None
   admissionReviewVersions: [v1]
   timeoutSeconds: 5
@@ -311,12 +352,25 @@ EOF
   }
   webhook_call_metrics >"$OUT/webhook-calls-before.txt"
   log "3/3 e2e: pod creations, 1 creator (checks each configuration mutates as it should first)"
+  WARM=(--target "images=bench-images:image:$REGISTRY_ADDR/user-1001:latest")
+  COLD=(--target "images-cold=bench-images:image:$REGISTRY_ADDR/user-1001:t{n}" --tags "$IMAGE_TAGS")
   "$LOADGEN" create-pods --env "$CLUSTER" --connections 1 --rounds "$E2E_ROUNDS" --round-seconds "$E2E_SECONDS" --containers 1 \
-    "${TARGETS[@]}" --out "$OUT/e2e-latency.json"
+    "${TARGETS[@]}" "${WARM[@]}" "${COLD[@]}" --out "$OUT/e2e-latency.json"
+  # How many pods of new tags were made (probe and warm-up included) against how often the registry was asked
+  # for one of those tags' manifests: each should be a miss, once.
+  python3 - "$OUT/e2e-latency.json" "$REGISTRY_ACCESS_LOG" >"$OUT/image-lookups.json" <<'EOF'
+import json, re, sys
+made = next(t["made"] for t in json.load(open(sys.argv[1]))["targets"] if t["name"] == "images-cold")
+asked = sum(1 for l in open(sys.argv[2]) if re.search(r'"GET /v2/user-1001/manifests/t[0-9]+ ', l))
+print(json.dumps({"cold_creates": made, "cold_manifest_requests": asked}))
+EOF
   webhook_call_metrics >"$OUT/webhook-calls-latency.txt"
   log "3/3 e2e: pod creations, 8 concurrent creators"
   "$LOADGEN" create-pods --env "$CLUSTER" --connections 8 --rounds "$E2E_ROUNDS" --round-seconds "$E2E_SECONDS" --containers 1 \
-    "${TARGETS[@]}" --out "$OUT/e2e-throughput.json"
+    "${TARGETS[@]}" "${WARM[@]}" --out "$OUT/e2e-throughput.json"
+  curl -fsS "http://127.0.0.1:$IMG_ADMIN/metrics" | grep '^secure_defaults_image_lookups_total' >"$OUT/image-lookup-metrics.txt" || true
+  kill -TERM "$IMG_PID" && wait "$IMG_PID" 2>/dev/null || true
+  "$ROOT/e2e/registry/run.sh" stop "$WORK/registry" 2>/dev/null
   webhook_call_metrics >"$OUT/webhook-calls-after.txt"
   if [[ -n "${BENCH_COMPARE_SERVER:-}" ]]; then
     # This build against the other one, from the same rounds: pod-create latency and the API server's mean time

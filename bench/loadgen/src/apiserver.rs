@@ -49,23 +49,56 @@ struct PodTarget {
     name: String,
     namespace: String,
     expect: String,
+    /// The containers' image, where not the fixture's; `{n}` in it becomes a number counted per create (a fresh
+    /// tag for each pod), taken modulo `tags`.
+    image: Option<String>,
+    tags: u64,
+    next: Arc<AtomicU64>,
 }
 
-fn parse_target(spec: &str) -> anyhow::Result<PodTarget> {
-    let (name, rest) = spec
-        .split_once('=')
-        .context("--target NAME=NAMESPACE:EXPECT")?;
-    let (namespace, expect) = rest
-        .split_once(':')
-        .context("--target NAME=NAMESPACE:EXPECT")?;
-    if !["none", "null", "webhook", "map", "peer"].contains(&expect) {
-        bail!("EXPECT must be none, null, webhook, map or peer, not {expect:?}");
+const TARGET: &str = "--target NAME=NAMESPACE:EXPECT[:IMAGE]";
+
+fn parse_target(spec: &str, tags: u64) -> anyhow::Result<PodTarget> {
+    let (name, rest) = spec.split_once('=').context(TARGET)?;
+    let (namespace, rest) = rest.split_once(':').context(TARGET)?;
+    let (expect, image) = match rest.split_once(':') {
+        Some((expect, image)) => (expect, Some(image.to_owned())),
+        None => (rest, None),
+    };
+    if !["none", "null", "webhook", "map", "peer", "image"].contains(&expect) {
+        bail!("EXPECT must be none, null, webhook, map, peer or image, not {expect:?}");
+    }
+    if expect == "image" && image.is_none() {
+        bail!("{name}: EXPECT image needs an IMAGE ({TARGET})");
     }
     Ok(PodTarget {
         name: name.to_owned(),
         namespace: namespace.to_owned(),
         expect: expect.to_owned(),
+        image,
+        tags: tags.max(1),
+        next: Arc::new(AtomicU64::new(0)),
     })
+}
+
+impl PodTarget {
+    /// A pod of this target: the fixture's, with the target's image.
+    fn pod(&self, containers: usize, name: &str) -> Value {
+        let mut pod = fixture::create_pod(containers, name);
+        if let Some(image) = &self.image {
+            let n = self.next.fetch_add(1, Ordering::Relaxed) % self.tags;
+            let image = image.replace("{n}", &n.to_string());
+            if let Some(list) = pod
+                .pointer_mut("/spec/containers")
+                .and_then(Value::as_array_mut)
+            {
+                for c in list {
+                    c["image"] = json!(image);
+                }
+            }
+        }
+        pod
+    }
 }
 
 /// Whether a created pod shows exactly the mutation its configuration should make.
@@ -89,6 +122,16 @@ fn mutated_as_expected(expect: &str, pod: &Value) -> bool {
         // "null": a webhook is called and answers without a patch.
         "none" | "null" => !id("runAsUser") && !no_escalation && !annotated,
         "webhook" => pod_level && no_escalation && annotated,
+        // Image-aware defaults (the bench's image runs as 1001:1001): the pod-level defaults, and each container
+        // its image's user.
+        "image" => {
+            pod_level
+                && no_escalation
+                && annotated
+                && containers
+                    .iter()
+                    .all(|c| c.pointer("/securityContext/runAsUser") == Some(&json!(1001)))
+        }
         // A MutatingAdmissionPolicy, Kyverno or Gatekeeper: the same fields, no annotation of ours.
         "map" | "peer" => pod_level && no_escalation && !annotated,
         _ => false,
@@ -103,10 +146,7 @@ async fn verify(target: &Target, t: &PodTarget, containers: usize) -> anyhow::Re
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
     loop {
-        let body = serde_json::to_vec(&fixture::create_pod(
-            containers,
-            &format!("{}-probe", t.name),
-        ))?;
+        let body = serde_json::to_vec(&t.pod(containers, &format!("{}-probe", t.name)))?;
         let (status, response) = conn.send(Method::POST, &path, Bytes::from(body)).await?;
         let pod: Value = serde_json::from_slice(&response).unwrap_or(Value::Null);
         if status == StatusCode::CREATED && mutated_as_expected(&t.expect, &pod) {
@@ -135,9 +175,10 @@ fn create_job(t: &PodTarget, round: usize, containers: usize) -> Job {
         // Unique across runs against the same cluster: the process id is part of every name.
         format!("{}-{}-r{round}", t.name, std::process::id()),
     );
+    let t = t.clone();
     Job {
         make: Arc::new(move |worker, seq| {
-            let pod = fixture::create_pod(containers, &format!("{prefix}-w{worker}-{seq}"));
+            let pod = t.pod(containers, &format!("{prefix}-w{worker}-{seq}"));
             (
                 path.clone(),
                 Bytes::from(serde_json::to_vec(&pod).expect("a pod serialises")),
@@ -149,10 +190,11 @@ fn create_job(t: &PodTarget, round: usize, containers: usize) -> Job {
 
 pub async fn create_pods(args: &Args) -> anyhow::Result<()> {
     let target = cluster(Path::new(args.req("env")?))?;
+    let tags = args.num("tags", 1u64)?;
     let targets: Vec<PodTarget> = args
         .all("target")
         .iter()
-        .map(|s| parse_target(s))
+        .map(|s| parse_target(s, tags))
         .collect::<Result<_, _>>()?;
     let connections = args.num("connections", 8usize)?;
     let rounds = args.num("rounds", 3usize)?;
@@ -211,6 +253,9 @@ pub async fn create_pods(args: &Args) -> anyhow::Result<()> {
                 "name": t.name,
                 "namespace": t.namespace,
                 "expect": t.expect,
+                "image": t.image,
+                // Pods of this target made in all (the probe and warm-up too): how many tags `{n}` went through.
+                "made": t.next.load(Ordering::Relaxed),
                 "creates": latency.len(),
                 "seconds": elapsed.as_secs_f64(),
                 "rate": latency.len() as f64 / elapsed.as_secs_f64(),

@@ -14,7 +14,7 @@ use crate::Args;
 
 /// The configurations in drawing order: name in the JSON, legend, colour. `make bench` names secure-defaults
 /// `webhook`, `make bench-peers` names it `secure-defaults`.
-const CONFIGS: [(&str, &str, RGBColor); 7] = [
+const CONFIGS: [(&str, &str, RGBColor); 9] = [
     ("none", "no mutation", RGBColor(120, 120, 120)),
     ("webhook", "secure-defaults webhook", RGBColor(31, 119, 180)),
     (
@@ -23,6 +23,16 @@ const CONFIGS: [(&str, &str, RGBColor); 7] = [
         RGBColor(31, 119, 180),
     ),
     ("null", "null webhook (no patch)", RGBColor(255, 127, 14)),
+    (
+        "images",
+        "image-aware defaults, cached",
+        RGBColor(23, 190, 207),
+    ),
+    (
+        "images-cold",
+        "image-aware defaults, cold miss",
+        RGBColor(140, 86, 75),
+    ),
     ("map", "MutatingAdmissionPolicy", RGBColor(44, 160, 44)),
     ("kyverno", "Kyverno", RGBColor(214, 39, 40)),
     ("gatekeeper", "Gatekeeper", RGBColor(148, 103, 189)),

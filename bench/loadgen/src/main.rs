@@ -7,8 +7,10 @@
 //! loadgen server --name NAME --addr ADDR --ca PEM --out FILE [--admin ADDR] [options] -- COMMAND...
 //!     Starts COMMAND (the server, pinned by the caller), times it to ready, then closed-loop and fixed-rate load,
 //!     CPU per request and peak RSS with many open connections; stops it and writes JSON.
-//! loadgen create-pods --env CLUSTER_DIR --target NAME=NAMESPACE:EXPECT ... --out FILE
-//!     Pod creations through kube-apiserver, round-robin over the targets; EXPECT is none, webhook or map.
+//! loadgen create-pods --env CLUSTER_DIR --target NAME=NAMESPACE:EXPECT[:IMAGE] ... [--tags N] --out FILE
+//!     Pod creations through kube-apiserver, round-robin over the targets; EXPECT is none, null, webhook, map,
+//!     peer or image (the webhook with image-aware defaults: containers run as 1001). IMAGE replaces the
+//!     containers' image; `{n}` in it counts creates modulo N (a fresh tag per pod).
 //! loadgen create-namespaces --env CLUSTER_DIR --count N --prefix P
 //! loadgen ready --admin ADDR --out FILE -- COMMAND...
 //!     Starts COMMAND and times it to /readyz 200.
