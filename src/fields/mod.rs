@@ -124,7 +124,7 @@ pub enum Guard {
 
 /// The table, in the order fields are decided, shown and patched. A pod-level field may read the fields before it
 /// (`runAsGroup` reads `runAsUser`).
-static TABLE: [FieldDef; 8] = [
+static TABLE: &[FieldDef] = &[
     run_as_user::FIELD,
     run_as_group::FIELD,
     fs_group::FIELD,
