@@ -269,53 +269,33 @@ EOF
   done
 
   CA_BUNDLE="$(base64 -w0 <"$WORK/certs/ca.crt")"
-  kc apply -f - >/dev/null <<EOF
+  # A MutatingWebhookConfiguration of one webhook, <name>, on pod creation (and <more rules>), calling the server
+  # at <port> for the namespaces that match <matchExpressions> (flow YAML).
+  register() { # <name> <port> <matchExpressions> [<more rules>]
+    kc apply -f - >/dev/null <<EOF
 apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
-metadata: {name: bench.secure-defaults.io}
+metadata: {name: $1}
 webhooks:
-- name: pods.secure-defaults.io
-  clientConfig: {url: "https://127.0.0.1:$WH_PORT/mutate", caBundle: "$CA_BUNDLE"}
-  rules:
-  - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods], scope: Namespaced}
-  - {apiGroups: [""], apiVersions: [v1], operations: [UPDATE], resources: [pods/ephemeralcontainers], scope: Namespaced}
-  namespaceSelector:
-    matchExpressions:
-    - {key: secure-defaults.io/inject, operator: In, values: [enabled]}
-    - {key: bench.secure-defaults.io/compare, operator: DoesNotExist}
-    - {key: bench.secure-defaults.io/images, operator: DoesNotExist}
+- name: $1
+  clientConfig: {url: "https://127.0.0.1:$2/mutate", caBundle: "$CA_BUNDLE"}
+  rules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods], scope: Namespaced}${4:+, $4}]
+  namespaceSelector: {matchExpressions: $3}
   sideEffects: None
   admissionReviewVersions: [v1]
   timeoutSeconds: 5
   failurePolicy: Fail
   reinvocationPolicy: IfNeeded
-# The server with image-aware defaults.
-- name: images.secure-defaults.io
-  clientConfig: {url: "https://127.0.0.1:$IMG_PORT/mutate", caBundle: "$CA_BUNDLE"}
-  rules:
-  - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods], scope: Namespaced}
-  namespaceSelector:
-    matchExpressions:
-    - {key: bench.secure-defaults.io/images, operator: In, values: [enabled]}
-  sideEffects: None
-  admissionReviewVersions: [v1]
-  timeoutSeconds: 5
-  failurePolicy: Fail
-  reinvocationPolicy: IfNeeded
-# The same server called for a namespace that is not opted in: it answers allowed without a patch, so this is
-# what a webhook call costs the API server when there is nothing to apply.
-- name: null.secure-defaults.io
-  clientConfig: {url: "https://127.0.0.1:$WH_PORT/mutate", caBundle: "$CA_BUNDLE"}
-  rules:
-  - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods], scope: Namespaced}
-  namespaceSelector:
-    matchExpressions:
-    - {key: bench.secure-defaults.io/null, operator: In, values: [enabled]}
-  sideEffects: None
-  admissionReviewVersions: [v1]
-  timeoutSeconds: 5
-  failurePolicy: Fail
 EOF
+  }
+  register pods.secure-defaults.io "$WH_PORT" '[{key: secure-defaults.io/inject, operator: In, values: [enabled]},
+    {key: bench.secure-defaults.io/compare, operator: DoesNotExist}, {key: bench.secure-defaults.io/images, operator: DoesNotExist}]' \
+    '{apiGroups: [""], apiVersions: [v1], operations: [UPDATE], resources: [pods/ephemeralcontainers], scope: Namespaced}'
+  # The server with image-aware defaults.
+  register images.secure-defaults.io "$IMG_PORT" '[{key: bench.secure-defaults.io/images, operator: In, values: [enabled]}]'
+  # The same server as pods.secure-defaults.io, called for a namespace that is not opted in: it answers allowed
+  # without a patch, so this is what a webhook call costs the API server when there is nothing to apply.
+  register null.secure-defaults.io "$WH_PORT" '[{key: bench.secure-defaults.io/null, operator: In, values: [enabled]}]'
   # The same defaulting as a MutatingAdmissionPolicy (bench/map-policy.yaml, also used by make bench-peers).
   kc apply -f "$ROOT/bench/map-policy.yaml" >/dev/null
 
@@ -325,7 +305,7 @@ EOF
     --target null=bench-null:null)
   if [[ -n "${BENCH_COMPARE_SERVER:-}" ]]; then
     TARGETS+=(--target compare=bench-compare:webhook)
-    kc apply -f - >/dev/null <<EOF
+    register compare.secure-defaults.io "$CMP_PORT" '[{key: bench.secure-defaults.io/compare, operator: In, values: [enabled]}]'
 apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
 metadata: {name: compare.secure-defaults.io}
@@ -404,7 +384,7 @@ EOF
   # The webhook's own time per review of the timed creations, as it logged it.
   grep -E '"pod":"webhook-[0-9]+-r[0-9]-' "$WORK/webhook.log" | sed -n 's/.*"duration_us":\([0-9]*\).*/\1/p' \
     >"$OUT/webhook-durations.txt" || true
-  kc delete mutatingwebhookconfiguration bench.secure-defaults.io >/dev/null
+  kc delete mutatingwebhookconfiguration pods.secure-defaults.io images.secure-defaults.io null.secure-defaults.io >/dev/null
 
   log "3/3 e2e: $NAMESPACES namespaces, then secure-defaults (namespace lookups on) from start to /readyz 200"
   "$LOADGEN" create-namespaces --env "$CLUSTER" --count "$NAMESPACES" --prefix bulk --connections 32
