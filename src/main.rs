@@ -188,6 +188,9 @@ fn images_lookup(
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
     let policy = policy::load(&args.policy)?;
+    // The images: section's credentials and CA files, read as the server reads them (no registry is asked), so a
+    // policy that check calls valid is one the server takes.
+    images_lookup(policy.images.is_some(), &policy)?;
     print!(
         "{}: valid\n{}",
         args.policy.display(),

@@ -173,7 +173,16 @@ fn bad_input_fails_with_one_line() {
         "bad-policy.yaml",
         "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\ndefaults:\n  runAsUser: 0\n",
     );
+    let no_ca = temp(
+        "no-ca-policy.yaml",
+        "apiVersion: secure-defaults.io/v1alpha1\nkind: Policy\nmode: opt-in\nimages:\n  registries: [\"*\"]\n  caFile: /nonexistent/ca.crt\n",
+    );
     let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (
+            vec!["check", "--policy", no_ca.to_str().unwrap()],
+            "",
+            "cannot read the registry CA file /nonexistent/ca.crt",
+        ),
         (
             vec!["mutate", "-f", "/nonexistent.yaml"],
             "",
