@@ -248,12 +248,7 @@ impl Lookup {
         if !self.inner.policy.registries.allow(&repository) {
             return Err(Unknown::NotAllowed);
         }
-        let key = format!(
-            "{}/{}/{}",
-            platform_text(platform),
-            repository,
-            tag_or_digest(&reference)
-        );
+        let key = format!("{}/{}/{}", platform, repository, tag_or_digest(&reference));
         let fetch = async {
             match self.fetch(&reference, platform).await {
                 // Only answers are cached; a failure is asked again by the next pod.
@@ -378,13 +373,6 @@ fn tag_or_digest(reference: &Reference) -> String {
         (Some(digest), _) => format!("@{digest}"),
         (None, Some(tag)) => format!(":{tag}"),
         (None, None) => ":latest".to_owned(),
-    }
-}
-
-fn platform_text(platform: &Platform) -> String {
-    match &platform.variant {
-        Some(variant) => format!("{}/{}/{variant}", platform.os, platform.architecture),
-        None => format!("{}/{}", platform.os, platform.architecture),
     }
 }
 

@@ -78,6 +78,13 @@ impl Registries {
     }
 }
 
+impl std::fmt::Display for Registries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let globs: Vec<&str> = self.0.iter().map(glob::Pattern::as_str).collect();
+        f.write_str(&globs.join(", "))
+    }
+}
+
 macro_rules! bounded {
     ($name:ident, $what:literal, $min:expr, $max:expr, $default:expr) => {
         #[doc = $what]
@@ -158,6 +165,16 @@ impl TryFrom<String> for Platform {
             _ => Err(format!(
                 "{text:?} is not a platform (os/architecture, such as linux/amd64)"
             )),
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        match &self.variant {
+            Some(variant) => write!(f, "/{variant}"),
+            None => Ok(()),
         }
     }
 }

@@ -91,6 +91,21 @@ fn write_description(policy: &Policy, out: &mut String) -> std::fmt::Result {
             fields.join(",")
         )?;
     }
+    if let Some(images) = &policy.images {
+        writeln!(
+            out,
+            "images: a container that states no runAsUser, in a pod that states none, runs as its image's numeric user, read from {} (a review waits at most {} ms; a root image gets {}; {} images cached, a tag for {} s; platform {} unless the pod pins kubernetes.io/arch)",
+            images.registries,
+            images.timeout_ms.0,
+            match images.root {
+                crate::images::RootImages::Default => "the default",
+                crate::images::RootImages::Keep => "runAsUser 0",
+            },
+            images.cache_entries.0,
+            images.tag_ttl_seconds.0,
+            images.platform
+        )?;
+    }
     if policy.rules.is_empty() {
         writeln!(
             out,
