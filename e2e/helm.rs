@@ -463,6 +463,47 @@ fn helm_values_change_what_they_say() {
         Some(&json!({"name": "policy", "configMap": {"name": "my-policy"}}))
     );
 
+    // Image-aware defaults: the images: section in the policy, the registry Secret mounted whole, and the
+    // section's credentials pointing into it unless it names its own.
+    let docs = template(
+        "secure-defaults",
+        &[
+            "policy.images.registries[0]=registry.example.com/*",
+            "registry.secretName=regcred",
+        ],
+    );
+    let text = policy_text(&docs);
+    let expected = json!({"/images/registries": ["registry.example.com/*"],
+        "/images/credentials": "/etc/secure-defaults/registry/.dockerconfigjson"});
+    assert_at("images values", &policy_value(&text), &expected);
+    assert_eq!(
+        volume(pod_spec(&docs), "registry"),
+        Some(&json!({"name": "registry", "secret": {"secretName": "regcred"}}))
+    );
+    let mount =
+        json!({"name": "registry", "mountPath": "/etc/secure-defaults/registry", "readOnly": true});
+    assert!(mounts(container(&docs)).contains(&mount));
+    // The real server takes that section (the credentials file aside, which exists only in the pod).
+    check_policy(
+        &tmp_dir("helm-values").join("images-policy.yaml"),
+        &text.replace(
+            "  credentials: /etc/secure-defaults/registry/.dockerconfigjson\n",
+            "",
+        ),
+    );
+    let docs = template(
+        "secure-defaults",
+        &[
+            "policy.images.registries[0]=registry.example.com/*",
+            "policy.images.credentials=/elsewhere.json",
+            "registry.secretName=regcred",
+        ],
+    );
+    assert_eq!(
+        policy_value(&policy_text(&docs))["images"]["credentials"],
+        "/elsewhere.json"
+    );
+
     // Defaults: no NetworkPolicy, no ServiceMonitor, no PrometheusRule, no dashboard.
     let docs = template("secure-defaults", &[]);
     assert!(try_find(&docs, "NetworkPolicy", "secure-defaults").is_none());
@@ -471,6 +512,8 @@ fn helm_values_change_what_they_say() {
     assert!(try_find(&docs, "ConfigMap", "secure-defaults-dashboard").is_none());
     assert!(process_config(&docs).1.get("tls_client_ca").is_none());
     assert!(volume(pod_spec(&docs), "client-ca").is_none());
+    assert!(volume(pod_spec(&docs), "registry").is_none());
+    assert!(policy_value(&policy_text(&docs)).get("images").is_none());
 }
 
 /// The Deployment, its pods and the webhook configuration follow the values set in

@@ -58,9 +58,12 @@ matchExpressions:
 {{- define "secure-defaults.policy" -}}
 {{- $p := .Values.policy -}}
 {{- $policy := dict "apiVersion" "secure-defaults.io/v1alpha1" "kind" "Policy" "mode" .Values.mode -}}
-{{- range $key := list "exemptNamespaces" "profile" "followPodSecurityLabels" "podExceptions" "defaults" "namespaces" }}
+{{- range $key := list "exemptNamespaces" "profile" "followPodSecurityLabels" "podExceptions" "defaults" "namespaces" "images" }}
 {{- $value := index $p $key }}
 {{- if $value }}{{ $_ := set $policy $key $value }}{{ end }}
+{{- end }}
+{{- if and $p.images .Values.registry.secretName (not (hasKey $p.images "credentials")) }}
+{{- $_ := set $policy "images" (merge (dict "credentials" "/etc/secure-defaults/registry/.dockerconfigjson") $p.images) }}
 {{- end }}
 {{- toYaml $policy }}
 {{- end }}
