@@ -90,15 +90,21 @@ async fn self_managed_certificates_issue_inject_and_rotate_while_admitting() {
     let holder = lease.spec.unwrap().holder_identity.unwrap();
     assert!(holder == "replica-a" || holder == "replica-b", "{holder}");
 
+    // A replica turns ready once it serves the Secret's certificate; the holder injects the bundle
+    // just after writing that Secret, so the other replica can be ready first.
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let bundle_injected = configs.get(config_name).await.unwrap().webhooks.unwrap()[0]
-        .client_config
-        .ca_bundle
-        .clone();
-    assert!(
-        bundle_injected
-            .is_some_and(|b| String::from_utf8_lossy(&b.0).contains("BEGIN CERTIFICATE"))
-    );
+    eventually(
+        "the Lease holder to inject the caBundle",
+        DEADLINE,
+        || async {
+            let config = configs.get(config_name).await.ok()?;
+            let bundle = config.webhooks?.first()?.client_config.ca_bundle.clone()?;
+            String::from_utf8_lossy(&bundle.0)
+                .contains("BEGIN CERTIFICATE")
+                .then_some(())
+        },
+    )
+    .await;
     eventually(
         "the API server to trust the injected bundle",
         DEADLINE,
