@@ -274,10 +274,17 @@ async fn policy_changes_apply_to_the_next_pods_and_invalid_ones_are_refused() {
         sc(&ns.create_pod(bare_pod("third")).await)["runAsUser"],
         10001
     );
-    assert!(
-        hook.log().contains("defaults.runAsUser: 0 is root"),
-        "the log names the field"
-    );
+    // The log is written by its own thread, after the failure is counted.
+    eventually(
+        "the log to name the refused field",
+        Duration::from_secs(10),
+        || async {
+            hook.log()
+                .contains("defaults.runAsUser: 0 is root")
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
