@@ -11,9 +11,10 @@
 #   5. under continuous pod creation with failurePolicy Fail (real creations of pods no node can take): a
 #      rollout restart and the graceful deletion of one replica's pod fail no creation; a SIGKILL of one
 #      replica's container is reported (how many creations failed, how long until it was back);
-#   6. image-aware defaults: a pod of an image built to run as uid 1001 (pulled by containerd from a local
-#      registry) crash-loops as the pod-level default and runs Ready as 1001 once the policy has an images:
-#      section (the control, then a live reload);
+#   6. image-aware defaults through the chart: a pod of an image built to run as uid 1001 (pulled by
+#      containerd from a local registry with basic auth) crash-loops as the pod-level default, and runs Ready
+#      as 1001 once the chart is upgraded with policy.images and registry.secretName (the webhook's pods read
+#      the image's user over the pod network with the credentials the chart mounts); needs step 3;
 #   7. `down` leaves no mounts, interfaces, network namespaces, iptables rules, cgroups, host directories or
 #      processes behind, and the host's kernel settings as they were.
 # Every wait polls up to NODE_TEST_TIMEOUT seconds (default 180). NODE_STEPS (e.g. "1 2") limits the steps.
@@ -326,21 +327,29 @@ if step 5; then
 fi
 
 if step 6; then
-  # The user-1001 image (its files 1001:1001, mode 0700; it exits 1 as any other user) pushed to a local
-  # registry that containerd pulls from over plain HTTP (certs.d/<addr>/hosts.toml, see e2e/node.sh).
+  # Image-aware defaults through the chart installed in step 3: the user-1001 image (its files 1001:1001, mode
+  # 0700; it exits 1 as any other user), in a private repository of a registry with basic auth, listening on the
+  # node bridge's address so that both containerd on the host and the webhook's pods reach it. containerd pulls
+  # over plain HTTP (certs.d/<addr>/hosts.toml, see e2e/node.sh) with the pod's own pull secret; the webhook
+  # reads with the credentials the chart mounts from registry.secretName.
+  "$K" -n secure-defaults get deployment secure-defaults >/dev/null 2>&1 || fail "6: needs the chart that step 3 installs"
+  HELM="$("$ROOT/e2e/build-helm.sh" | tail -n 1)"
   REG="$DIR/registry"
-  e2e_registry_env="$("$ROOT/e2e/registry/run.sh" start "$REG" | tail -n 1)"
+  e2e_registry_env="$("$ROOT/e2e/registry/run.sh" start "$REG" --auth --host "$NODE_IP" | tail -n 1)"
   # shellcheck disable=SC1090
   source "$e2e_registry_env"
-  "$ROOT/e2e/registry/push-images.sh" "$REG" user-1001 >/dev/null
+  "$ROOT/e2e/registry/push-images.sh" "$REG" private/user-1001 >/dev/null
   mkdir -p "$NODE_DIR/containerd/certs.d/$REGISTRY_ADDR"
   printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
     "$REGISTRY_ADDR" "$REGISTRY_ADDR" >"$NODE_DIR/containerd/certs.d/$REGISTRY_ADDR/hosts.toml"
-  image="$REGISTRY_ADDR/user-1001:latest"
+  image="$REGISTRY_ADDR/private/user-1001:latest"
+  opted_in_namespace images
+  "$K" -n images create secret generic pull --type=kubernetes.io/dockerconfigjson \
+    --from-file=.dockerconfigjson="$REGISTRY_AUTH_FILE" >/dev/null
   image_pod() { # <name>: the image's pod, restarted on exit (a Deployment's pods are)
     "$K" -n images create -f - >/dev/null <<JSON
 {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "$1"},
- "spec": {"containers": [{"name": "app", "image": "$image"}]}}
+ "spec": {"imagePullSecrets": [{"name": "pull"}], "containers": [{"name": "app", "image": "$image"}]}}
 JSON
   }
   restarts() { "$K" -n images get pod "$1" -o jsonpath='{.status.containerStatuses[0].restartCount}'; }
@@ -354,41 +363,63 @@ JSON
 )" == "$1" ]]
   }
 
-  cp "$ROOT/config/policy.yaml" "$DIR/policy.yaml"
-  start_host_webhook "$DIR/policy.yaml"
-  opted_in_namespace images
-  "$K" label namespace images node-e2e=host >/dev/null
-  eventually "the host webhook to default pods" uid_is images 65532
-
-  # The control: without an images: section the pod-level default (65532) breaks the image.
+  # The control: without an images: section the chart's pod-level default breaks the image.
+  control_uid="$(dry_run_uid images)"
+  [[ "$control_uid" =~ ^[0-9]+$ && "$control_uid" != 1001 ]] || fail "6: pods in namespace images get runAsUser '$control_uid'"
   image_pod without-images
   eventually "the pod without image-aware defaults to crash-loop" crash_looping without-images
   out="$("$K" -n images logs without-images --previous 2>/dev/null || "$K" -n images logs without-images)"
-  grep -q 'running as uid=65532' <<<"$out" && grep -q 'user-1001: FAIL' <<<"$out" \
-    || fail "6: the control pod did not fail as uid 65532; its log:"$'\n'"$out"
+  grep -q "running as uid=$control_uid" <<<"$out" && grep -q 'user-1001: FAIL' <<<"$out" \
+    || fail "6: the control pod did not fail as uid $control_uid; its log:"$'\n'"$out"
   log "6: without images: $(restarts without-images) restart(s): $(grep -m1 'FAIL' <<<"$out")"
   "$K" -n images delete pod without-images --wait=false >/dev/null
 
-  # The same policy with an images: section, reloaded live.
-  printf 'images:\n  registries: ["%s/*"]\n  insecureRegistries: ["%s"]\n' "$REGISTRY_ADDR" "$REGISTRY_ADDR" >>"$DIR/policy.yaml"
-  eventually "the reloaded policy to give the container its image's user" container_uid_is 1001
+  # The chart upgraded with an images: section and the registry's read credentials in a Secret of its own
+  # namespace (failurePolicy Fail, so a pod the webhook did not answer for is refused, not let through).
+  "$K" -n secure-defaults create secret generic registry-read --type=kubernetes.io/dockerconfigjson \
+    --from-file=.dockerconfigjson="$REGISTRY_AUTH_FILE" >/dev/null
+  "$HELM" upgrade secure-defaults "$ROOT/manifests/chart/secure-defaults" --namespace secure-defaults --reuse-values \
+    --set webhook.failurePolicy=Fail --set registry.secretName=registry-read \
+    --set-json "policy.images={\"registries\": [\"$REGISTRY_ADDR/*\"], \"insecureRegistries\": [\"$REGISTRY_ADDR\"]}" >/dev/null
+  "$K" -n secure-defaults rollout status deployment/secure-defaults --timeout="${TIMEOUT}s" >&2 \
+    || fail "6: the upgraded chart's deployment did not become ready"
+  eventually "the upgraded chart to give the container its image's user" container_uid_is 1001
   image_pod with-images
   eventually "the pod with image-aware defaults Ready" "$K" -n images wait --for=condition=Ready pod/with-images --timeout=2s
   out="$("$K" -n images logs with-images)"
   grep -q 'running as uid=1001 gid=1001' <<<"$out" && grep -q 'user-1001: OK' <<<"$out" \
     || fail "6: the pod with image-aware defaults does not run as 1001:1001; its log:"$'\n'"$out"
   [[ "$(restarts with-images)" == 0 ]] || fail "6: the pod with image-aware defaults restarted $(restarts with-images) time(s)"
+  # The webhook set it (the pod states no user), and says where it came from.
+  set_uid="$("$K" -n images get pod with-images -o jsonpath='{.spec.containers[0].securityContext.runAsUser}')"
+  record="$("$K" -n images get pod with-images -o jsonpath='{.metadata.annotations.secure-defaults\.io/defaulted}')"
+  [[ "$set_uid" == 1001 && "$record" == *imageUser=1001:1001* ]] \
+    || fail "6: the stored pod has runAsUser '$set_uid' and annotation '$record'"
   # The process itself, as the node sees it.
   pid="$(ctr --address "$NODE_DIR/run/containerd.sock" -n k8s.io tasks ls | awk -v id="$("$K" -n images get pod with-images \
     -o jsonpath='{.status.containerStatuses[0].containerID}' | sed 's|containerd://||')" '$1 == id { print $2 }')"
   [[ "$pid" =~ ^[0-9]+$ ]] || fail "6: no task for the pod's container in containerd"
   uid="$(status_field Uid </proc/"$pid"/status | awk '{print $1}')"
   [[ "$uid" == 1001 ]] || fail "6: the container's process $pid runs as uid $uid, not 1001"
-  log "6: with images: $(grep -m1 'running as' <<<"$out"); process $pid on the node has uid $uid"
+  # The replicas asked the registry themselves, over the pod network, with the mounted credentials. (A replica
+  # of the old ReplicaSet may still be terminating, with its port closed: it counts nothing.)
+  known=0
+  for ip in $("$K" -n secure-defaults get pods -l app.kubernetes.io/name=secure-defaults \
+    -o jsonpath='{range .items[*]}{.status.podIP}{" "}{end}'); do
+    n="$({ curl -fsS "http://$ip:8080/metrics" 2>/dev/null || true; } |
+      awk '$1 == "secure_defaults_image_lookups_total{result=\"known\"}" { n += $2 } END { printf "%d", n }')"
+    known=$((known + n))
+  done
+  ((known > 0)) || fail "6: no replica counted a known image user"
+  # The registry's own log: requests authorized as its user, from the replicas' pod addresses (containerd on the
+  # host comes from the bridge's own address, $NODE_IP).
+  from_pods="$(grep 'msg="authorized request"' "$REG/registry.log" | grep "auth.user.name=$(cat "$REG/auth/user") " |
+    grep -o 'http.request.remoteaddr="[0-9.]*' | cut -d'"' -f2 | grep -vc "^$NODE_IP\$" || true)"
+  ((from_pods > 0)) || fail "6: the registry logged no authorized request from a pod address"
+  log "6: with images: $(grep -m1 'running as' <<<"$out"); process $pid on the node has uid $uid; $known lookup(s) known in the replicas; $from_pods authorized request(s) from pod addresses in the registry's log"
   "$K" -n images delete pod with-images --wait=false >/dev/null
-  stop_host_webhook
   "$ROOT/e2e/registry/run.sh" stop "$REG" 2>/dev/null
-  pass "6: the user-1001 image crash-loops as the pod-level default and runs Ready as uid 1001 with image-aware defaults"
+  pass "6: the chart with policy.images and registry.secretName: the user-1001 image crash-loops as the pod-level default and runs Ready as uid 1001, set by the webhook's pods from the registry"
 fi
 
 if step 7; then

@@ -402,6 +402,7 @@ NODE_NAME=$NODE_NAME
 NODE_BIN=$NODE_BIN
 NODE_DIR=$NODE
 NODE_IMAGES=$images
+NODE_IP=$NODE_IP
 ENV
   trap - EXIT INT TERM
   log "node $NODE_NAME Ready in $((SECONDS - started))s (logs: $NODE/logs)"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs a local OCI registry (distribution, from e2e/registry/build.sh) as a
-# host process on 127.0.0.1, for tests that read image configs from a real
-# registry. One registry per DIR; several can run at once (each gets its own
+# host process on 127.0.0.1 (or --host), for tests that read image configs
+# from a real registry. One registry per DIR; several can run at once (each gets its own
 # port, storage and credentials).
 #
-#   e2e/registry/run.sh start DIR [--tls] [--auth] [--port N]
+#   e2e/registry/run.sh start DIR [--tls] [--auth] [--port N] [--host IP]
 #   e2e/registry/run.sh stop DIR
 #
 # start: storage in DIR/data (kept across restarts, so pushed images survive a
@@ -13,7 +13,10 @@
 #   --auth (htpasswd basic auth, bcrypt, one user with a random password, made
 #   once per DIR). The port is picked by the registry itself (it listens on
 #   127.0.0.1:0 and logs the port it got, so two starts never race for a port)
-#   unless --port N. Waits until GET /v2/ answers 200 (with the credentials),
+#   unless --port N. --host IP listens on another of the host's IPv4 addresses
+#   instead of 127.0.0.1 (one that pods reach, e.g. a node bridge's; plain
+#   HTTP only, as the certificate names 127.0.0.1). Waits until GET /v2/
+#   answers 200 (with the credentials),
 #   then writes DIR/env (see README.md) and prints its path as the last line of
 #   stdout. Progress and errors go to stderr.
 # stop: TERM (then KILL after 15 s) to the registry started from DIR; data,
@@ -29,7 +32,7 @@ REGISTRY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 log() { printf '[registry] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 usage() {
-  echo "usage: $0 start DIR [--tls] [--auth] [--port N]" >&2
+  echo "usage: $0 start DIR [--tls] [--auth] [--port N] [--host IP]" >&2
   echo "       $0 stop DIR" >&2
   exit 2
 }
@@ -188,7 +191,7 @@ write_config() { # <addr>
 }
 
 cmd_start() {
-  TLS=0 AUTH=0 PORT=0
+  TLS=0 AUTH=0 PORT=0 HOST=127.0.0.1
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --tls) TLS=1 ;;
@@ -198,10 +201,18 @@ cmd_start() {
         PORT="$2"
         shift
         ;;
+      --host)
+        [[ $# -ge 2 && "$2" =~ ^[0-9]+(\.[0-9]+){3}$ ]] || usage
+        HOST="$2"
+        shift
+        ;;
       *) usage ;;
     esac
     shift
   done
+  if ((TLS)) && [[ "$HOST" != 127.0.0.1 ]]; then
+    die "--tls serves a certificate for 127.0.0.1 only; it cannot go with --host $HOST"
+  fi
   local c
   for c in curl openssl python3 setsid; do
     command -v "$c" >/dev/null 2>&1 || die "$c is required"
@@ -230,7 +241,7 @@ cmd_start() {
   mkdir -p "$DIR/data"
   if ((TLS)); then make_tls; fi
   if ((AUTH)); then make_auth; fi
-  write_config "127.0.0.1:$PORT"
+  write_config "$HOST:$PORT"
 
   # The registry takes any REGISTRY_* variable as a configuration override
   # (REGISTRY_HTTP_ADDR=...), and the env file this script writes uses that
@@ -249,10 +260,10 @@ cmd_start() {
   local pid=$!
   echo "$pid" >"$DIR/pid"
 
-  # The port the registry got, from its "listening on 127.0.0.1:N" line.
+  # The port the registry got, from its "listening on HOST:N" line.
   local i addr=""
   for ((i = 0; i < 300; i++)); do
-    addr="$(grep -o 'listening on 127\.0\.0\.1:[0-9]*' "$DIR/registry.log" | head -n 1 | sed 's/^listening on //')" || true
+    addr="$(grep -o "listening on ${HOST//./\\.}:[0-9]*" "$DIR/registry.log" | head -n 1 | sed 's/^listening on //')" || true
     [[ -n "$addr" ]] && break
     if ! kill -0 "$pid" 2>/dev/null; then
       rm -f "$DIR/pid"
