@@ -133,10 +133,15 @@ fn pretty(value: &impl serde::Serialize) -> String {
 }
 
 /// A value as a YAML document; strings YAML 1.1 would read otherwise are quoted. A long string stays on its line
-/// (no folding: a diff shows what changed), one with line breaks is a literal block.
+/// (no folding: a diff shows what changed), one with line breaks is a literal block. A document with a line that
+/// starts with `---` (a top-level key such as `---metadata`, valid YAML) would be split there by kubectl's reader,
+/// so it is written as one line of JSON instead, which YAML reads as the same value.
 pub(super) fn yaml(value: &Value) -> String {
     let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
     let mut text = serde_saphyr::to_string_with_options(value, options).unwrap_or_default();
+    if text.lines().any(|line| line.starts_with("---")) {
+        text = serde_json::to_string(value).unwrap_or_default();
+    }
     if !text.ends_with('\n') {
         text.push('\n');
     }
@@ -193,6 +198,20 @@ mod tests {
             "\n# a\n  # b\n"
         );
         assert_eq!(leading_comments("kind: Pod\n"), "");
+    }
+
+    #[test]
+    fn yaml_never_writes_a_line_that_kubectl_splits_at() {
+        // Found by the mutate_input fuzz target: a top-level key `---metadata` written plain at column 0.
+        let value =
+            serde_json::json!({"kind": "Pod", "---metadata": {"name": "a"}, "spec": {"a": "---b"}});
+        let text = yaml(&value);
+        assert!(!text.lines().any(|l| l.starts_with("---")), "{text}");
+        let mut source = super::super::read::Source::new("again", text.into_bytes());
+        source.format = Some(super::super::read::Format::Yaml);
+        let (_, documents) = super::super::read::documents(&source);
+        let read: Vec<_> = documents.into_iter().map(|d| d.content.unwrap()).collect();
+        assert_eq!(read, vec![Some(value)]);
     }
 
     #[test]
